@@ -1,0 +1,42 @@
+# DCTP — make install | demo | up | test | bench | lint
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_HOME := $(CURDIR)/.demo
+DEMO_DATES ?= 2026-01-01 2026-01-02 2026-01-03
+PYTEST_ARGS ?=
+
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+
+.PHONY: install demo up test bench lint clean
+
+install: $(STAMP)
+
+# Re-installs only when a requirements file changes; torch first, from the CPU build on disk.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+demo: install
+	@DEMO_HOME=$(DEMO_HOME) BIN=$(CURDIR)/$(BIN) bash include/demo.sh $(DEMO_DATES)
+
+up: install
+	@DEMO_HOME=$(DEMO_HOME) BIN=$(CURDIR)/$(BIN) bash include/up.sh
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/bench_spine.py --sizes 10000 100000 1000000
+
+lint: install
+	$(BIN)/ruff check dctp_tasks dags plugins include tests bench
+
+clean:
+	rm -rf $(DEMO_HOME) .bench .pytest_cache .ruff_cache

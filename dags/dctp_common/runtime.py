@@ -1,0 +1,140 @@
+"""Turn an Airflow task context into what the stage library takes: dt, interval, config, storage, connections."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowFailException
+
+from dctp_tasks.config import PipelineConfig, load_config
+from dctp_tasks.storage import S3Options, Storage
+from dctp_tasks.tracking import airflow_home
+
+log = logging.getLogger(__name__)
+
+#: Param name -> dotted config key it overrides.
+PARAM_OVERRIDES = {
+    "sources": "ingest.include_sources",
+    "max_quarantine_ratio": "ingest.max_quarantine_ratio",
+    "min_chars": "normalize.min_chars",
+    "max_chars": "normalize.max_chars",
+    "batch_size": "batch_size",
+}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    dag_id: str
+    run_id: str
+    dt: str
+    interval: tuple[datetime, datetime]
+    config: PipelineConfig
+    storage: Storage
+
+
+def run_context(context: dict[str, Any]) -> RunContext:
+    """Resolve the partition date, data interval, config and storage of the running task."""
+    dag_run = context["dag_run"]
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if dag_run.run_type == "manual" or start is None or end is None or end <= start:
+        # a manual run processes the day of its logical date, or of its run_after when it has none
+        day = (dag_run.logical_date or dag_run.run_after).astimezone(timezone.utc)
+        start = day.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=1)
+    start, end = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+    with permanent_errors():
+        config = resolve_config(context.get("params") or {})
+    return RunContext(dag_id=dag_run.dag_id, run_id=dag_run.run_id, dt=start.strftime("%Y-%m-%d"),
+                      interval=(start, end), config=config, storage=data_storage())
+
+
+def resolve_config(params: dict[str, Any]) -> PipelineConfig:
+    overrides = {key: params.get(name) for name, key in PARAM_OVERRIDES.items()}
+    if overrides.get("ingest.include_sources") == []:
+        overrides["ingest.include_sources"] = None  # empty list in the form means "the config's choice"
+    overrides.update(params.get("config_overrides") or {})
+    return load_config(overrides=overrides)
+
+
+def data_root() -> str:
+    return os.environ.get("DCTP_DATA_ROOT") or (airflow_home() / "dctp-data").as_uri()
+
+
+def data_storage(aws_conn_id: str = "aws_default") -> Storage:
+    """Return the data root's storage; S3 credentials and ``endpoint_url`` come from ``aws_conn_id``."""
+    root = data_root()
+    if not root.startswith("s3://"):
+        return Storage(root)
+    return Storage(root, s3_options(aws_conn_id))
+
+
+def s3_options(aws_conn_id: str) -> S3Options:
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(aws_conn_id)
+    except AirflowNotFoundException:
+        log.info("connection %s not defined; using the AWS environment credentials", aws_conn_id)
+        return S3Options.from_env()
+    extra = conn.extra_dejson
+    env = S3Options.from_env()
+    return S3Options(
+        endpoint_url=extra.get("endpoint_url") or (extra.get("service_config") or {}).get("s3", {}).get("endpoint_url")
+        or env.endpoint_url,
+        access_key=conn.login or extra.get("aws_access_key_id") or env.access_key,
+        secret_key=conn.password or extra.get("aws_secret_access_key") or env.secret_key,
+        session_token=extra.get("aws_session_token") or env.session_token,
+        region=extra.get("region_name") or env.region,
+    )
+
+
+def postgres_connector() -> Callable[[str], object]:
+    """Return ``conn_id -> psycopg2 connection`` through the postgres provider's hook."""
+
+    def connect(conn_id: str):
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        return PostgresHook(postgres_conn_id=conn_id).get_conn()
+
+    return connect
+
+
+@contextmanager
+def permanent_errors() -> Iterator[None]:
+    """Fail the task at once, without burning retries, on errors a retry cannot fix (bad config or data)."""
+    from pydantic import ValidationError
+
+    from dctp_tasks.ingest import QuarantineRatioExceeded
+    from dctp_tasks.ledger import LedgerImbalance
+
+    try:
+        yield
+    except (QuarantineRatioExceeded, LedgerImbalance, ValidationError, FileNotFoundError) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def on_failure(context: dict[str, Any]) -> None:
+    """Log one line naming the failed task and its cause; mark the run's MLflow run FAILED."""
+    ti = context.get("task_instance") or context.get("ti")
+    exc = context.get("exception")
+    log.error("DCTP task failed: %s.%s run=%s try=%s: %s: %s", getattr(ti, "dag_id", "?"),
+              getattr(ti, "task_id", "?"), getattr(ti, "run_id", "?"), getattr(ti, "try_number", "?"),
+              type(exc).__name__ if exc else "unknown", exc)
+    try:
+        run = ti.xcom_pull(task_ids="start_run") if ti else None
+        if run and run.get("mlflow_run_id"):
+            from dctp_tasks import tracking
+
+            config = resolve_config(context.get("params") or {})
+            tracking.log_text(config.tracking, run["mlflow_run_id"], f"failures/{ti.task_id}.txt",
+                              f"{type(exc).__name__}: {exc}\n")
+            tracking.close_run(config.tracking, run["mlflow_run_id"], status="FAILED")
+    except Exception:  # the callback must never hide the original failure
+        log.exception("could not record the failure in MLflow")

@@ -1,0 +1,161 @@
+"""``dctp``: look at what the pipeline exported — versions, contents, files, diffs and each date's ledger.
+
+The data root comes from ``--root`` or ``$DCTP_DATA_ROOT`` (default ``$AIRFLOW_HOME/dctp-data``); S3 roots use
+the AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dctp_tasks.config import load_config
+from dctp_tasks.export import METADATA_PREFIX, open_table
+from dctp_tasks.ledger import ledger_report, read_rejects
+from dctp_tasks.storage import Storage
+from dctp_tasks.tracking import airflow_home
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dctp", description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default=None, help="data root URI (default: $DCTP_DATA_ROOT)")
+    parser.add_argument("--dataset", default=None, help="exported table name (default: export.dataset_name)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("versions", help="list the table's versions with their run metadata")
+    show = sub.add_parser("show", help="rows of a version by split, source, domain and language")
+    show.add_argument("version", type=int)
+    files = sub.add_parser("files", help="the Parquet file URIs of a version (for Hugging Face datasets)")
+    files.add_argument("version", type=int)
+    diff = sub.add_parser("diff", help="doc_ids added and removed between two versions")
+    diff.add_argument("v1", type=int)
+    diff.add_argument("v2", type=int)
+    diff.add_argument("--sample", type=int, default=5, help="doc_ids to show of each side")
+    ledger = sub.add_parser("ledger", help="where every input row of a date ended up")
+    ledger.add_argument("dt", help="partition date YYYY-MM-DD")
+    ledger.add_argument("--rows", type=int, default=10, help="example rejects to show per reason")
+    args = parser.parse_args(argv)
+
+    root = args.root or os.environ.get("DCTP_DATA_ROOT") or (airflow_home() / "dctp-data").as_uri()
+    storage = Storage(root)
+    dataset = args.dataset or load_config().export.dataset_name
+    try:
+        out = COMMANDS[args.command](storage, dataset, args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dctp: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # deltalake raises its own TableNotFoundError etc.
+        if type(exc).__name__ in {"TableNotFoundError", "DeltaError"}:
+            print(f"dctp: no exported table {dataset!r} under {storage.root}: {exc}", file=sys.stderr)
+            return 2
+        raise
+    print(json.dumps(out, indent=2, default=str) if args.json else _render(args.command, out))
+    return 0
+
+
+def versions(storage: Storage, dataset: str, args) -> list[dict]:
+    history = open_table(storage, dataset).history()
+    rows = []
+    for commit in sorted(history, key=lambda c: c["version"]):
+        meta = {k.removeprefix(METADATA_PREFIX): v for k, v in commit.items() if k.startswith(METADATA_PREFIX)}
+        rows.append({
+            "version": commit["version"],
+            "committed": datetime.fromtimestamp(commit["timestamp"] / 1000, UTC).isoformat(timespec="seconds"),
+            "operation": commit.get("operation"),
+            "dt": meta.get("dt"),
+            "rows": meta.get("exported"),
+            "run_id": meta.get("run_id"),
+            "mlflow_run_id": meta.get("mlflow_run_id"),
+        })
+    return rows
+
+
+def show(storage: Storage, dataset: str, args) -> dict:
+    table = open_table(storage, dataset, args.version).to_pyarrow_dataset().to_table(
+        columns=["dt", "split", "source", "domain", "lang"])
+    out: dict = {"version": args.version, "rows": table.num_rows}
+    for column in ("dt", "split", "source", "domain", "lang"):
+        counts = table.group_by(column).aggregate([([], "count_all")]).sort_by([("count_all", "descending"),
+                                                                                (column, "ascending")])
+        out[f"by_{column}"] = {str(r[column]): r["count_all"] for r in counts.to_pylist()}
+    return out
+
+
+def files(storage: Storage, dataset: str, args) -> list[str]:
+    return sorted(open_table(storage, dataset, args.version).file_uris())
+
+
+def diff(storage: Storage, dataset: str, args) -> dict:
+    old = _doc_ids(storage, dataset, args.v1)
+    new = _doc_ids(storage, dataset, args.v2)
+    added = pc.filter(new, pc.invert(pc.is_in(new, value_set=old)))
+    removed = pc.filter(old, pc.invert(pc.is_in(old, value_set=new)))
+    added_ids = pc.take(added, pc.sort_indices(added))  # sorted, so the samples are stable
+    removed_ids = pc.take(removed, pc.sort_indices(removed))
+    return {"from": args.v1, "to": args.v2, "added": len(added_ids), "removed": len(removed_ids),
+            "unchanged": len(new) - len(added_ids),
+            "added_sample": added_ids.slice(0, args.sample).to_pylist(),
+            "removed_sample": removed_ids.slice(0, args.sample).to_pylist()}
+
+
+def ledger(storage: Storage, dataset: str, args) -> dict:
+    history = [c for c in open_table(storage, dataset).history()
+               if c.get(f"{METADATA_PREFIX}dt") == args.dt]
+    latest = max(history, key=lambda c: c["version"]) if history else {}
+    ingested = int(latest.get(f"{METADATA_PREFIX}ingested", 0))
+    exported = int(latest.get(f"{METADATA_PREFIX}exported", 0))
+    report = ledger_report(storage, args.dt, ingested, exported)
+    rejects = read_rejects(storage, args.dt)
+    examples: dict[str, list[dict]] = {}
+    for row in rejects.sort_by([("outcome", "ascending"), ("reason", "ascending"), ("file", "ascending"),
+                                ("line", "ascending"), ("doc_id", "ascending")]).to_pylist():
+        bucket = examples.setdefault(f"{row['outcome']}.{row['reason']}", [])
+        if len(bucket) < args.rows:
+            bucket.append({k: row[k] for k in ("doc_id", "detail", "duplicate_of", "file", "line") if row[k]})
+    return {**report.as_dict(), "version": latest.get("version"), "examples": examples,
+            "text": report.render()}
+
+
+def _doc_ids(storage: Storage, dataset: str, version: int) -> pa.Array:
+    table = open_table(storage, dataset, version).to_pyarrow_dataset().to_table(columns=["doc_id"])
+    return table.column("doc_id").combine_chunks()
+
+
+def _render(command: str, out) -> str:
+    if command == "versions":
+        header = f"{'version':>7}  {'committed':<25} {'dt':<10} {'rows':>8}  {'run_id':<45} mlflow_run_id"
+        lines = [header] + [f"{r['version']:>7}  {r['committed']:<25} {r['dt'] or '-':<10} {r['rows'] or '-':>8}  "
+                            f"{r['run_id'] or '-':<45} {r['mlflow_run_id'] or '-'}" for r in out]
+        return "\n".join(lines)
+    if command == "show":
+        lines = [f"version {out['version']}: {out['rows']:,} rows"]
+        for key in ("by_dt", "by_split", "by_source", "by_domain", "by_lang"):
+            lines.append(f"  {key[3:]}:")
+            lines += [f"    {name:<24} {count:>10,}  ({count / max(out['rows'], 1):.1%})"
+                      for name, count in list(out[key].items())[:15]]
+        return "\n".join(lines)
+    if command == "files":
+        return "\n".join(out)
+    if command == "diff":
+        return (f"v{out['from']} -> v{out['to']}: +{out['added']:,} added, -{out['removed']:,} removed, "
+                f"{out['unchanged']:,} unchanged\n  added e.g.:   {', '.join(out['added_sample']) or '-'}\n"
+                f"  removed e.g.: {', '.join(out['removed_sample']) or '-'}")
+    if command == "ledger":
+        lines = [out["text"], f"  (export version {out['version']})"]
+        for reason, rows in out["examples"].items():
+            lines.append(f"  {reason}:")
+            lines += ["    " + ", ".join(f"{k}={v}" for k, v in row.items()) for row in rows]
+        return "\n".join(lines)
+    return json.dumps(out, indent=2, default=str)
+
+
+COMMANDS = {"versions": versions, "show": show, "files": files, "diff": diff, "ledger": ledger}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Typed pipeline settings: the YAML defaults, per-run overrides, and the hash recorded with every run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "include" / "config" / "dctp.yaml"
+
+#: Record fields a source mapping may fill. ``doc_id`` takes the source's own id.
+MAPPABLE_FIELDS = ("doc_id", "text", "prompt", "response", "domain", "created_at", "meta")
+DEFAULT_FIELDS: dict[str, str | list[str]] = {
+    "doc_id": "id",
+    "text": "text",
+    "prompt": "prompt",
+    "response": "response",
+    "domain": "domain",
+    "created_at": "created_at",
+    "meta": "meta",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PostgresSourceConfig(_Strict):
+    """A table read through the postgres provider; rows whose timestamp falls in the run's data interval."""
+
+    conn_id: str = "dctp_source_pg"
+    table: str
+    timestamp_column: str = "created_at"
+    schema_name: str = Field("public", alias="schema")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SourceConfig(_Strict):
+    """How one landing folder (or table) maps onto records.
+
+    ``fields`` maps a record field to one input column, or to a list of columns joined with
+    ``join_with`` (e.g. ``text: [title, description]``). Fields not listed keep the default mapping.
+    ``defaults`` gives constant values for fields the input lacks (e.g. ``domain: news``).
+    """
+
+    fields: dict[str, str | list[str]] = Field(default_factory=dict)
+    defaults: dict[str, str] = Field(default_factory=dict)
+    join_with: str = "\n\n"
+    postgres: PostgresSourceConfig | None = None
+    enabled: bool = True
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        unknown = sorted(set(value) - set(MAPPABLE_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown record field(s) {unknown} in mapping; allowed: {list(MAPPABLE_FIELDS)}")
+        return value
+
+    def field_map(self) -> dict[str, list[str]]:
+        """Return every mappable field with the input column(s) it reads, defaults filled in."""
+        merged = {**DEFAULT_FIELDS, **self.fields}
+        return {name: [cols] if isinstance(cols, str) else list(cols) for name, cols in merged.items()}
+
+
+class IngestConfig(_Strict):
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    max_quarantine_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    """Largest share of a day's input rows that may be quarantined before ingest fails (0.05 = 5 %)."""
+    include_sources: list[str] = Field(default_factory=list)
+    """Only ingest these source folders / tables (empty: all). A DAG Param sets it per run."""
+
+    def source(self, name: str) -> SourceConfig:
+        return self.sources.get(name, SourceConfig())
+
+
+class NormalizeConfig(_Strict):
+    min_chars: int = Field(50, ge=0)
+    """Shortest normalized text kept, in characters; shorter rows are filtered as ``too_short``."""
+    max_chars: int = Field(100_000, ge=1)
+    """Longest normalized text kept, in characters (about 25k tokens); longer rows are ``too_long``."""
+    fix_unicode: bool = True
+    """Repair mojibake and broken HTML entities with ftfy before NFC normalization."""
+    uncurl_quotes: bool = False
+    """Replace curly quotes with straight ones (ftfy); off because it changes legitimate text."""
+    workers: int = Field(0, ge=0)
+    """Processes for ftfy and language ID; 0 means one per CPU core."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NormalizeConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"normalize.min_chars={self.min_chars} exceeds max_chars={self.max_chars}")
+        return self
+
+
+class ExportConfig(_Strict):
+    dataset_name: str = "curated"
+    validation_fraction: float = Field(0.05, ge=0.0, le=0.5)
+    """Share of doc_ids hashed into ``validation``; stable across versions because it hashes the id."""
+    test_fraction: float = Field(0.05, ge=0.0, le=0.5)
+    """Share of doc_ids hashed into ``test``."""
+
+
+class TrackingConfig(_Strict):
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///$AIRFLOW_HOME/mlflow.db``."""
+    artifact_root: str | None = None
+    """Where new experiments store artifacts; default ``$AIRFLOW_HOME/mlflow-artifacts``."""
+    enabled: bool = True
+
+
+class PipelineConfig(_Strict):
+    batch_size: int = Field(10_000, ge=1)
+    """Rows per Arrow batch read and written by every stage; bounds memory whatever the day's size."""
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def config_hash(self) -> str:
+        """Return a short, stable hash of the resolved settings."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, str]:
+        """Return the resolved settings as ``dotted.key -> value`` strings (MLflow params)."""
+        return {key: json.dumps(value) if not isinstance(value, str) else value
+                for key, value in _flatten(self.model_dump(mode="json", by_alias=True)).items()}
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load settings from ``path`` (default ``$DCTP_CONFIG`` or the packaged YAML), then apply dotted overrides.
+
+    Overrides with value ``None`` are ignored, so unset DAG Params keep the file's value.
+    """
+    path = Path(path or os.environ.get("DCTP_CONFIG") or DEFAULT_CONFIG_PATH)
+    if not path.is_file():
+        raise FileNotFoundError(f"DCTP config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"DCTP config {path} must be a mapping, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    return PipelineConfig.model_validate(data)
+

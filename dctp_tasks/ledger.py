@@ -1,0 +1,163 @@
+"""Row accounting: every input row ends exported, duplicate, filtered or quarantined (DESIGN §4).
+
+Stages write their dropped rows to ``{root}/rejects/dt=D/{stage}-NNNNN.parquet``; ``check_ledger``
+proves ``ingested = exported + duplicates + filtered + quarantined`` for a date from the data itself.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from dctp_tasks.storage import PartWriter, Storage
+
+OUTCOMES = ("duplicate", "filtered", "quarantined")
+
+REJECT_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("stage", pa.string()),
+        ("outcome", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("source", pa.string()),
+        ("file", pa.string()),
+        ("line", pa.int64()),
+        ("dt", pa.string()),
+    ]
+)
+
+
+class LedgerImbalance(RuntimeError):
+    """Rows went missing (or appeared) between ingest and export."""
+
+
+def rejects_dir(dt: str) -> str:
+    return f"rejects/dt={dt}"
+
+
+class RejectWriter:
+    """Buffer one stage's dropped rows and stream them to the date's rejects folder.
+
+    Opening it deletes only this stage's earlier reject files, so re-running a stage replaces its own
+    ledger entries and nothing else.
+    """
+
+    def __init__(self, storage: Storage, dt: str, stage: str, flush_rows: int = 50_000) -> None:
+        self.dt = dt
+        self.stage = stage
+        self.counts: Counter[str] = Counter()
+        self._rows: dict[str, list] = {name: [] for name in REJECT_SCHEMA.names}
+        self._flush_rows = flush_rows
+        self._writer = PartWriter(storage, storage.path(rejects_dir(dt)), REJECT_SCHEMA, prefix=stage)
+
+    def __enter__(self) -> RejectWriter:
+        self._writer.__enter__()
+        return self
+
+    def add(self, doc_id: str, outcome: str, reason: str, detail: str = "", *, duplicate_of: str | None = None,
+            source: str | None = None, file: str | None = None, line: int | None = None) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown ledger outcome {outcome!r}; expected one of {OUTCOMES}")
+        row = (doc_id, self.stage, outcome, reason, detail, duplicate_of, source, file, line, self.dt)
+        for name, value in zip(REJECT_SCHEMA.names, row):
+            self._rows[name].append(value)
+        self.counts[reason] += 1
+        if len(self._rows["doc_id"]) >= self._flush_rows:
+            self.flush()
+
+    def add_table(self, table: pa.Table) -> None:
+        """Record many rejects at once (a table with ``REJECT_SCHEMA`` columns minus ``stage``/``dt``)."""
+        if table.num_rows == 0:
+            return
+        n = table.num_rows
+        columns = {
+            name: table.column(name) if name in table.column_names else pa.nulls(n, REJECT_SCHEMA.field(name).type)
+            for name in REJECT_SCHEMA.names
+        }
+        columns["stage"] = pa.array([self.stage] * n, pa.string())
+        columns["dt"] = pa.array([self.dt] * n, pa.string())
+        self._writer.write(pa.table(columns, schema=REJECT_SCHEMA))
+        for reason, count in Counter(table.column("reason").to_pylist()).items():
+            self.counts[reason] += count
+
+    def flush(self) -> None:
+        if self._rows["doc_id"]:
+            self._writer.write(pa.table(self._rows, schema=REJECT_SCHEMA))
+            self._rows = {name: [] for name in REJECT_SCHEMA.names}
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.flush()
+        self._writer.__exit__(exc_type, exc, tb)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def read_rejects(storage: Storage, dt: str) -> pa.Table:
+    """Return every dropped row of date ``dt`` (empty table when there are none)."""
+    if not storage.list_files(rejects_dir(dt)):
+        return REJECT_SCHEMA.empty_table()
+    return storage.read_table(rejects_dir(dt))
+
+
+@dataclass
+class LedgerReport:
+    dt: str
+    ingested: int
+    exported: int
+    by_outcome: dict[str, int]
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def accounted(self) -> int:
+        return self.exported + sum(self.by_outcome.values())
+
+    @property
+    def balanced(self) -> bool:
+        return self.ingested == self.accounted
+
+    def as_dict(self) -> dict:
+        return {
+            "dt": self.dt,
+            "ingested": self.ingested,
+            "exported": self.exported,
+            **{outcome: self.by_outcome.get(outcome, 0) for outcome in OUTCOMES},
+            "balanced": self.balanced,
+            "by_reason": dict(sorted(self.by_reason.items())),
+        }
+
+    def render(self) -> str:
+        lines = [f"ledger dt={self.dt}: ingested {self.ingested:,} = exported {self.exported:,}"
+                 + "".join(f" + {o} {self.by_outcome.get(o, 0):,}" for o in OUTCOMES)
+                 + ("  [balanced]" if self.balanced else f"  [UNBALANCED: accounted {self.accounted:,}]")]
+        for reason, count in sorted(self.by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  {reason:<28} {count:>10,}")
+        return "\n".join(lines)
+
+
+def ledger_report(storage: Storage, dt: str, ingested: int, exported: int) -> LedgerReport:
+    """Count the date's rejects by outcome and reason against what was ingested and exported."""
+    rejects = read_rejects(storage, dt)
+    by_outcome = {o: 0 for o in OUTCOMES}
+    by_reason: dict[str, int] = {}
+    if rejects.num_rows:
+        for row in rejects.group_by(["outcome", "reason"]).aggregate([([], "count_all")]).to_pylist():
+            by_outcome[row["outcome"]] += row["count_all"]
+            key = f"{row['outcome']}.{row['reason']}"
+            by_reason[key] = by_reason.get(key, 0) + row["count_all"]
+    return LedgerReport(dt=dt, ingested=ingested, exported=exported, by_outcome=by_outcome, by_reason=by_reason)
+
+
+def check_ledger(report: LedgerReport) -> LedgerReport:
+    """Raise ``LedgerImbalance`` unless every ingested row is accounted for exactly once."""
+    if not report.balanced:
+        raise LedgerImbalance(
+            f"ledger for dt={report.dt} does not balance: ingested {report.ingested} but exported "
+            f"{report.exported} + {report.by_outcome} = {report.accounted}"
+        )
+    return report

@@ -1,0 +1,249 @@
+"""One storage layer for ``file://`` and ``s3://`` data roots: paths, Parquet I/O and Delta options.
+
+Every stage goes through ``Storage``; nothing else knows whether the root is local or S3 (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Credentials and endpoint for an S3-compatible store (resolved from ``aws_default`` by the DAG)."""
+
+    endpoint_url: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls) -> S3Options:
+        return cls(
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+            region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+        )
+
+
+def staging_dir(dag_id: str, dt: str, stage: str) -> str:
+    """Return the per-run intermediate folder of ``stage`` (relative to the root)."""
+    return f"staging/{dag_id}/dt={dt}/{stage}"
+
+
+def state_dir(name: str, dt: str | None = None) -> str:
+    """Return a cross-run index folder, or one date's partition of it."""
+    return f"state/{name}" if dt is None else f"state/{name}/dt={dt}"
+
+
+class Storage:
+    """A data root (``file:///abs/dir``, a plain path, or ``s3://bucket/prefix``) and its filesystem."""
+
+    def __init__(self, root: str, s3: S3Options | None = None) -> None:
+        parsed = urlparse(root)
+        self.scheme = parsed.scheme or "file"
+        if self.scheme == "file":
+            base = os.path.abspath(parsed.path if parsed.scheme else root)
+            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
+            self.base = base
+            self.root = f"file://{base}"
+            self.s3 = None
+        elif self.scheme == "s3":
+            if not parsed.netloc:
+                raise ValueError(f"S3 data root {root!r} names no bucket")
+            self.s3 = s3 or S3Options.from_env()
+            self.base = f"{parsed.netloc}{parsed.path}".rstrip("/")
+            self.root = f"s3://{self.base}"
+            self.fs = _s3_filesystem(self.s3)
+        else:
+            raise ValueError(f"unsupported data root {root!r}: use file://… or s3://bucket/prefix")
+
+    def __repr__(self) -> str:
+        return f"Storage({self.root!r})"
+
+    # paths -----------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """Return the filesystem path of ``parts`` under the root."""
+        return posixpath.join(self.base, *[p.strip("/") for p in parts if p])
+
+    def uri(self, *parts: str) -> str:
+        """Return the full URI (``file://`` or ``s3://``) of ``parts`` under the root."""
+        return f"{self.scheme}://{self.path(*parts)}" if self.scheme == "s3" else f"file://{self.path(*parts)}"
+
+    def relative(self, path: str) -> str:
+        return posixpath.relpath(path, self.base)
+
+    # listing and files -----------------------------------------------------------------------
+    def list_files(self, *parts: str, recursive: bool = True) -> list[str]:
+        """Return the sorted file paths under ``parts`` (empty when the folder does not exist)."""
+        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True, recursive=recursive)
+        return sorted(info.path for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
+
+    def list_dirs(self, *parts: str) -> list[str]:
+        """Return the names of the folders directly under ``parts``."""
+        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True, recursive=False)
+        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(selector)
+                      if i.type == pafs.FileType.Directory)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def delete_dir(self, *parts: str) -> None:
+        """Delete a folder and everything under it, if it exists."""
+        path = self.path(*parts)
+        if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+
+    def delete_files(self, paths: list[str]) -> None:
+        for path in paths:
+            self.fs.delete_file(path)
+
+    # pyarrow would (de)compress by file extension; we handle .gz ourselves, byte for byte.
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path, compression=None) as stream:
+            return stream.read()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        with self.fs.open_output_stream(path, compression=None) as stream:
+            stream.write(data)
+
+    # parquet ---------------------------------------------------------------------------------
+    def writer(self, *parts: str, schema: pa.Schema, prefix: str = "part") -> PartWriter:
+        """Return a writer that replaces the Parquet dataset at ``parts`` (its old files are deleted)."""
+        return PartWriter(self, self.path(*parts), schema, prefix)
+
+    def iter_batches(self, *parts: str, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Yield the dataset's rows in file order, ``batch_size`` at a time (bounded memory)."""
+        for path in self.list_files(*parts):
+            if path.endswith(".parquet"):
+                with self.fs.open_input_file(path) as handle:
+                    yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
+
+    def read_table(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
+        """Read a whole (small) Parquet dataset; use ``iter_batches`` for per-day data."""
+        tables = []
+        for path in self.list_files(*parts):
+            if path.endswith(".parquet"):
+                with self.fs.open_input_file(path) as handle:
+                    tables.append(pq.read_table(handle, columns=columns))
+        if not tables:
+            raise FileNotFoundError(f"no Parquet files under {self.uri(*parts)}")
+        return pa.concat_tables(tables, promote_options="default")
+
+    def count_rows(self, *parts: str) -> int:
+        """Count a Parquet dataset's rows from the file footers, without reading data."""
+        total = 0
+        for path in self.list_files(*parts):
+            if path.endswith(".parquet"):
+                with self.fs.open_input_file(path) as handle:
+                    total += pq.ParquetFile(handle).metadata.num_rows
+        return total
+
+    def parquet_schema(self, *parts: str) -> pa.Schema:
+        files = [p for p in self.list_files(*parts) if p.endswith(".parquet")]
+        if not files:
+            raise FileNotFoundError(f"no Parquet files under {self.uri(*parts)}")
+        with self.fs.open_input_file(files[0]) as handle:
+            return pq.read_schema(handle)
+
+    # delta -----------------------------------------------------------------------------------
+    def delta_storage_options(self) -> dict[str, str]:
+        """Return the ``storage_options`` deltalake needs to reach this root."""
+        if self.scheme != "s3":
+            return {}
+        options = {"AWS_REGION": self.s3.region}
+        if self.s3.access_key:
+            options["AWS_ACCESS_KEY_ID"] = self.s3.access_key
+            options["AWS_SECRET_ACCESS_KEY"] = self.s3.secret_key or ""
+        if self.s3.session_token:
+            options["AWS_SESSION_TOKEN"] = self.s3.session_token
+        if self.s3.endpoint_url:
+            options["AWS_ENDPOINT_URL"] = self.s3.endpoint_url
+            if self.s3.endpoint_url.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+        # S3 has conditional writes (If-None-Match), so concurrent commits cannot overwrite each other.
+        options["conditional_put"] = "etag"
+        return options
+
+
+class PartWriter:
+    """Stream record batches into ``part-NNNNN.parquet`` files, rotating every ``rows_per_file`` rows."""
+
+    def __init__(self, storage: Storage, path: str, schema: pa.Schema, prefix: str = "part",
+                 rows_per_file: int = 1_000_000) -> None:
+        self.storage = storage
+        self.path = path
+        self.schema = schema
+        self.prefix = prefix
+        self.rows_per_file = rows_per_file
+        self.rows = 0
+        self.files: list[str] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._sink = None
+        self._in_file = 0
+
+    def __enter__(self) -> PartWriter:
+        stale = [p for p in self.storage.list_files(self.storage.relative(self.path))
+                 if posixpath.basename(p).startswith(self.prefix + "-")]
+        self.storage.delete_files(stale)
+        self.storage.fs.create_dir(self.path, recursive=True)
+        return self
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        if data.num_rows == 0:
+            return
+        if not data.schema.equals(self.schema):
+            data = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+            data = data.select(self.schema.names).cast(self.schema)
+        if self._writer is None or self._in_file >= self.rows_per_file:
+            self._open()
+        self._writer.write(data)
+        self._in_file += data.num_rows
+        self.rows += data.num_rows
+
+    def _open(self) -> None:
+        self._close_file()
+        name = posixpath.join(self.path, f"{self.prefix}-{len(self.files):05d}.parquet")
+        self._sink = self.storage.fs.open_output_stream(name, compression=None)
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
+        self.files.append(name)
+        self._in_file = 0
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = self._sink = None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self.files:
+            self._open()  # an empty day still leaves a file that carries the schema
+        self._close_file()
+
+
+def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": options.region, "connect_timeout": 10, "request_timeout": 60,
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5)}
+    if options.access_key:
+        kwargs.update(access_key=options.access_key, secret_key=options.secret_key,
+                      session_token=options.session_token)
+    if options.endpoint_url:
+        endpoint = urlparse(options.endpoint_url)
+        kwargs.update(endpoint_override=endpoint.netloc or endpoint.path, scheme=endpoint.scheme or "https")
+        kwargs["force_virtual_addressing"] = False
+    return pafs.S3FileSystem(**kwargs)

@@ -1,0 +1,94 @@
+"""MLflow: one run per DAG run (experiment per DAG), per-stage metrics under the stage's prefix (DESIGN §9)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from dctp_tasks.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+RUN_ID_TAG = "airflow.run_id"
+MAX_PARAM_LENGTH = 6000
+
+
+def airflow_home() -> Path:
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{airflow_home() / 'mlflow.db'}"
+
+
+def artifact_root(config: TrackingConfig) -> str:
+    return config.artifact_root or os.environ.get("MLFLOW_ARTIFACT_ROOT") or (airflow_home() / "mlflow-artifacts").as_uri()
+
+
+def _client(config: TrackingConfig):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(config))
+
+
+def open_run(config: TrackingConfig, experiment: str, run_name: str, tags: dict[str, str],
+             params: dict[str, str]) -> str:
+    """Return the MLflow run id for this DAG run, creating it, or reopening it when the run is re-run."""
+    client = _client(config)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(
+        experiment, artifact_location=f"{artifact_root(config).rstrip('/')}/{experiment}")
+    existing = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run_name}'",
+                                  max_results=1, order_by=["attributes.start_time DESC"])
+    if existing:
+        run_id = existing[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        log.info("reopened MLflow run %s for %s", run_id, run_name)
+    else:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags={RUN_ID_TAG: run_name, **tags}).info.run_id
+        log.info("created MLflow run %s for %s", run_id, run_name)
+    _log_params(client, run_id, params)
+    return run_id
+
+
+def _log_params(client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    current = client.get_run(run_id).data.params
+    # MLflow params are immutable: a re-run logs only the keys it has not logged yet.
+    fresh = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items()) if k not in current]
+    for start in range(0, len(fresh), 100):
+        client.log_batch(run_id, params=fresh[start:start + 100])
+
+
+def log_metrics(config: TrackingConfig, run_id: str, metrics: dict[str, float]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    entries = [Metric(key, float(value), now, 0) for key, value in sorted(metrics.items())]
+    client = _client(config)
+    for start in range(0, len(entries), 500):
+        client.log_batch(run_id, metrics=entries[start:start + 500])
+
+
+def log_text(config: TrackingConfig, run_id: str, name: str, text: str) -> None:
+    _client(config).log_text(run_id, text, name)
+
+
+def log_dict(config: TrackingConfig, run_id: str, name: str, data: dict) -> None:
+    _client(config).log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), name)
+
+
+def close_run(config: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:
+    _client(config).set_terminated(run_id, status=status)
+
+
+def run_summary(config: TrackingConfig, run_id: str) -> dict:
+    """Return the run's status, metrics and tags (for the CLI and tests)."""
+    run = _client(config).get_run(run_id)
+    return {"status": run.info.status, "metrics": dict(run.data.metrics), "tags": dict(run.data.tags),
+            "params": dict(run.data.params), "artifact_uri": run.info.artifact_uri}

@@ -1,0 +1,164 @@
+"""Shared fixtures: an isolated AIRFLOW_HOME, real PostgreSQL, a moto S3 server on loopback, table factories.
+
+Service-backed fixtures skip with a reason on a developer machine without the service, and fail in CI
+(``CI=true``), where every service must be there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# Airflow reads its settings at import: point it at a throwaway home before anything imports it.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="dctp-airflow-home-"))
+os.environ.update({
+    "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+    "MLFLOW_TRACKING_URI": f"sqlite:///{_AIRFLOW_HOME / 'mlflow.db'}",
+    "MLFLOW_ARTIFACT_ROOT": (_AIRFLOW_HOME / "mlflow-artifacts").as_uri(),
+    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+})
+os.environ.pop("DCTP_CONFIG", None)
+if str(REPO / "dags") not in sys.path:
+    sys.path.insert(0, str(REPO / "dags"))
+
+PG_DSN = os.environ.get("DCTP_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def unavailable(reason: str) -> None:
+    """Skip on a developer machine; fail in CI, where every service must run."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: service-backed tests must run)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        unavailable(f"real datasets not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    import psycopg2
+
+    try:
+        psycopg2.connect(PG_DSN, connect_timeout=3).close()
+    except psycopg2.OperationalError as exc:
+        unavailable(f"PostgreSQL not reachable at {PG_DSN}: {exc}")
+    return PG_DSN
+
+
+@pytest.fixture
+def pg_conn(pg_dsn):
+    import psycopg2
+
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def pg_table_name(pg_conn):
+    """A unique table name in the ``test`` database, dropped afterwards."""
+    name = f"dctp_test_{uuid.uuid4().hex[:10]}"
+    yield name
+    with pg_conn.cursor() as cur:
+        cur.execute(f'DROP TABLE IF EXISTS public."{name}"')
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real S3 API (moto server) on loopback; yields its endpoint URL."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    if not exe.exists():
+        unavailable("moto_server is not installed (pip install 'moto[server]')")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("moto server did not start within 30 s")
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(moto_server, monkeypatch):
+    """A fresh bucket on the moto server; AWS_* environment set for the pipeline and boto3."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    name = f"dctp-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Migrate the session's SQLite Airflow metadata DB once."""
+    result = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], capture_output=True,
+                            text=True, env=os.environ.copy(), timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return _AIRFLOW_HOME
+
+
+def make_table(texts: list[str], **columns):
+    """Build a ``CORE_SCHEMA`` table from texts; keyword columns override defaults (lists of values)."""
+    import pyarrow as pa
+
+    from dctp_tasks.records import CORE_SCHEMA, empty_lineage
+
+    n = len(texts)
+    data = {
+        "doc_id": [f"t/{i}" for i in range(n)],
+        "text": texts,
+        "prompt": [None] * n,
+        "response": [None] * n,
+        "source": ["t"] * n,
+        "domain": [None] * n,
+        "created_at": [None] * n,
+        "meta": ["{}"] * n,
+        "dt": ["2026-01-01"] * n,
+        "synthetic": [False] * n,
+        "sampling_weight": [1.0] * n,
+    }
+    data.update(columns)
+    arrays = [pa.array(data[f.name], f.type) if f.name != "lineage" else empty_lineage(n) for f in CORE_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=CORE_SCHEMA)
