@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import lru_cache
@@ -43,7 +44,7 @@ def normalize_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str
     cfg = config.normalize
     out_dir = staging_dir(dag_id, dt, STAGE)
     result = StageResult(STAGE, storage.uri(out_dir))
-    step = params_hash(cfg.model_dump(mode="json"))
+    step = params_hash(cfg.model_dump(mode="json", exclude={"workers"}))  # workers do not change the output
     batches = storage.iter_batches(staging_dir(dag_id, dt, INPUT_STAGE), batch_size=config.batch_size)
     with Timer() as timer, storage.writer(out_dir, schema=NORMALIZED_SCHEMA) as writer, \
             RejectWriter(storage, dt, STAGE) as rejects:
@@ -71,7 +72,7 @@ def normalize_texts(texts: pa.Array | pa.ChunkedArray, cfg: NormalizeConfig) -> 
     if cfg.fix_unicode:
         texts = _ftfy(texts, cfg.uncurl_quotes)
     texts = pc.replace_substring_regex(texts, _LINE_BREAKS, "\n")
-    texts = pc.utf8_normalize(texts, "NFC")
+    texts = _nfc(texts)
     texts = pc.replace_substring_regex(texts, _CONTROLS, "")
     texts = pc.replace_substring_regex(texts, _HSPACE, " ")
     texts = pc.replace_substring_regex(texts, r" ?\n ?", "\n")
@@ -115,6 +116,18 @@ def _ftfy(texts: pa.Array, uncurl_quotes: bool) -> pa.Array:
     for i in np.flatnonzero(suspect):
         if values[i] is not None:
             values[i] = ftfy.fix_text(values[i], fixer)
+    return pa.array(values, pa.string())
+
+
+def _nfc(texts: pa.Array) -> pa.Array:
+    # Not pc.utf8_normalize: up to pyarrow 25 it returns NFD for form="NFC" (apache/arrow#51225).
+    # ASCII text is already NFC, so only non-ASCII rows pay for the per-row call.
+    todo = pc.fill_null(pc.invert(pc.string_is_ascii(texts)), False).to_numpy(zero_copy_only=False)
+    if not todo.any():
+        return texts
+    values = texts.to_pylist()
+    for i in np.flatnonzero(todo):
+        values[i] = unicodedata.normalize("NFC", values[i])
     return pa.array(values, pa.string())
 
 

@@ -78,9 +78,12 @@ def _decompressed(stream, gz: bool):
 
 def _lines(fileobj) -> Iterator[bytes]:
     """Yield complete lines without their terminator; a final unterminated line is yielded too."""
+    # read1, not read: a truncated gzip member raises on the read that hits the cut, and a buffered
+    # read() discards what it had already decompressed, losing the complete lines before the cut.
+    read = getattr(fileobj, "read1", fileobj.read)
     pending = b""
     while True:
-        chunk = fileobj.read(_CHUNK)
+        chunk = read(_CHUNK)
         if not chunk:
             break
         parts = (pending + chunk).split(b"\n")
@@ -100,6 +103,8 @@ def _read_jsonl(stream, gz: bool, batch_size: int) -> Iterator[Event]:
         for raw in _lines(_decompressed(stream, gz)):
             line_no += 1
             raw = raw.rstrip(b"\r")
+            if line_no == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows tools) is not part of the JSON
             if not raw.strip():
                 continue  # blank lines are separators, not rows
             seen_content = True
@@ -164,6 +169,9 @@ def _read_csv(stream, gz: bool, batch_size: int) -> Iterator[Event]:
 
 
 def _read_parquet(stream, gz: bool, batch_size: int) -> Iterator[Event]:
+    if stream.size() == 0:  # an empty upload is empty, like a 0-byte JSONL or CSV, not a corrupt file
+        yield BadRow(0, "empty_file", "file is empty (0 bytes)")
+        return
     try:
         parquet = pq.ParquetFile(stream)
     except (pa.ArrowException, OSError) as exc:
@@ -186,9 +194,13 @@ def read_postgres(connection, schema: str, table: str, timestamp_column: str, st
                   batch_size: int) -> Iterator[Event]:
     """Yield the rows of ``schema.table`` whose ``timestamp_column`` lies in ``[start, end)``, in a stable order.
 
-    ``connection`` is a DB-API (psycopg2) connection; a server-side cursor keeps memory bounded.
+    ``connection`` is a psycopg2 or psycopg connection; a server-side cursor keeps memory bounded.
     """
-    from psycopg2 import sql
+    # The postgres provider hands out psycopg2 or psycopg (3) connections; each needs its own sql module.
+    if type(connection).__module__.startswith("psycopg2"):
+        from psycopg2 import sql
+    else:
+        from psycopg import sql
 
     query = sql.SQL("SELECT * FROM {}.{} WHERE {ts} >= %s AND {ts} < %s ORDER BY {ts}, 1").format(
         sql.Identifier(schema), sql.Identifier(table), ts=sql.Identifier(timestamp_column)

@@ -1,0 +1,166 @@
+"""End-to-end: the real ``dctp_daily`` DAG through ``dag.test()`` over three consecutive dates.
+
+Once on local files, once on S3 (moto server on loopback, reached through the ``aws_default`` connection)
+with the PostgreSQL table source on the real local server. Checks the ledger, one Delta version per date,
+idempotent re-runs (the middle date, then all three in reverse order) and the MLflow runs' metrics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from datetime import datetime, timezone
+
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pytest
+
+from dctp_tasks.export import METADATA_PREFIX, open_table
+from dctp_tasks.ledger import ledger_report
+from dctp_tasks.storage import S3Options, Storage
+from tests.conftest import REPO
+
+DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
+STAGES = ["ingest", "normalize", "dedup_exact", "export"]
+
+pytestmark = pytest.mark.slow
+
+
+def demo_corpus():
+    spec = importlib.util.spec_from_file_location("demo_corpus", REPO / "include" / "demo_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags["dctp_daily"]
+
+
+def run_date(dag, dt: str, conf: dict | None = None) -> str:
+    run = dag.test(logical_date=datetime.fromisoformat(dt).replace(tzinfo=timezone.utc), run_conf=conf or {})
+    assert run.state == "success", f"dctp_daily for {dt} ended {run.state}"
+    return run.run_id
+
+
+def partition(storage: Storage, dt: str, version: int | None = None):
+    table = open_table(storage, "curated", version).to_pyarrow_dataset().to_table(filter=ds.field("dt") == dt)
+    return table.sort_by("doc_id")
+
+
+def commits(storage: Storage) -> list[dict]:
+    return sorted(open_table(storage, "curated").history(), key=lambda c: c["version"])
+
+
+def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[str, set[str]]:
+    """Run the dates forward, re-run the middle one, then all in reverse; return the survivors per date."""
+    run_ids = {dt: run_date(dag, dt, conf) for dt in DATES}
+
+    history = commits(storage)
+    assert [c[f"{METADATA_PREFIX}dt"] for c in history] == DATES, "exactly one new version per date, in order"
+    for commit in history:
+        dt = commit[f"{METADATA_PREFIX}dt"]
+        assert commit[f"{METADATA_PREFIX}run_id"] == run_ids[dt]
+        assert commit[f"{METADATA_PREFIX}mlflow_run_id"]
+        ingested = int(commit[f"{METADATA_PREFIX}ingested"])
+        exported = partition(storage, dt, commit["version"]).num_rows
+        assert exported == int(commit[f"{METADATA_PREFIX}exported"])
+        report = ledger_report(storage, dt, ingested, exported)
+        assert report.balanced, report.render()
+        # the demo corpus has every kind of drop on every date
+        assert report.by_outcome["duplicate"] > 0 and report.by_outcome["filtered"] > 0
+        assert report.by_outcome["quarantined"] > 0
+
+    survivors = {dt: set(partition(storage, dt).column("doc_id").to_pylist()) for dt in DATES}
+    # later dates lost their copies of earlier documents to history
+    assert all(survivors[a].isdisjoint(survivors[b]) for a in DATES for b in DATES if a < b)
+
+    before = partition(storage, DATES[1])
+    run_date(dag, DATES[1], conf)
+    assert len(commits(storage)) == 4
+    after = partition(storage, DATES[1])
+    assert after.drop_columns(["lineage"]).equals(before.drop_columns(["lineage"])), "re-run changed the date"
+    assert after.column("lineage").to_pylist() == before.column("lineage").to_pylist()
+    assert {dt: set(partition(storage, dt).column("doc_id").to_pylist()) for dt in DATES} == survivors
+
+    for dt in reversed(DATES):
+        run_date(dag, dt, conf)
+    assert len(commits(storage)) == 7
+    assert {dt: set(partition(storage, dt).column("doc_id").to_pylist()) for dt in DATES} == survivors
+    return survivors
+
+
+def check_mlflow(dt_runs: list[str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("dctp_daily")
+    for dt in DATES:
+        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.dt = '{dt}'")
+        finished = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("run_id") in dt_runs]
+        assert finished, f"no finished MLflow run for {dt}"
+        metrics = finished[0].data.metrics
+        for stage in STAGES:
+            assert metrics[f"{stage}.total"] > 0 and metrics[f"{stage}.seconds"] >= 0
+            assert f"{stage}.rows_per_s" in metrics
+        assert metrics["ingest.total"] == metrics["ledger.ingested"]
+        assert metrics["ledger.exported"] == metrics["export.kept"]
+        assert metrics["dedup_exact.dropped_exact_duplicate"] > 0
+        assert finished[0].data.params["normalize.min_chars"] == "50"
+        artifacts = {a.path for a in client.list_artifacts(finished[0].info.run_id)}
+        assert {"ledger.json", "ledger.txt"} <= artifacts
+
+
+def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):
+    root = (tmp_path / "data").as_uri()
+    monkeypatch.setenv("DCTP_DATA_ROOT", root)
+    storage = Storage(root)
+    demo_corpus().generate(storage, DATES, seed=7, rows_per_day=300)
+
+    survivors = check_three_dates(dag, storage)
+
+    assert all(len(ids) > 100 for ids in survivors.values())
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("dctp_daily").experiment_id], max_results=500)
+    check_mlflow([r.data.tags["run_id"] for r in runs])
+
+
+def test_three_dates_on_s3_with_postgres_source(dag, airflow_db, s3_bucket, moto_server, pg_conn, pg_table_name,
+                                                monkeypatch):
+    # The pipeline must find the endpoint through the aws_default connection, not the environment.
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    connection = {"conn_type": "aws", "login": "testing", "password": "testing",
+                  "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    dsn = pg_conn.dsn
+    monkeypatch.setenv("AIRFLOW_CONN_DCTP_SOURCE_PG", f"postgresql://{pg_conn.info.user}@127.0.0.1:5432/test")
+    root = f"s3://{s3_bucket}/data"
+    monkeypatch.setenv("DCTP_DATA_ROOT", root)
+    storage = Storage(root, S3Options(endpoint_url=moto_server, access_key="testing", secret_key="testing"))
+    summary = demo_corpus().generate(storage, DATES, seed=11, rows_per_day=300, pg_conn=pg_conn,
+                                     table=pg_table_name)
+    assert summary and dsn
+    conf = {"config_overrides": {"ingest.sources.articles_db.enabled": True,
+                                 "ingest.sources.articles_db.postgres.table": pg_table_name}}
+
+    survivors = check_three_dates(dag, storage, conf)
+
+    with pg_conn.cursor() as cur:
+        for dt in DATES:
+            cur.execute(f'SELECT count(*) FROM "{pg_table_name}" WHERE published_at >= %s::date '
+                        f"AND published_at < %s::date + 1", (dt, dt))
+            in_day = cur.fetchone()[0]
+            table = partition(storage, dt)
+            from_pg = pc.sum(pc.equal(table.column("source"), "articles_db")).as_py()
+            assert 0 < from_pg <= in_day, f"{dt}: {from_pg} table rows exported of {in_day} in the interval"
+            assert all(d.startswith("articles_db/") for d in
+                       table.filter(pc.equal(table.column("source"), "articles_db")).column("doc_id").to_pylist())
+    assert storage.list_files("datasets/curated/_delta_log"), "the Delta log lives on S3"
+    assert all(survivors.values())
