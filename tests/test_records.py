@@ -104,7 +104,7 @@ def test_derive_doc_id_uses_the_source_id_when_present():
 
 @pytest.mark.parametrize("source_id", [None, ""])
 def test_derive_doc_id_hashes_the_raw_text_without_an_id(source_id):
-    expected = hashlib.sha1("some text".encode()).hexdigest()
+    expected = hashlib.sha1(b"some text").hexdigest()
 
     assert derive_doc_id("web", source_id, "some text") == f"web/sha1:{expected}"
     assert derive_doc_id("web", source_id, "other text") != f"web/sha1:{expected}"

@@ -74,7 +74,8 @@ class Mapper:
         if value is None:
             return self.defaults.get("doc_id")
         if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise RowError("wrong_type", f"id column {column!r} must be a string or integer, got {type(value).__name__}")
+            raise RowError("wrong_type",
+                           f"id column {column!r} must be a string or integer, got {type(value).__name__}")
         value = str(value).strip()
         return value or None
 

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 
 from dctp_tasks.storage import Storage
 
-SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet")
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz", ".csv", ".csv.gz",
+                      ".parquet")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _CHUNK = 1 << 20
 
@@ -64,7 +65,10 @@ def read_file(storage: Storage, path: str, batch_size: int) -> Iterator[Event]:
         return
     reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[fmt]
     try:
-        stream = storage.fs.open_input_file(path) if fmt == "parquet" else storage.fs.open_input_stream(path, compression=None)
+        if fmt == "parquet":
+            stream = storage.fs.open_input_file(path)
+        else:
+            stream = storage.fs.open_input_stream(path, compression=None)
     except OSError as exc:
         yield BadRow(0, "unreadable_file", f"cannot open: {exc}")
         return
@@ -111,7 +115,8 @@ def _read_jsonl(stream, gz: bool, batch_size: int) -> Iterator[Event]:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield BadRow(line_no, "undecodable_bytes", f"invalid UTF-8 at byte {exc.start}: {raw[exc.start:exc.start + 4]!r}", raw)
+                yield BadRow(line_no, "undecodable_bytes",
+                             f"invalid UTF-8 at byte {exc.start}: {raw[exc.start:exc.start + 4]!r}", raw)
                 continue
             try:
                 data = orjson.loads(raw)
@@ -157,7 +162,7 @@ def _read_csv(stream, gz: bool, batch_size: int) -> Iterator[Event]:
                 yield BadRow(start_line, "undecodable_bytes", "row is not valid UTF-8",
                              ",".join(values).encode("utf-8", "surrogateescape"))
                 continue
-            yield RawRow(start_line, dict(zip(header, values)))
+            yield RawRow(start_line, dict(zip(header, values, strict=True)))
     except csv.Error as exc:
         yield BadRow(reader.line_num, "malformed_csv", str(exc))
         return
@@ -212,4 +217,4 @@ def read_postgres(connection, schema: str, table: str, timestamp_column: str, st
         for line, values in enumerate(cursor, start=1):
             if columns is None:
                 columns = [d[0] for d in cursor.description]
-            yield RawRow(line, dict(zip(columns, values)))
+            yield RawRow(line, dict(zip(columns, values, strict=True)))

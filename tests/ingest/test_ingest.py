@@ -85,7 +85,8 @@ def _truncated_parquet() -> bytes:
 
 BAD_INPUTS = {
     # name: (file name, bytes, reason, line, good rows kept from the same file)
-    "malformed_json": ("a.jsonl", jsonl({"id": "1", "text": TEXT}) + b'{"id": "2", "text": \n', "malformed_json", 2, 1),
+    "malformed_json": ("a.jsonl", jsonl({"id": "1", "text": TEXT}) + b'{"id": "2", "text": \n',
+                       "malformed_json", 2, 1),
     "undecodable_jsonl": ("a.jsonl", b'{"id": "1", "text": "caf\xe9 au lait"}\n' + jsonl({"id": "2", "text": TEXT}),
                           "undecodable_bytes", 1, 1),
     "undecodable_csv": ("a.csv", b"id,text\n1,fine text\n2,caf\xe9 au lait\n", "undecodable_bytes", 3, 1),

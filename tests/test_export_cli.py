@@ -1,0 +1,139 @@
+"""Export to Delta (one version per run, only its own ``dt`` replaced, commit metadata) and the ``dctp`` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from dctp_tasks.cli import main
+from dctp_tasks.config import load_config
+from dctp_tasks.export import METADATA_PREFIX, export_day, open_table
+from dctp_tasks.ledger import RejectWriter
+from dctp_tasks.records import DEDUPED_SCHEMA, NORMALIZED_SCHEMA, content_hashes
+from dctp_tasks.storage import Storage, staging_dir
+from tests.conftest import make_table
+
+CONFIG = load_config()
+
+
+def stage(storage: Storage, dt: str, ids: list[str], extra_column: bool = False) -> None:
+    texts = [f"document {i} with enough words to be a document" for i in ids]
+    table = make_table(texts, doc_id=ids, dt=[dt] * len(ids), source=["web"] * len(ids),
+                       domain=["science" if int(i.split("/")[1]) % 2 else "health" for i in ids])
+    table = table.append_column("lang", pa.array(["en"] * len(ids))).append_column(
+        "lang_score", pa.array([0.9] * len(ids), pa.float32()))
+    table = table.append_column("content_hash", content_hashes(table.column("text")))
+    schema = DEDUPED_SCHEMA
+    if extra_column:  # a later stage added a column: the table's schema must merge it
+        table = table.append_column("quality", pa.array([0.5] * len(ids)))
+        schema = pa.schema(list(DEDUPED_SCHEMA) + [pa.field("quality", pa.float64())])
+    with storage.writer(staging_dir("dag", dt, "dedup_exact"), schema=schema) as writer:
+        writer.write(table)
+    assert NORMALIZED_SCHEMA.names[0] == "doc_id"
+
+
+@pytest.fixture
+def storage(tmp_path, monkeypatch):
+    storage = Storage(tmp_path.as_uri())
+    monkeypatch.setenv("DCTP_DATA_ROOT", storage.root)
+    stage(storage, "2026-01-01", [f"web/{i}" for i in range(0, 40)])
+    export_day(storage, CONFIG, "dag", "2026-01-01", run_id="run-1", metadata={"mlflow_run_id": "m1", "ingested": 45})
+    stage(storage, "2026-01-02", [f"web/{i}" for i in range(40, 70)], extra_column=True)
+    export_day(storage, CONFIG, "dag", "2026-01-02", run_id="run-2", metadata={"mlflow_run_id": "m2", "ingested": 30})
+    return storage
+
+
+def test_each_export_is_one_version_with_run_metadata(storage):
+    table = open_table(storage, "curated")
+    assert table.version() == 1
+    history = sorted(table.history(), key=lambda c: c["version"])
+    assert [c[f"{METADATA_PREFIX}dt"] for c in history] == ["2026-01-01", "2026-01-02"]
+    first = history[0]
+    assert first[f"{METADATA_PREFIX}run_id"] == "run-1"
+    assert first[f"{METADATA_PREFIX}mlflow_run_id"] == "m1"
+    assert first[f"{METADATA_PREFIX}exported"] == "40" and first[f"{METADATA_PREFIX}ingested"] == "45"
+    assert first[f"{METADATA_PREFIX}config_hash"] == CONFIG.config_hash()
+    assert first[f"{METADATA_PREFIX}code_version"]
+    assert "quality" in table.schema().to_arrow().names  # merged from the second day's extra column
+
+
+def test_reexport_replaces_only_its_own_date(storage):
+    stage(storage, "2026-01-01", [f"web/{i}" for i in range(0, 10)])
+    export_day(storage, CONFIG, "dag", "2026-01-01", run_id="run-1b")
+    data = open_table(storage, "curated").to_pyarrow_dataset()
+    assert data.count_rows(filter=ds.field("dt") == "2026-01-01") == 10
+    assert data.count_rows(filter=ds.field("dt") == "2026-01-02") == 30
+    # time travel: version 0 still holds the first export
+    assert open_table(storage, "curated", 0).to_pyarrow_dataset().count_rows() == 40
+
+
+def test_split_is_stable_across_versions(storage):
+    v1 = open_table(storage, "curated", 1).to_pyarrow_dataset().to_table(filter=ds.field("dt") == "2026-01-01")
+    stage(storage, "2026-01-01", [f"web/{i}" for i in range(0, 40)])
+    export_day(storage, CONFIG, "dag", "2026-01-01", run_id="again")
+    v2 = open_table(storage, "curated").to_pyarrow_dataset().to_table(filter=ds.field("dt") == "2026-01-01")
+    assert dict(zip(v1["doc_id"].to_pylist(), v1["split"].to_pylist())) == \
+        dict(zip(v2["doc_id"].to_pylist(), v2["split"].to_pylist()))
+    assert set(v2["split"].to_pylist()) <= {"train", "validation", "test"}
+
+
+def run_cli(capsys, *args: str) -> dict | list:
+    assert main(["--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_versions(storage, capsys):
+    rows = run_cli(capsys, "versions")
+    assert [(r["version"], r["dt"], r["rows"], r["run_id"]) for r in rows] == [
+        (0, "2026-01-01", "40", "run-1"), (1, "2026-01-02", "30", "run-2")]
+
+
+def test_cli_show(storage, capsys):
+    out = run_cli(capsys, "show", "1")
+    assert out["rows"] == 70
+    assert out["by_dt"] == {"2026-01-01": 40, "2026-01-02": 30}
+    assert sum(out["by_split"].values()) == 70
+    assert out["by_source"] == {"web": 70}
+    assert out["by_domain"] == {"health": 35, "science": 35}
+    assert out["by_lang"] == {"en": 70}
+    assert run_cli(capsys, "show", "0")["rows"] == 40
+
+
+def test_cli_files_are_the_versions_parquet(storage, capsys):
+    uris = run_cli(capsys, "files", "1")
+    assert len(uris) == 2 and all(u.endswith(".parquet") for u in uris)
+    total = sum(ds.dataset(u.removeprefix("file://"), format="parquet").count_rows() for u in uris)
+    assert total == 70
+
+
+def test_cli_diff(storage, capsys):
+    stage(storage, "2026-01-01", [f"web/{i}" for i in [*range(5, 40), *range(100, 105)]])
+    export_day(storage, CONFIG, "dag", "2026-01-01", run_id="run-3")
+    out = run_cli(capsys, "diff", "1", "2", "--sample", "3")
+    assert (out["added"], out["removed"], out["unchanged"]) == (5, 5, 65)
+    assert out["added_sample"] == ["web/100", "web/101", "web/102"]
+    assert out["removed_sample"] == ["web/0", "web/1", "web/2"]
+
+
+def test_cli_ledger(storage, capsys):
+    with RejectWriter(storage, "2026-01-01", "ingest") as rejects:
+        for line in range(1, 6):
+            rejects.add(f"web/quarantine:f.jsonl:{line}", "quarantined", "malformed_json", "bad", source="web",
+                        file="landing/web/dt=2026-01-01/f.jsonl", line=line)
+    out = run_cli(capsys, "ledger", "2026-01-01")
+    assert (out["ingested"], out["exported"], out["quarantined"], out["balanced"]) == (45, 40, 5, True)
+    assert out["examples"]["quarantined.malformed_json"][0]["line"] == 1
+    assert main(["ledger", "2026-01-01"]) == 0
+    assert "[balanced]" in capsys.readouterr().out
+
+
+def test_cli_console_script_reports_a_missing_table(tmp_path):
+    exe = [sys.executable, "-m", "dctp_tasks.cli", "--root", (tmp_path / "empty").as_uri(), "versions"]
+    result = subprocess.run(exe, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "no exported table" in result.stderr
