@@ -20,7 +20,7 @@ Trigger with config to override thresholds for one run (see the Params).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
@@ -68,7 +68,7 @@ def _ctx():
 @dag(
     dag_id="dctp_daily",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),  # run for [D, D+1) fires at D+1 00:00
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=3,
     default_args=DEFAULT_ARGS,
@@ -93,7 +93,6 @@ def dctp_daily():
     def ingest(started: dict) -> dict:
         """Read every landing file and configured table of the date; quarantine malformed rows."""
         from dctp_common.runtime import permanent_errors, postgres_connector
-
         from dctp_tasks.ingest import ingest_day
 
         run = _ctx()
@@ -135,7 +134,6 @@ def dctp_daily():
     def finish_run(started: dict, ingested: dict, exported: dict) -> dict:
         """Prove the ledger balances against the committed Delta version; close the MLflow run."""
         from dctp_common.runtime import permanent_errors
-
         from dctp_tasks import tracking
         from dctp_tasks.export import open_table, rows_for_dt
         from dctp_tasks.ledger import check_ledger, ledger_report

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import dctp_tasks
 from dctp_tasks.config import PipelineConfig
 from dctp_tasks.ledger import RejectWriter
-from dctp_tasks.records import DEDUPED_SCHEMA, append_step, content_hashes, with_column
+from dctp_tasks.records import DEDUPED_SCHEMA, append_step, content_hashes, params_hash, with_column
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir, state_dir
 
@@ -27,6 +27,7 @@ STAGE = "dedup_exact"
 INPUT_STAGE = "normalize"
 STATE = "exact_hashes"
 STATE_SCHEMA = pa.schema([("content_hash", pa.string()), ("doc_id", pa.string()), ("dt", pa.string())])
+_STEP_PARAMS = params_hash({"key": "blake2b-128(normalized text)", "survivor": "history, created_at, doc_id"})
 _LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
 
 
@@ -51,12 +52,12 @@ def dedup_exact_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: s
                 table = table.append_column("content_hash", content_hashes(table.column("text")))
                 is_dup = pc.is_in(table.column("doc_id"), value_set=dropped_ids)
                 dups = table.filter(is_dup).select(["doc_id", "source"]).join(
-                    duplicates.select(["doc_id", "duplicate_of", "detail"]), "doc_id")
+                    duplicates.select(["doc_id", "duplicate_of", "detail"]), "doc_id").sort_by("doc_id")
                 rejects.add_table(dups.append_column("outcome", pa.array(["duplicate"] * dups.num_rows))
                                       .append_column("reason", pa.array(["exact_duplicate"] * dups.num_rows)))
                 kept = table.filter(pc.invert(is_dup))
                 kept = with_column(kept, DEDUPED_SCHEMA.field("lineage"),
-                                   append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, "sha256-nfc"))
+                                   append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, _STEP_PARAMS))
                 writer.write(kept)
     result.kept = writer.rows
     result.seconds = timer.seconds
@@ -126,7 +127,8 @@ def _decide(keys: pa.Table, history: pa.Table) -> tuple[pa.Table, pa.Table]:
         pc.binary_join_element_wise("exact content_hash=", duplicates.column("content_hash"), " (history dt=",
                                     pc.fill_null(duplicates.column("of_dt"), ""), ")", ""),
     )
-    return survivors, pa.table({"doc_id": duplicates.column("doc_id"), "duplicate_of": duplicates.column("duplicate_of"),
+    return survivors, pa.table({"doc_id": duplicates.column("doc_id"),
+                                "duplicate_of": duplicates.column("duplicate_of"),
                                 "detail": detail, "of_dt": duplicates.column("of_dt")})
 
 

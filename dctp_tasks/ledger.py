@@ -63,7 +63,7 @@ class RejectWriter:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown ledger outcome {outcome!r}; expected one of {OUTCOMES}")
         row = (doc_id, self.stage, outcome, reason, detail, duplicate_of, source, file, line, self.dt)
-        for name, value in zip(REJECT_SCHEMA.names, row):
+        for name, value in zip(REJECT_SCHEMA.names, row, strict=True):
             self._rows[name].append(value)
         self.counts[reason] += 1
         if len(self._rows["doc_id"]) >= self._flush_rows:

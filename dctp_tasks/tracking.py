@@ -24,7 +24,8 @@ def tracking_uri(config: TrackingConfig) -> str:
 
 
 def artifact_root(config: TrackingConfig) -> str:
-    return config.artifact_root or os.environ.get("MLFLOW_ARTIFACT_ROOT") or (airflow_home() / "mlflow-artifacts").as_uri()
+    default = (airflow_home() / "mlflow-artifacts").as_uri()
+    return config.artifact_root or os.environ.get("MLFLOW_ARTIFACT_ROOT") or default
 
 
 def _client(config: TrackingConfig):

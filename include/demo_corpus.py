@@ -33,7 +33,8 @@ DEFAULT_TABLE = "dctp_demo_articles"
 MIN_ROWS_PER_DAY = 200
 SHARES = {"web": 0.40, "forum": 0.20, "news": 0.15, "instruct": 0.15, "articles_db": 0.10}
 WEB_DOMAINS = ("science", "technology", "health", "finance", "travel")
-NEWS_VOCAB = {"world": ("world",), "sports": ("sports",), "business": ("finance",), "scitech": ("science", "technology")}
+NEWS_VOCAB = {"world": ("world",), "sports": ("sports",), "business": ("finance",),
+              "scitech": ("science", "technology")}
 # Shares of derived rows; the rest are fresh clean documents.
 TEXT_VARIANTS = {"dup_same_day": .04, "dup_prev_days": .03, "near_dup": .04, "unnormalized": .06, "short": .03,
                  "low_quality": .04, "toxic": .02, "pii": .03, "non_english": .02}
@@ -45,7 +46,8 @@ TRUNCATED_LINES = 8
 V = dict  # vocabulary: s=subjects, v=verbs (past), o=objects, t=topics, g=groups
 VOCAB: dict[str, dict[str, tuple[str, ...]]] = {
     "science": V(s=("a team of marine biologists", "researchers at a Swiss university", "the new space telescope",
-                    "a long-term climate study", "physicists working near Genève", "an international group of geologists"),
+                    "a long-term climate study", "physicists working near Genève",
+                    "an international group of geologists"),
                  v=("measured", "identified", "confirmed", "mapped", "observed", "questioned"),
                  o=("unexpected patterns in ocean temperatures", "a previously unknown species of beetle",
                     "the rate at which glaciers are retreating", "faint signals from a distant galaxy",
@@ -95,7 +97,8 @@ VOCAB: dict[str, dict[str, tuple[str, ...]]] = {
                   "negotiators from both sides", "the regional parliament"),
                v=("agreed on", "rejected", "debated", "called for", "signed", "postponed"),
                o=("a ceasefire along the border", "new rules on migration", "emergency funding for flood victims",
-                  "a trade agreement covering farm goods", "early elections in the spring", "a plan to protect fisheries"),
+                  "a trade agreement covering farm goods", "early elections in the spring",
+                  "a plan to protect fisheries"),
                t=("diplomacy", "the refugee crisis", "climate talks", "regional security", "trade relations"),
                g=("citizens", "diplomats", "voters", "humanitarian workers")),
 }
@@ -146,7 +149,8 @@ PII = ("You can reach me at jane.doe@example.com or call +1 415-555-0134 after s
        "My card 4111 1111 1111 1111 (exp 12/28) was charged twice, please refund it.",
        "Please wire the deposit to IBAN GB82 WEST 1234 5698 7654 32 before Friday.")
 SHORT = ("Great post, thanks!", "lol", "First!", "+1, same here.", "Nice.", "Bump", "Thanks for sharing this.", "ok")
-SPAM = "BUY NOW!!! Cheap flights, hotels and watches. Click here: http://deals.example.com/offer?id=123 Limited time!!! "
+SPAM = ("BUY NOW!!! Cheap flights, hotels and watches. Click here: http://deals.example.com/offer?id=123 "
+        "Limited time!!! ")
 KEYWORDS = ("cheap flights", "best hotels", "deals", "discount", "free shipping", "crypto", "weight loss", "casino",
             "loans", "insurance quotes", "top 10", "vpn", "coupon", "sale")
 LOREM = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do", "eiusmod",
@@ -499,7 +503,8 @@ def generate(storage: Storage, dates: list[str], seed: int = 7, rows_per_day: in
                 _write_exact(storage, storage.path("landing", source, f"dt={day}", name), data)
             day_summary[source]["files"] = [f"landing/{source}/dt={day}/{name}" for name in sorted(named)]
         if pg_conn is not None:
-            db_rows += [(f"db-{day:%Y%m%d}-{k:05d}", text, dom, _stamp(rng, day)) for k, (dom, text, _) in enumerate(db)]
+            db_rows += [(f"db-{day:%Y%m%d}-{k:05d}", text, dom, _stamp(rng, day))
+                        for k, (dom, text, _) in enumerate(db)]
             day_summary["articles_db"] = {"rows": len(db), "malformed": 0, "variants": Counter(r[2] for r in db),
                                           "table": table}
         for entry in day_summary.values():

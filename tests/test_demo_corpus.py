@@ -210,7 +210,8 @@ def test_malformed_input_is_a_small_known_set(corpus: tuple[Path, dict]) -> None
             except json.JSONDecodeError:
                 kinds.add("broken_json")
                 continue
-            kinds.add("no_text" if "text" not in rec else "text_not_str" if isinstance(rec["text"], int) else "id_list")
+            kinds.add("no_text" if "text" not in rec
+                      else "text_not_str" if isinstance(rec["text"], int) else "id_list")
         assert kinds == {"invalid_utf8", "broken_json", "no_text", "text_not_str", "id_list"}
         assert _forum(root, day)[1] == 1 and _instruct(root, day)[1] == 1
         entries = summary["dates"][day].values()

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from dctp_tasks.config import NormalizeConfig, load_config
-from dctp_tasks.ledger import read_rejects
+from dctp_tasks.ledger import RejectWriter, read_rejects
 from dctp_tasks.normalize import identify_languages, normalize_day, normalize_texts
 from dctp_tasks.records import CORE_SCHEMA, NORMALIZED_SCHEMA
 from dctp_tasks.storage import Storage, staging_dir
@@ -148,8 +148,6 @@ def test_other_columns_pass_through_unchanged(storage):
 
 def test_rerun_replaces_its_rejects_but_not_other_stages(storage):
     stage_ingest(storage, make_table(["short", SENTENCES["en"]]))
-    from dctp_tasks.ledger import RejectWriter
-
     with RejectWriter(storage, DT, "ingest") as rejects:
         rejects.add("web/quarantine:x:1", "quarantined", "malformed_json")
 

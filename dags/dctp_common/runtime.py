@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -45,10 +45,10 @@ def run_context(context: dict[str, Any]) -> RunContext:
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     if dag_run.run_type == "manual" or start is None or end is None or end <= start:
         # a manual run processes the day of its logical date, or of its run_after when it has none
-        day = (dag_run.logical_date or dag_run.run_after).astimezone(timezone.utc)
+        day = (dag_run.logical_date or dag_run.run_after).astimezone(UTC)
         start = day.replace(hour=0, minute=0, second=0, microsecond=0)
         end = start + timedelta(days=1)
-    start, end = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     with permanent_errors():
         config = resolve_config(context.get("params") or {})
     return RunContext(dag_id=dag_run.dag_id, run_id=dag_run.run_id, dt=start.strftime("%Y-%m-%d"),

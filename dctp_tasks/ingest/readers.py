@@ -25,6 +25,7 @@ from dctp_tasks.storage import Storage
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz", ".csv", ".csv.gz",
                       ".parquet")
 _SURROGATE = re.compile("[\udc80-\udcff]")
+_CSV_FIELD_LIMIT = 2**31 - 1  # the largest csv.field_size_limit every platform's C long holds
 _CHUNK = 1 << 20
 
 
@@ -135,6 +136,9 @@ def _read_jsonl(stream, gz: bool, batch_size: int) -> Iterator[Event]:
 
 
 def _read_csv(stream, gz: bool, batch_size: int) -> Iterator[Event]:
+    # csv's default 128 KiB field limit is smaller than a long document; length is normalize's call.
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
     # surrogateescape keeps undecodable bytes visible per row instead of failing the whole file
     text = io.TextIOWrapper(_decompressed(stream, gz), encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(text)
@@ -149,7 +153,16 @@ def _read_csv(stream, gz: bool, batch_size: int) -> Iterator[Event]:
             return
         width = len(header)
         end_line = reader.line_num
-        for values in reader:
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # one bad row; the reader goes on with the next line
+                start_line, end_line = end_line + 1, reader.line_num
+                rows += 1
+                yield BadRow(start_line, "malformed_csv", str(exc))
+                continue
             start_line, end_line = end_line + 1, reader.line_num
             if not values:
                 continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -43,7 +43,7 @@ def dag():
 
 
 def run_date(dag, dt: str, conf: dict | None = None) -> str:
-    run = dag.test(logical_date=datetime.fromisoformat(dt).replace(tzinfo=timezone.utc), run_conf=conf or {})
+    run = dag.test(logical_date=datetime.fromisoformat(dt).replace(tzinfo=UTC), run_conf=conf or {})
     assert run.state == "success", f"dctp_daily for {dt} ended {run.state}"
     return run.run_id
 

@@ -193,6 +193,40 @@ def test_truncated_csv_gz_keeps_complete_rows_and_quarantines_the_cut(storage):
     assert_balanced(storage, result)
 
 
+def test_csv_field_longer_than_the_csv_modules_default_limit_is_read(storage):
+    long_text = "word " * 40_000  # 200 kB, above csv's default 128 KiB field limit
+    land(storage, "web", "long.csv", csv_bytes(["id", "text"], ["1", "short"], ["2", long_text], ["3", "after"]))
+
+    result = ingest_day(storage, lenient(), DAG, DT)
+
+    assert ingested(storage).column("doc_id").to_pylist() == ["web/1", "web/2", "web/3"]
+    assert ingested(storage).column("text").to_pylist()[1] == long_text
+    assert result.dropped == 0
+
+
+@pytest.fixture
+def tiny_csv_field_limit(monkeypatch):
+    """Make the csv parser reject fields over 64 characters, as it would a field over its real limit."""
+    from dctp_tasks.ingest import readers
+
+    monkeypatch.setattr(readers, "_CSV_FIELD_LIMIT", 64)
+    previous = csv.field_size_limit(64)
+    yield
+    csv.field_size_limit(previous)
+
+
+def test_csv_row_the_parser_rejects_is_quarantined_and_the_file_goes_on(storage, tiny_csv_field_limit):
+    file = land(storage, "web", "a.csv", csv_bytes(["id", "text"], ["1", "short"], ["2", "x" * 100], ["3", "after"],
+                                                    ["4", "last"]))
+
+    result = ingest_day(storage, lenient(), DAG, DT)
+
+    assert ingested(storage).column("doc_id").to_pylist() == ["web/1", "web/3", "web/4"]
+    assert reject_rows(storage) == [("malformed_csv", file, 3)]
+    assert "field larger than field limit" in read_rejects(storage, DT).column("detail")[0].as_py()
+    assert_balanced(storage, result)
+
+
 def test_every_kind_of_bad_input_in_one_day_balances_the_ledger(storage):
     expected = []
     good = 0

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# make up: `airflow standalone` (LocalExecutor, SQLite) with this package's dags/ and plugins/, on
+# http://localhost:8080, sharing the demo's data root and MLflow store so `make demo` runs show up.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+: "${DEMO_HOME:=$REPO/.demo}"
+: "${BIN:=$REPO/.venv/bin}"
+export AIRFLOW_HOME="$DEMO_HOME/airflow" DCTP_HOME="$REPO"
+export DCTP_DATA_ROOT="${DCTP_DATA_ROOT:-file://$DEMO_HOME/data}"
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$AIRFLOW_HOME/mlflow.db}"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False PATH="$BIN:$PATH"
+mkdir -p "$AIRFLOW_HOME"
+"$BIN/python" "$REPO/include/render_airflow_cfg.py" "$REPO/airflow.cfg.template" "$AIRFLOW_HOME/airflow.cfg"
+echo "==> Airflow UI on http://localhost:8080 — user admin, password in"
+echo "    $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+echo "==> data root $DCTP_DATA_ROOT; MLflow store $MLFLOW_TRACKING_URI"
+exec airflow standalone
