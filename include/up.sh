@@ -9,8 +9,11 @@ export AIRFLOW_HOME="$DEMO_HOME/airflow" DCTP_HOME="$REPO"
 export DCTP_DATA_ROOT="${DCTP_DATA_ROOT:-file://$DEMO_HOME/data}"
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$AIRFLOW_HOME/mlflow.db}"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False PATH="$BIN:$PATH"
-mkdir -p "$AIRFLOW_HOME"
+mkdir -p "$AIRFLOW_HOME" "$DEMO_HOME"
 "$BIN/python" "$REPO/include/render_airflow_cfg.py" "$REPO/airflow.cfg.template" "$AIRFLOW_HOME/airflow.cfg"
+airflow db migrate > "$DEMO_HOME/up-migrate.log" 2>&1
+airflow dags reserialize > /dev/null 2>&1
+airflow dags unpause dctp_daily > /dev/null  # ready to trigger, backfill, and run daily
 echo "==> Airflow UI on http://localhost:8080 — user admin, password in"
 echo "    $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 echo "==> data root $DCTP_DATA_ROOT; MLflow store $MLFLOW_TRACKING_URI"

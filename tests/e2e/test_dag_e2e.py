@@ -164,3 +164,35 @@ def test_three_dates_on_s3_with_postgres_source(dag, airflow_db, s3_bucket, moto
                        table.filter(pc.equal(table.column("source"), "articles_db")).column("doc_id").to_pylist())
     assert storage.list_files("datasets/curated/_delta_log"), "the Delta log lives on S3"
     assert all(survivors.values())
+
+
+def test_malformed_day_fails_ingest_at_once_and_marks_mlflow_failed(dag, airflow_db, tmp_path, monkeypatch):
+    from airflow.utils.session import create_session
+    from mlflow.tracking import MlflowClient
+
+    root = (tmp_path / "data").as_uri()
+    monkeypatch.setenv("DCTP_DATA_ROOT", root)
+    storage = Storage(root)
+    good = "\n".join(json.dumps({"id": str(i), "text": f"A perfectly fine document number {i} " * 3})
+                     for i in range(3))
+    storage.write_bytes(storage.path("landing", "web", "dt=2026-03-01", "good.jsonl"), good.encode())
+    storage.write_bytes(storage.path("landing", "web", "dt=2026-03-01", "broken.jsonl"), b"{not json\n" * 7)
+
+    run = dag.test(logical_date=datetime(2026, 3, 1, tzinfo=UTC))
+
+    assert run.state == "failed"
+    with create_session() as session:
+        ingest = run.get_task_instance("ingest", session=session)
+        assert ingest.state == "failed"
+        assert ingest.try_number == 1, "a quarantine-ratio failure must not burn retries"
+        assert run.get_task_instance("export", session=session).state in {"upstream_failed", None}
+    rejects = storage.read_table("rejects/dt=2026-03-01")  # written before the task failed
+    assert rejects.num_rows == 7 and set(rejects.column("file").to_pylist()) == {
+        "landing/web/dt=2026-03-01/broken.jsonl"}
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("dctp_daily")
+    [mlflow_run] = client.search_runs([experiment.experiment_id], filter_string=f"tags.run_id = '{run.run_id}'")
+    assert mlflow_run.info.status == "FAILED"
+    failure = client.download_artifacts(mlflow_run.info.run_id, "failures/ingest.txt")
+    text = open(failure).read()
+    assert "QuarantineRatioExceeded" in text and "broken.jsonl" in text
