@@ -226,6 +226,7 @@ def run_stages(root: Path, batch_size: int | None, workers: int | None, profile:
     import cProfile
     import pstats
 
+    import dctp_tasks
     from dctp_tasks.config import load_config
     from dctp_tasks.dedup_exact import dedup_exact_day
     from dctp_tasks.export import export_day
@@ -277,6 +278,7 @@ def run_stages(root: Path, batch_size: int | None, workers: int | None, profile:
         }
     report = ledger_report(storage, DT, results["ingest"]["input_rows"], results["export"]["kept"])
     return {"stages": results, "ledger": report.as_dict(), "config_batch_size": config.batch_size,
+            "library": str(Path(dctp_tasks.__file__).parent),
             "normalize_workers": config.normalize.workers or os.cpu_count()}
 
 
@@ -287,7 +289,9 @@ def _child_main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     out = run_stages(args.root, args.batch_size, args.workers, args.profile)
+    out["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     out["peak_rss_main_mb"] = _maxrss_mb(resource.RUSAGE_SELF)
     out["peak_rss_workers_mb"] = _maxrss_mb(resource.RUSAGE_CHILDREN)
     print("BENCH_RESULT " + json.dumps(out))
@@ -313,7 +317,8 @@ def bench_one(workdir: Path, n: int, args: argparse.Namespace) -> dict:
             cmd += [flag, str(value)]
     if args.profile:
         cmd.append("--profile")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    # An explicit PYTHONPATH comes first, so a scratch copy of the library can be measured against this one.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -352,7 +357,8 @@ def render(runs: list[dict], meta: dict) -> str:
             f"| {_fmt(run['spine_rows_per_s'])} | {_fmt(run['peak_rss_main_mb'], ' MB')} "
             f"| {_fmt(run['peak_rss_workers_mb'], ' MB')} |")
     lines += ["", "Per stage: wall seconds, µs per input row, and the stage's own peak RSS (main process).", "",
-              "| N | stage | seconds | µs/row | rows in | kept | stage peak RSS |", "|---:|---|---:|---:|---:|---:|---:|"]
+              "| N | stage | seconds | µs/row | rows in | kept | stage peak RSS |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
     for run in runs:
         for name, s in run["stages"].items():
             per_row = 1e6 * s["seconds"] / s["input_rows"] if s["input_rows"] else 0.0
@@ -369,12 +375,16 @@ def render(runs: list[dict], meta: dict) -> str:
             ("RSS", peak < TARGET_PEAK_RSS_MB),
             ("ledger", run["ledger"]["balanced"]),
         ]
-        lines.append(f"- N={run['n']:,}: " + ", ".join(f"{k} {'ok' if ok else 'MISS'}" for k, ok in checks))
+        load = run.get("load_avg_1m") or ["?", "?"]
+        lines.append(f"- N={run['n']:,}: " + ", ".join(f"{k} {'ok' if ok else 'MISS'}" for k, ok in checks)
+                     + f" (library {run.get('library', '?')}; 1-min load {load[0]} → {load[1]})")
     if len(runs) > 1:
-        small, big = runs[0], runs[-1]
-        ratios = ", ".join(
-            f"{name} ×{(big['stages'][name]['seconds'] / big['n']) / (small['stages'][name]['seconds'] / small['n']):.2f}"
-            for name in small["stages"])
+        small, big = runs[-2], runs[-1]  # the two largest: fixed costs (model load, pool start) fade out
+
+        def per_row(run: dict, name: str) -> float:
+            return run["stages"][name]["seconds"] / run["n"]
+
+        ratios = ", ".join(f"{name} ×{per_row(big, name) / per_row(small, name):.2f}" for name in small["stages"])
         lines.append(f"- cost per row at N={big['n']:,} relative to N={small['n']:,} (1.00 = linear): {ratios}")
     return "\n".join(lines) + "\n"
 

@@ -111,12 +111,15 @@ def permanent_errors() -> Iterator[None]:
     """Fail the task at once, without burning retries, on errors a retry cannot fix (bad config or data)."""
     from pydantic import ValidationError
 
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
     from dctp_tasks.ingest import QuarantineRatioExceeded
     from dctp_tasks.ledger import LedgerImbalance
 
     try:
         yield
-    except (QuarantineRatioExceeded, LedgerImbalance, ValidationError, FileNotFoundError) as exc:
+    except (QuarantineRatioExceeded, LedgerImbalance, ValidationError, FileNotFoundError,
+            AirflowNotFoundException) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 

@@ -33,8 +33,9 @@ def demo_corpus():
     return module
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def dag():
+    # a fresh parse per test: dag.test() folds a run's conf into the in-process DAG's params
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
