@@ -43,16 +43,20 @@ def dedup_exact_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: s
         survivors, duplicates = _decide(keys, history)
         with storage.writer(state_dir(STATE, dt), schema=STATE_SCHEMA) as state:
             state.write(survivors.append_column("dt", pa.array([dt] * survivors.num_rows, pa.string())))
+        verdicts = _verdicts(keys, duplicates)  # per row, in file order: the pass below reads the same order
         with storage.writer(out_dir, schema=DEDUPED_SCHEMA) as writer, \
                 RejectWriter(storage, dt, STAGE) as rejects:
-            dropped_ids = duplicates.column("doc_id")
+            offset = 0
             for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
-                table = pa.Table.from_batches([batch])
-                result.total += table.num_rows
-                table = table.append_column("content_hash", content_hashes(table.column("text")))
-                is_dup = pc.is_in(table.column("doc_id"), value_set=dropped_ids)
-                dups = table.filter(is_dup).select(["doc_id", "source"]).join(
-                    duplicates.select(["doc_id", "duplicate_of", "detail"]), "doc_id").sort_by("doc_id")
+                rows = verdicts.slice(offset, batch.num_rows)
+                offset += batch.num_rows
+                result.total += batch.num_rows
+                table = pa.Table.from_batches([batch]).append_column("content_hash", rows.column("content_hash"))
+                is_dup = rows.column("is_dup")
+                info = rows.filter(is_dup)
+                dups = table.filter(is_dup).select(["doc_id", "source"]).append_column(
+                    "duplicate_of", info.column("duplicate_of")).append_column("detail", info.column("detail"))
+                dups = dups.sort_by("doc_id")
                 rejects.add_table(dups.append_column("outcome", pa.array(["duplicate"] * dups.num_rows))
                                       .append_column("reason", pa.array(["exact_duplicate"] * dups.num_rows)))
                 kept = table.filter(pc.invert(is_dup))
@@ -67,6 +71,23 @@ def dedup_exact_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: s
     log.info("dedup_exact dt=%s: %d in, %d kept, %d duplicates (%d of earlier dates)", dt, result.total,
              result.kept, result.dropped, of_history)
     return result
+
+
+def _verdicts(keys: pa.Table, duplicates: pa.Table) -> pa.Table:
+    """Return ``content_hash, is_dup, duplicate_of, detail`` for every row of ``keys``, in the same order."""
+    n = keys.num_rows
+    dup_rows = keys.select(["doc_id"]).append_column("row", pa.array(np.arange(n, dtype=np.int64))).join(
+        duplicates.select(["doc_id", "duplicate_of", "detail"]), "doc_id", join_type="inner")
+    index = dup_rows.column("row").to_numpy()
+    is_dup = np.zeros(n, dtype=bool)
+    is_dup[index] = True
+    # scatter each duplicate's winner and detail to its row; survivors get nulls
+    position = np.full(n, -1, dtype=np.int64)
+    position[index] = np.arange(len(index))
+    take = pa.array(position, mask=position < 0)
+    return pa.table({"content_hash": keys.column("content_hash"), "is_dup": is_dup,
+                     "duplicate_of": dup_rows.column("duplicate_of").take(take),
+                     "detail": dup_rows.column("detail").take(take)})
 
 
 def _day_keys(storage: Storage, in_dir: str, batch_size: int) -> pa.Table:

@@ -26,6 +26,7 @@ from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.records import NORMALIZED_SCHEMA, append_step, params_hash, with_column
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir
+from dctp_tasks.text_repair import repair
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,11 @@ INPUT_STAGE = "ingest"
 # Line and paragraph separators, then C0/C1 controls (tab and newline excepted), zero-width and BOM.
 _LINE_BREAKS = r"\r\n?|[\x{0085}\x{2028}\x{2029}]"
 _CONTROLS = r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\x{200b}\x{200c}\x{200d}\x{2060}\x{feff}]"
-_HSPACE = r"[\t\x0b\x0c \x{00a0}\x{1680}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]+"
+_BLANK = r"[\t\x0b\x0c \x{00a0}\x{1680}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]"
+_BLANK_NOT_SPACE = r"[\t\x0b\x0c\x{00a0}\x{1680}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]"
+# Every run of blanks becomes one space; a lone plain space (every word gap) is not even a match, which is
+# what keeps this regex cheap.
+_HSPACE = f"{_BLANK_NOT_SPACE}{_BLANK}*| {_BLANK}+"
 _LANG_CHARS = 1000  # fastText needs no more than a paragraph to be confident; cuts cost on long docs
 
 
@@ -70,12 +75,12 @@ def normalize_texts(texts: pa.Array | pa.ChunkedArray, cfg: NormalizeConfig) -> 
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     if cfg.fix_unicode:
-        texts = _ftfy(texts, cfg.uncurl_quotes)
+        texts = repair(texts, cfg.uncurl_quotes)
     texts = pc.replace_substring_regex(texts, _LINE_BREAKS, "\n")
     texts = _nfc(texts)
     texts = pc.replace_substring_regex(texts, _CONTROLS, "")
     texts = pc.replace_substring_regex(texts, _HSPACE, " ")
-    texts = pc.replace_substring_regex(texts, r" ?\n ?", "\n")
+    texts = pc.replace_substring_regex(texts, r" \n ?|\n ", "\n")
     texts = pc.replace_substring_regex(texts, r"\n{3,}", "\n\n")  # paragraph breaks survive as one blank line
     return pc.utf8_trim_whitespace(texts)
 
@@ -100,23 +105,6 @@ def _process(texts: pa.Array, cfg: NormalizeConfig) -> tuple[pa.Array, pa.Array,
     normalized = normalize_texts(texts, cfg)
     langs, scores = identify_languages(normalized)
     return normalized, langs, scores
-
-
-def _ftfy(texts: pa.Array, uncurl_quotes: bool) -> pa.Array:
-    import ftfy
-
-    # Only non-ASCII text can hold mojibake; ASCII text needs ftfy only for HTML entities or terminal escapes.
-    suspect = pc.or_(pc.invert(pc.string_is_ascii(texts)),
-                     pc.match_substring_regex(texts, r"&(#?[0-9a-zA-Z]+);|\x1b"))
-    suspect = suspect.to_numpy(zero_copy_only=False)
-    if not suspect.any():
-        return texts
-    fixer = ftfy.TextFixerConfig(uncurl_quotes=uncurl_quotes, explain=False)
-    values = texts.to_pylist()
-    for i in np.flatnonzero(suspect):
-        if values[i] is not None:
-            values[i] = ftfy.fix_text(values[i], fixer)
-    return pa.array(values, pa.string())
 
 
 def _nfc(texts: pa.Array) -> pa.Array:

@@ -132,7 +132,10 @@ class Storage:
         for path in self.list_files(*parts):
             if path.endswith(".parquet"):
                 with self.fs.open_input_file(path) as handle:
-                    yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
+                    parquet = pq.ParquetFile(handle)
+                    # One row group per call: with pre_buffer (on by default) a single call caches the whole file.
+                    for group in range(parquet.num_row_groups):
+                        yield from parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns)
 
     def read_table(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
         """Read a whole (small) Parquet dataset; use ``iter_batches`` for per-day data."""
