@@ -137,3 +137,33 @@ def test_cli_console_script_reports_a_missing_table(tmp_path):
     result = subprocess.run(exe, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "no exported table" in result.stderr
+
+
+def test_an_empty_day_commits_a_version_that_empties_only_its_date(storage):
+    with storage.writer(staging_dir("dag", "2026-01-01", "dedup_exact"), schema=DEDUPED_SCHEMA):
+        pass  # the day had no surviving rows
+    result = export_day(storage, CONFIG, "dag", "2026-01-01", run_id="empty")
+    assert (result.kept, result.extra["version"], result.extra["files"]) == (0, 2, 0)
+    data = open_table(storage, "curated").to_pyarrow_dataset()
+    assert data.count_rows(filter=ds.field("dt") == "2026-01-01") == 0
+    assert data.count_rows(filter=ds.field("dt") == "2026-01-02") == 30
+
+
+def test_files_hold_no_partition_column_and_the_log_counts_rows(storage):
+    table = open_table(storage, "curated")
+    actions = table.get_add_actions(flatten=True)
+    assert sorted(pa.table(actions).column("num_records").to_pylist()) == [30, 40]
+    for uri in table.file_uris():
+        assert "dt" not in ds.dataset(uri.removeprefix("file://"), format="parquet").schema.names
+        assert "/dt=" in uri
+
+
+def test_a_table_partitioned_otherwise_is_refused(tmp_path):
+    from deltalake import write_deltalake
+
+    storage = Storage(tmp_path.as_uri())
+    write_deltalake(storage.uri("datasets", "curated"), pa.table({"doc_id": ["a"], "source": ["x"]}),
+                    partition_by=["source"])
+    stage(storage, "2026-01-01", ["web/1"])
+    with pytest.raises(ValueError, match=r"partitioned by \['source'\]"):
+        export_day(storage, CONFIG, "dag", "2026-01-01", run_id="r")

@@ -77,7 +77,7 @@ def test_delta_table_through_the_same_options(storage):
                     predicate="dt = '2026-01-01'", storage_options=options)
     loaded = DeltaTable(uri, storage_options=options)
     assert loaded.version() == 1
-    assert sorted(loaded.to_pyarrow_table()["doc_id"].to_pylist()) == ["b", "c"]
+    assert sorted(loaded.to_pyarrow_dataset().to_table()["doc_id"].to_pylist()) == ["b", "c"]
     assert storage.list_files("datasets", "t", "_delta_log")
 
 
