@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -40,54 +41,38 @@ def dedup_exact_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: s
     with Timer() as timer:
         keys = _day_keys(storage, in_dir, config.batch_size)
         history = _history_matches(storage, dt, keys.column("content_hash"), config.batch_size)
-        survivors, duplicates = _decide(keys, history)
+        survivors, verdicts = _classify(keys, history)
         with storage.writer(state_dir(STATE, dt), schema=STATE_SCHEMA) as state:
             state.write(survivors.append_column("dt", pa.array([dt] * survivors.num_rows, pa.string())))
-        verdicts = _verdicts(keys, duplicates)  # per row, in file order: the pass below reads the same order
+        hashes = keys.column("content_hash")
+        del keys
         with storage.writer(out_dir, schema=DEDUPED_SCHEMA) as writer, \
                 RejectWriter(storage, dt, STAGE) as rejects:
             offset = 0
             for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
-                rows = verdicts.slice(offset, batch.num_rows)
-                offset += batch.num_rows
-                result.total += batch.num_rows
-                table = pa.Table.from_batches([batch]).append_column("content_hash", rows.column("content_hash"))
-                is_dup = rows.column("is_dup")
-                info = rows.filter(is_dup)
-                dups = table.filter(is_dup).select(["doc_id", "source"]).append_column(
-                    "duplicate_of", info.column("duplicate_of")).append_column("detail", info.column("detail"))
+                n = batch.num_rows
+                is_dup, duplicate_of, detail = verdicts.rejects(offset, n)
+                table = pa.Table.from_batches([batch]).append_column("content_hash", hashes.slice(offset, n))
+                offset += n
+                result.total += n
+                mask = pa.array(is_dup)
+                dups = table.filter(mask).select(["doc_id", "source"])
+                dups = dups.append_column("duplicate_of", duplicate_of).append_column("detail", detail)
                 dups = dups.sort_by("doc_id")
                 rejects.add_table(dups.append_column("outcome", pa.array(["duplicate"] * dups.num_rows))
                                       .append_column("reason", pa.array(["exact_duplicate"] * dups.num_rows)))
-                kept = table.filter(pc.invert(is_dup))
+                kept = table.filter(pc.invert(mask))
                 kept = with_column(kept, DEDUPED_SCHEMA.field("lineage"),
                                    append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, _STEP_PARAMS))
                 writer.write(kept)
     result.kept = writer.rows
     result.seconds = timer.seconds
     result.dropped_by_reason = Counter(rejects.counts)
-    of_history = duplicates.num_rows - duplicates.column("of_dt").null_count
+    of_history = verdicts.of_history
     result.extra = {"duplicates_of_history": of_history, "state_rows": survivors.num_rows}
     log.info("dedup_exact dt=%s: %d in, %d kept, %d duplicates (%d of earlier dates)", dt, result.total,
              result.kept, result.dropped, of_history)
     return result
-
-
-def _verdicts(keys: pa.Table, duplicates: pa.Table) -> pa.Table:
-    """Return ``content_hash, is_dup, duplicate_of, detail`` for every row of ``keys``, in the same order."""
-    n = keys.num_rows
-    dup_rows = keys.select(["doc_id"]).append_column("row", pa.array(np.arange(n, dtype=np.int64))).join(
-        duplicates.select(["doc_id", "duplicate_of", "detail"]), "doc_id", join_type="inner")
-    index = dup_rows.column("row").to_numpy()
-    is_dup = np.zeros(n, dtype=bool)
-    is_dup[index] = True
-    # scatter each duplicate's winner and detail to its row; survivors get nulls
-    position = np.full(n, -1, dtype=np.int64)
-    position[index] = np.arange(len(index))
-    take = pa.array(position, mask=position < 0)
-    return pa.table({"content_hash": keys.column("content_hash"), "is_dup": is_dup,
-                     "duplicate_of": dup_rows.column("duplicate_of").take(take),
-                     "detail": dup_rows.column("detail").take(take)})
 
 
 def _day_keys(storage: Storage, in_dir: str, batch_size: int) -> pa.Table:
@@ -124,33 +109,62 @@ def _history_matches(storage: Storage, dt: str, hashes: pa.ChunkedArray, batch_s
     return matches.filter(_first_of_run(matches.column("content_hash")))
 
 
-def _decide(keys: pa.Table, history: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """Return (today's survivors ``content_hash, doc_id``; duplicates ``doc_id, duplicate_of, detail``)."""
-    ordered = keys.sort_by([("content_hash", "ascending"), ("order", "ascending"), ("doc_id", "ascending")])
-    first = _first_of_run(ordered.column("content_hash"))
-    leaders = ordered.filter(first).select(["content_hash", "doc_id"])
-    in_history = pc.is_in(leaders.column("content_hash"), value_set=history.column("content_hash"))
-    survivors = leaders.filter(pc.invert(in_history))
-    # Every row's winner: the history doc when the hash is old, else the day's first row of its run.
-    winners = pa.concat_tables([
-        history.select(["content_hash", "doc_id", "dt"]).rename_columns(["content_hash", "duplicate_of", "of_dt"]),
-        survivors.rename_columns(["content_hash", "duplicate_of"]).append_column(
-            "of_dt", pa.nulls(survivors.num_rows, pa.string())),
-    ])
-    joined = ordered.select(["content_hash", "doc_id"]).join(winners, "content_hash")
-    # A re-delivered doc (same id as its history twin) is a duplicate too: only today's leaders survive.
-    is_survivor = pc.and_(pc.is_null(joined.column("of_dt")),
-                          pc.equal(joined.column("doc_id"), joined.column("duplicate_of")))
-    duplicates = joined.filter(pc.invert(is_survivor))
+def _classify(keys: pa.Table, history: pa.Table) -> tuple[pa.Table, Verdicts]:
+    """Return today's survivors (``content_hash, doc_id``) and every row's verdict, by index arithmetic only.
+
+    Rows are ordered by (hash, created_at, doc_id): the first row of each run of equal hashes survives unless
+    history already holds the hash; every other row points at its run's first row or at the history doc.
+    """
+    n = keys.num_rows
+    perm = pc.sort_indices(keys, sort_keys=[("content_hash", "ascending"), ("order", "ascending"),
+                                            ("doc_id", "ascending")]).to_numpy()
+    hashes = keys.column("content_hash").take(perm)
+    first = _first_of_run(hashes).to_numpy(zero_copy_only=False)
+    leader = perm[np.maximum.accumulate(np.where(first, np.arange(n), 0))] if n else perm
+    history_row = pc.fill_null(pc.index_in(hashes, value_set=history.column("content_hash")), -1)
+    history_row = history_row.to_numpy(zero_copy_only=False)
+    from_history = history_row >= 0
+    # A re-delivered doc (same id as its history twin) is a duplicate too: only today's new leaders survive.
+    survives = first & ~from_history
+    duplicate = ~survives
+    doc_ids = keys.column("doc_id")
+    survivors = pa.table({"content_hash": hashes.filter(pa.array(survives)),
+                          "doc_id": doc_ids.take(pa.array(perm[survives]))})
+    day_winner = doc_ids.take(pa.array(leader[duplicate]))
+    if history.num_rows:
+        old = pa.array(np.maximum(history_row[duplicate], 0))
+        old_winner, old_dt = history.column("doc_id").take(old), history.column("dt").take(old)
+    else:
+        old_winner = old_dt = pa.nulls(int(duplicate.sum()), pa.string())
+    is_old = pa.array(from_history[duplicate])
+    dup_hashes = hashes.filter(pa.array(duplicate))
     detail = pc.if_else(
-        pc.is_null(duplicates.column("of_dt")),
-        pc.binary_join_element_wise("exact content_hash=", duplicates.column("content_hash"), " (same day)", ""),
-        pc.binary_join_element_wise("exact content_hash=", duplicates.column("content_hash"), " (history dt=",
-                                    pc.fill_null(duplicates.column("of_dt"), ""), ")", ""),
+        is_old,
+        pc.binary_join_element_wise("exact content_hash=", dup_hashes, " (history dt=", old_dt, ")", ""),
+        pc.binary_join_element_wise("exact content_hash=", dup_hashes, " (same day)", ""),
     )
-    return survivors, pa.table({"doc_id": duplicates.column("doc_id"),
-                                "duplicate_of": duplicates.column("duplicate_of"),
-                                "detail": detail, "of_dt": duplicates.column("of_dt")})
+    rows = perm[duplicate]  # file positions of the duplicates
+    position = np.full(n, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    verdicts = Verdicts(position, pc.if_else(is_old, old_winner, day_winner), detail, int(from_history.sum()))
+    return survivors, verdicts
+
+
+@dataclass
+class Verdicts:
+    """Per file row: ``position`` in the duplicate arrays, or -1 for a survivor."""
+
+    position: np.ndarray
+    duplicate_of: pa.Array
+    detail: pa.Array
+    of_history: int
+
+    def rejects(self, offset: int, count: int) -> tuple[np.ndarray, pa.Array, pa.Array]:
+        """Return (is_duplicate mask, duplicate_of, detail) for file rows ``[offset, offset + count)``."""
+        position = self.position[offset:offset + count]
+        is_dup = position >= 0
+        take = pa.array(position[is_dup])
+        return is_dup, self.duplicate_of.take(take), self.detail.take(take)
 
 
 def _first_of_run(sorted_values: pa.ChunkedArray) -> pa.Array:
