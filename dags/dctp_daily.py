@@ -139,7 +139,7 @@ def dctp_daily():
         from dctp_tasks.ledger import check_ledger, ledger_report
 
         run = _ctx()
-        table = open_table(run.storage, run.config.export.dataset_name, exported["version"])
+        table = open_table(run.storage, run.config.export.dataset_name, exported["table_version"])
         report = ledger_report(run.storage, run.dt, ingested["total"], rows_for_dt(table, run.dt))
         cfg, mlflow_run_id = run.config.tracking, started["mlflow_run_id"]
         if mlflow_run_id:

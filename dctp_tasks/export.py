@@ -80,7 +80,7 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
         version = _committed_version(DeltaTable(uri, storage_options=options), token)
     result.total = result.kept = files.rows
     result.seconds = timer.seconds
-    result.extra = {"version": version, "files": len(actions)}
+    result.extra = {"table_version": version, "files": len(actions)}
     log.info("export dt=%s: %d rows in %d files committed as version %d of %s", dt, files.rows, len(actions),
              version, uri)
     return result

@@ -36,7 +36,7 @@ class StageResult:
             "dropped": self.dropped,
             "seconds": round(self.seconds, 3),
             "rows_per_s": round(self.total / self.seconds, 1) if self.seconds > 0 else 0.0,
-            "version": dctp_tasks.__version__,
+            "code_version": dctp_tasks.__version__,
         }
         out.update({f"dropped_{reason}": count for reason, count in sorted(self.dropped_by_reason.items())})
         out.update(self.extra)

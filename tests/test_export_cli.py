@@ -143,7 +143,7 @@ def test_an_empty_day_commits_a_version_that_empties_only_its_date(storage):
     with storage.writer(staging_dir("dag", "2026-01-01", "dedup_exact"), schema=DEDUPED_SCHEMA):
         pass  # the day had no surviving rows
     result = export_day(storage, CONFIG, "dag", "2026-01-01", run_id="empty")
-    assert (result.kept, result.extra["version"], result.extra["files"]) == (0, 2, 0)
+    assert (result.kept, result.extra["table_version"], result.extra["files"]) == (0, 2, 0)
     data = open_table(storage, "curated").to_pyarrow_dataset()
     assert data.count_rows(filter=ds.field("dt") == "2026-01-01") == 0
     assert data.count_rows(filter=ds.field("dt") == "2026-01-02") == 30

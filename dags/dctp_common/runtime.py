@@ -109,9 +109,8 @@ def postgres_connector() -> Callable[[str], object]:
 @contextmanager
 def permanent_errors() -> Iterator[None]:
     """Fail the task at once, without burning retries, on errors a retry cannot fix (bad config or data)."""
-    from pydantic import ValidationError
-
     from airflow.sdk.exceptions import AirflowNotFoundException
+    from pydantic import ValidationError
 
     from dctp_tasks.ingest import QuarantineRatioExceeded
     from dctp_tasks.ledger import LedgerImbalance
