@@ -118,8 +118,10 @@ def ledger(storage: Storage, dataset: str, args) -> dict:
         bucket = examples.setdefault(f"{row['outcome']}.{row['reason']}", [])
         if len(bucket) < args.rows:
             bucket.append({k: row[k] for k in ("doc_id", "detail", "duplicate_of", "file", "line") if row[k]})
-    return {**report.as_dict(), "version": latest.get("version"), "examples": examples,
-            "text": report.render()}
+    text = report.render()
+    if not latest:
+        text += f"\n  (no export of dt={args.dt} yet: the ingested count is unknown, only the rejects are shown)"
+    return {**report.as_dict(), "version": latest.get("version"), "examples": examples, "text": text}
 
 
 def _doc_ids(storage: Storage, dataset: str, version: int) -> pa.Array:

@@ -167,3 +167,11 @@ def test_a_table_partitioned_otherwise_is_refused(tmp_path):
     stage(storage, "2026-01-01", ["web/1"])
     with pytest.raises(ValueError, match=r"partitioned by \['source'\]"):
         export_day(storage, CONFIG, "dag", "2026-01-01", run_id="r")
+
+
+def test_cli_ledger_of_a_date_never_exported_says_so(storage, capsys):
+    with RejectWriter(storage, "2026-02-01", "ingest") as rejects:
+        rejects.add("web/x", "quarantined", "malformed_json", "bad", source="web", file="f.jsonl", line=1)
+    assert main(["ledger", "2026-02-01"]) == 0
+    out = capsys.readouterr().out
+    assert "no export of dt=2026-02-01 yet" in out and "quarantined 1" in out
