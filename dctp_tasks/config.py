@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -99,6 +99,44 @@ class NormalizeConfig(_Strict):
         return self
 
 
+class NearDedupConfig(_Strict):
+    """MinHash LSH near-duplicate detection (``dctp_tasks.dedup_near``)."""
+
+    threshold: float = Field(0.7, gt=0.0, le=1.0)
+    """Estimated Jaccard similarity of word 5-gram sets at or above which two docs are duplicates (0-1);
+    0.7 is text-dedup's default and close to datatrove's 14 bands x 8 rows."""
+    ngram: int = Field(5, ge=1)
+    """Words per shingle; 5 as in text-dedup and datatrove."""
+    num_perm: int = Field(112, ge=2, le=1024)
+    """MinHash permutations (signature length); 112 = datatrove's 14 bands x 8 rows."""
+    seed: int = Field(1, ge=0)
+    """Seed of the permutations (datasketch's default 1); changing it invalidates the stored history."""
+    scheme: Literal["affine32", "legacy"] = "affine32"
+    """datasketch 2.0's permutation scheme: ``affine32`` (its default: bijective, no collision bias) or ``legacy``."""
+    bands: int | None = Field(None, ge=1)
+    """LSH bands; ``None`` derives bands x rows from ``threshold`` (datasketch's weighted-error optimum)."""
+    rows: int | None = Field(None, ge=1)
+    """Rows per band; set together with ``bands``."""
+    false_positive_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """Weight of the false-positive area when deriving bands x rows (datasketch's default 0.5)."""
+    false_negative_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """Weight of the false-negative area when deriving bands x rows (datasketch's default 0.5)."""
+    bucket_window: int = Field(8, ge=2)
+    """Docs of one LSH bucket compared pairwise; bigger buckets link each doc to the first and its window."""
+    survivor: Literal["earliest", "longest"] = "earliest"
+    """Who survives within a day: the earliest ``created_at`` (then smallest ``doc_id``), or the longest text."""
+    workers: int = Field(0, ge=0)
+    """Processes that hash shingles; 0 means one per CPU core."""
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> NearDedupConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("dedup_near.bands and dedup_near.rows must be set together (or both left unset)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"dedup_near.bands x rows = {self.bands * self.rows} exceeds num_perm={self.num_perm}")
+        return self
+
+
 class ExportConfig(_Strict):
     dataset_name: str = "curated"
     validation_fraction: float = Field(0.05, ge=0.0, le=0.5)
@@ -120,6 +158,7 @@ class PipelineConfig(_Strict):
     """Rows per Arrow batch read and written by every stage; bounds memory whatever the day's size."""
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    dedup_near: NearDedupConfig = Field(default_factory=NearDedupConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

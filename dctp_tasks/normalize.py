@@ -7,17 +7,11 @@ Reads the ``ingest`` staging dataset, writes ``normalize`` (adds ``lang``, ``lan
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import types
 import unicodedata
 from collections import Counter, deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future
 from functools import lru_cache
 from itertools import chain
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +25,7 @@ from dctp_tasks.records import NORMALIZED_SCHEMA, append_step, params_hash, with
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir
 from dctp_tasks.text_repair import repair
+from dctp_tasks.workers import process_pool, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -153,24 +148,7 @@ def _filter_lengths(table: pa.Table, cfg: NormalizeConfig, rejects: RejectWriter
 
 
 def _workers(cfg: NormalizeConfig) -> int:
-    return cfg.workers or os.cpu_count() or 1
-
-
-@contextmanager
-def _without_main_module() -> Iterator[None]:
-    """Keep spawned workers from re-running the parent's ``__main__``.
-
-    ``spawn`` (and ``forkserver``) children re-import the parent's main script before they unpickle any work.
-    Under Airflow that script is the ``airflow`` CLI, whose import initialises Airflow and fails inside a task.
-    The workers need nothing from ``__main__`` (they run ``dctp_tasks.normalize._process``), so while the pool
-    lives the parent presents an empty main module.
-    """
-    real = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = real
+    return worker_count(cfg.workers)
 
 
 def _map_texts(batches, cfg: NormalizeConfig):
@@ -190,7 +168,7 @@ def _map_texts(batches, cfg: NormalizeConfig):
                 yield batch, _process(batch.column("text"), cfg)
         return
     pending: deque[tuple[pa.RecordBatch, Future]] = deque()
-    with _without_main_module(), ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with process_pool(workers) as pool:
         for batch in chain((first, second), iterator):
             pending.append((batch, pool.submit(_process, batch.column("text"), cfg)))
             if len(pending) >= 2 * workers:

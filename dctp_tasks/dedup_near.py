@@ -1,0 +1,250 @@
+"""Near-duplicate dedup: MinHash LSH over word n-grams, within the day and against every earlier date's history.
+
+Reads ``dedup_exact``, writes ``dedup_near`` and this date's history ``state/minhash/dt=D/{bands,signatures}`` (the
+day's survivors). Candidates share an LSH band and have estimated Jaccard >= threshold; clusters are their connected
+components. History beats today; within the day the earliest ``created_at``, then the smallest ``doc_id`` survives
+(or the longest text). Only dates before D are read, so dates can re-run in any order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from contextlib import nullcontext
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import dctp_tasks
+from dctp_tasks import minhash
+from dctp_tasks.config import NearDedupConfig, PipelineConfig
+from dctp_tasks.ledger import RejectWriter
+from dctp_tasks.records import append_step, params_hash, with_column
+from dctp_tasks.stats import StageResult, Timer
+from dctp_tasks.storage import Storage, staging_dir, state_dir
+from dctp_tasks.workers import process_pool, worker_count
+
+log = logging.getLogger(__name__)
+
+STAGE = "dedup_near"
+INPUT_STAGE = "dedup_exact"
+STATE = "minhash"
+BANDS_SCHEMA = pa.schema([("doc_id", pa.string()), ("band", pa.int16()), ("band_hash", pa.uint64())])
+_LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
+_POOL_MIN_ROWS = 5_000  # below this, starting worker processes costs more than it saves
+
+
+def signatures_schema(num_perm: int) -> pa.Schema:
+    return pa.schema([("doc_id", pa.string()), ("signature", pa.binary(4 * num_perm))])
+
+
+def lsh_params(cfg: NearDedupConfig) -> tuple[int, int]:
+    """Return ``(bands, rows)``: the configured pair, or the optimum for ``cfg.threshold``."""
+    if cfg.bands is not None and cfg.rows is not None:
+        return cfg.bands, cfg.rows
+    return minhash.optimal_bands(cfg.threshold, cfg.num_perm, cfg.false_positive_weight, cfg.false_negative_weight)
+
+
+def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
+                   input_stage: str = INPUT_STAGE) -> StageResult:
+    """Drop near duplicates of date ``dt``; return counts (``dropped_near_duplicate``)."""
+    cfg = config.dedup_near
+    bands, rows = lsh_params(cfg)
+    log.info("dedup_near dt=%s: threshold %.2f, %d-word shingles, %d perms (%s, seed %d) -> LSH %d bands x %d rows",
+             dt, cfg.threshold, cfg.ngram, cfg.num_perm, cfg.scheme, cfg.seed, bands, rows)
+    in_dir, out_dir = staging_dir(dag_id, dt, input_stage), staging_dir(dag_id, dt, STAGE)
+    result = StageResult(STAGE, storage.uri(out_dir))
+    step_params = params_hash({**cfg.model_dump(mode="json"), "bands": bands, "rows": rows})
+    with Timer() as timer:
+        doc_ids, rank, sigs = _day_signatures(storage, in_dir, cfg, config.batch_size)
+        has_shingles = sigs[:, 0] != minhash.MAX_HASH32  # a slot only stays at max when there are no shingles
+        keys = minhash.band_keys(sigs, bands, rows)
+        history = _history_matches(storage, dt, keys[has_shingles], cfg.num_perm, config.batch_size)
+        verdicts = _cluster(doc_ids, rank, sigs, keys, has_shingles, history, cfg)
+        survives = (verdicts["position"] < 0) & has_shingles
+        _write_state(storage, dt, doc_ids, sigs, keys, survives, cfg.num_perm)
+        with storage.writer(out_dir, schema=storage.parquet_schema(in_dir)) as writer, \
+                RejectWriter(storage, dt, STAGE) as rejects:
+            offset = 0
+            for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
+                n = batch.num_rows
+                position = verdicts["position"][offset:offset + n]
+                offset += n
+                result.total += n
+                is_dup = pa.array(position >= 0)
+                take = pa.array(position[position >= 0])
+                table = pa.Table.from_batches([batch])
+                dups = table.filter(is_dup).select(["doc_id", "source"])
+                rejects.add_table(pa.table({
+                    "doc_id": dups.column("doc_id"), "source": dups.column("source"),
+                    "outcome": pa.array(["duplicate"] * len(take), pa.string()),
+                    "reason": pa.array(["near_duplicate"] * len(take), pa.string()),
+                    "duplicate_of": verdicts["duplicate_of"].take(take), "detail": verdicts["detail"].take(take),
+                }).sort_by("doc_id"))
+                kept = table.filter(pc.invert(is_dup))
+                kept = with_column(kept, kept.schema.field("lineage"),
+                                   append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, step_params))
+                writer.write(kept)
+    result.kept = writer.rows
+    result.seconds = timer.seconds
+    result.dropped_by_reason = Counter(rejects.counts)
+    result.extra = {"duplicates_of_history": verdicts["of_history"], "candidate_pairs": verdicts["candidates"],
+                    "verified_pairs": verdicts["verified"], "clusters": verdicts["clusters"],
+                    "lsh_bands": bands, "lsh_rows": rows, "state_rows": int(survives.sum())}
+    log.info("dedup_near dt=%s: %d in, %d kept, %d near duplicates (%d of earlier dates), %d candidate pairs, "
+             "%d verified", dt, result.total, result.kept, result.dropped, verdicts["of_history"],
+             verdicts["candidates"], verdicts["verified"])
+    return result
+
+
+def _day_signatures(storage: Storage, in_dir: str, cfg: NearDedupConfig,
+                    batch_size: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Return every row's ``doc_id``, survivor rank (0 = best) and signature, in file order (no text kept)."""
+    workers = worker_count(cfg.workers)
+    big = workers > 1 and storage.count_rows(in_dir) >= _POOL_MIN_ROWS
+    pool = process_pool(workers) if big else nullcontext()
+    ids, orders, lengths, sigs = [], [], [], []
+    with pool:
+        for batch in storage.iter_batches(in_dir, batch_size=batch_size, columns=["doc_id", "text", "created_at"]):
+            texts = batch.column("text")
+            sigs.append(minhash.text_signatures(texts.to_pylist(), cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme,
+                                                pool if big else None))
+            ids.append(batch.column("doc_id"))
+            created = pc.fill_null(pc.cast(batch.column("created_at"), pa.int64()), _LATEST)  # undated rows lose
+            orders.append(created.to_numpy(zero_copy_only=False))
+            lengths.append(pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False))
+    if not ids:
+        return pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros((0, cfg.num_perm), np.uint32)
+    doc_ids = pa.concat_arrays(ids)
+    keys = {"order": np.concatenate(orders), "doc_id": doc_ids}
+    sort_keys = [("order", "ascending"), ("doc_id", "ascending")]
+    if cfg.survivor == "longest":
+        keys = {"length": np.concatenate(lengths), **keys}
+        sort_keys.insert(0, ("length", "descending"))
+    perm = pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy()
+    rank = np.empty(len(perm), dtype=np.int64)
+    rank[perm] = np.arange(len(perm))
+    return doc_ids, rank, np.concatenate(sigs)
+
+
+def _history_matches(storage: Storage, dt: str, keys: np.ndarray, num_perm: int, batch_size: int) -> pa.Table:
+    """Scan history before ``dt`` for band hashes seen today; return ``doc_id, dt, band_hash, signature``.
+
+    Memory holds only today's keys and the matching history rows, however long the history.
+    """
+    wanted = pa.array(np.unique(keys.ravel()))
+    found = []
+    for partition in sorted(storage.list_dirs(state_dir(STATE))):
+        day = partition[3:]
+        if not partition.startswith("dt=") or day >= dt:
+            continue
+        stored = storage.parquet_schema(state_dir(STATE, day), "signatures").field("signature").type
+        if stored != pa.binary(4 * num_perm):
+            # Other permutations make other band hashes: silently matching nothing would hide every duplicate.
+            raise ValueError(f"history state/{STATE}/dt={day} holds {stored} signatures; "
+                             f"dedup_near.num_perm={num_perm} needs fixed_size_binary[{4 * num_perm}]")
+        hits = []
+        for batch in storage.iter_batches(state_dir(STATE, day), "bands", batch_size=batch_size * 10):
+            hit = pc.is_in(batch.column("band_hash"), value_set=wanted)
+            if pc.any(hit).as_py():
+                hits.append(pa.Table.from_batches([batch]).filter(hit).select(["doc_id", "band_hash"]))
+        if not hits:
+            continue
+        hits = pa.concat_tables(hits)
+        ids = pc.unique(hits.column("doc_id"))
+        for batch in storage.iter_batches(state_dir(STATE, day), "signatures", batch_size=batch_size * 10):
+            sig = pa.Table.from_batches([batch]).filter(pc.is_in(batch.column("doc_id"), value_set=ids))
+            found.append(_with_dt(hits.join(sig, "doc_id", join_type="inner"), day))
+    if not found:
+        return pa.table({"doc_id": pa.array([], pa.string()), "band_hash": pa.array([], pa.uint64()),
+                         "signature": pa.array([], pa.binary(4 * num_perm)), "dt": pa.array([], pa.string())})
+    return pa.concat_tables(found)
+
+
+def _with_dt(table: pa.Table, day: str) -> pa.Table:
+    return table.append_column("dt", pa.array([day] * table.num_rows, pa.string()))
+
+
+def _sig_matrix(column: pa.Array | pa.ChunkedArray, num_perm: int) -> np.ndarray:
+    """Return fixed-width binary signatures as a ``(rows, num_perm)`` uint32 matrix."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    flat = np.frombuffer(arr.buffers()[1], dtype="<u4")
+    return flat[arr.offset * num_perm:(arr.offset + len(arr)) * num_perm].reshape(len(arr), num_perm)
+
+
+def _cluster(doc_ids: pa.Array, rank: np.ndarray, sigs: np.ndarray, keys: np.ndarray, has_shingles: np.ndarray,
+             history: pa.Table, cfg: NearDedupConfig) -> dict:
+    """Link candidates with estimated Jaccard >= threshold; each row's survivor is its component's best node.
+
+    Nodes are numbered best first: history docs (by dt, doc_id), then today's rows by rank, so a component's
+    smallest node id is its survivor.
+    """
+    hist_keys = pc.binary_join_element_wise(history.column("dt"), history.column("doc_id"), "|")
+    names = pc.unique(hist_keys.combine_chunks() if isinstance(hist_keys, pa.ChunkedArray) else hist_keys)
+    names = names.take(pc.array_sort_indices(names))
+    h = len(names)
+    row_node = pc.index_in(hist_keys, value_set=names).to_numpy(zero_copy_only=False).astype(np.int64)
+    hist_sigs = np.zeros((h, cfg.num_perm), dtype=np.uint32)
+    hist_sigs[row_node] = _sig_matrix(history.column("signature"), cfg.num_perm)
+    n = len(rank)
+    node_sigs = np.empty((h + n, cfg.num_perm), dtype=np.uint32)
+    node_sigs[:h] = hist_sigs
+    node_sigs[h + rank] = sigs
+    # Today's candidates: docs sharing a band key.
+    today_nodes = np.repeat(h + rank[has_shingles], keys.shape[1])
+    flat_keys = keys[has_shingles].ravel()
+    u, v = minhash.bucket_pairs(flat_keys, today_nodes, cfg.bucket_window)
+    # History candidates: every today doc whose band key a history doc shares.
+    order = np.argsort(flat_keys, kind="stable")
+    sorted_keys, sorted_nodes = flat_keys[order], today_nodes[order]
+    hkeys = history.column("band_hash").to_numpy()
+    left = np.searchsorted(sorted_keys, hkeys, side="left")
+    counts = np.searchsorted(sorted_keys, hkeys, side="right") - left
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    hu, hv = np.repeat(row_node, counts), sorted_nodes[np.repeat(left, counts) + within]
+    u, v = minhash.unique_pairs(np.concatenate([u, hu]), np.concatenate([v, hv]))
+    similar = minhash.estimated_jaccard(node_sigs, u, v) >= cfg.threshold
+    labels = minhash.connected_components(h + n, u[similar], v[similar])
+    nodes = h + rank
+    winners = labels[nodes]
+    dup_rows = np.flatnonzero(winners != nodes)
+    position = np.full(n, -1, dtype=np.int64)
+    position[dup_rows] = np.arange(len(dup_rows))
+    winner = winners[dup_rows]
+    jaccard = minhash.estimated_jaccard(node_sigs, nodes[dup_rows], winner)
+    of_history = winner < h
+    by_rank = np.empty(n, dtype=np.int64)
+    by_rank[rank] = np.arange(n)
+    hist_names = names.to_pylist()
+    today_ids = doc_ids.take(pa.array(by_rank[np.maximum(winner - h, 0)])).to_pylist() if n else []
+    duplicate_of, detail = [], []
+    for i, w in enumerate(winner.tolist()):
+        if w < h:
+            day, doc = hist_names[w].split("|", 1)
+            duplicate_of.append(doc)
+            detail.append(f"minhash jaccard≈{jaccard[i]:.2f} (history dt={day})")
+        else:
+            duplicate_of.append(today_ids[i])
+            detail.append(f"minhash jaccard≈{jaccard[i]:.2f} (same day)")
+    return {"position": position, "duplicate_of": pa.array(duplicate_of, pa.string()),
+            "detail": pa.array(detail, pa.string()), "of_history": int(of_history.sum()),
+            "candidates": len(u), "verified": int(similar.sum()), "clusters": int(len(np.unique(winner)))}
+
+
+def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, sigs: np.ndarray, keys: np.ndarray,
+                 survives: np.ndarray, num_perm: int) -> None:
+    """Write the day's surviving signatures and band hashes: the history later dates deduplicate against."""
+    ids = doc_ids.filter(pa.array(survives))
+    count, bands = len(ids), keys.shape[1]
+    kept_sigs = np.ascontiguousarray(sigs[survives], dtype="<u4")
+    signature = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * num_perm), count,
+                                                     [None, pa.py_buffer(kept_sigs.tobytes())])
+    with storage.writer(state_dir(STATE, dt), "signatures", schema=signatures_schema(num_perm)) as writer:
+        writer.write(pa.table({"doc_id": ids, "signature": signature}, schema=signatures_schema(num_perm)))
+    with storage.writer(state_dir(STATE, dt), "bands", schema=BANDS_SCHEMA) as writer:
+        writer.write(pa.table({
+            "doc_id": ids.take(pa.array(np.repeat(np.arange(count), bands))),
+            "band": pa.array(np.tile(np.arange(bands, dtype=np.int16), count)),
+            "band_hash": pa.array(keys[survives].ravel()),
+        }, schema=BANDS_SCHEMA))

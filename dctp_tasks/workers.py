@@ -1,0 +1,35 @@
+"""Process pools that are safe inside an Airflow task: clean ``spawn`` children that never re-run ``__main__``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from multiprocessing import get_context
+
+
+def worker_count(configured: int) -> int:
+    """Return ``configured``, or one worker per CPU core when it is 0."""
+    return configured or os.cpu_count() or 1
+
+
+@contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """Yield a ``spawn`` process pool whose workers do not re-import the parent's main script.
+
+    ``spawn`` (and ``forkserver``) children re-import the parent's ``__main__`` before they unpickle any work.
+    Under Airflow that script is the ``airflow`` CLI, whose import initialises Airflow and fails inside a task.
+    Our workers only run functions of ``dctp_tasks``, so while the pool lives the parent presents an empty main
+    module. ``spawn`` rather than ``fork``: the parent holds Arrow and HTTP threads that a fork would copy
+    mid-flight.
+    """
+    real = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            yield pool
+    finally:
+        sys.modules["__main__"] = real
