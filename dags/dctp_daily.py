@@ -3,7 +3,7 @@
 
 Turns one day of raw text and instruction data into a new version of the curated Delta table:
 
-`start_run` → `ingest` → `normalize` → `dedup_exact` → `export` → `finish_run`
+`start_run` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` → `export` → `finish_run`
 
 * **Partition**: each run processes the landing folders `landing/{source}/dt=YYYY-MM-DD` of its data
   interval start (manual runs without a logical date use their `run_after` day) and the configured
@@ -11,7 +11,9 @@ Turns one day of raw text and instruction data into a new version of the curated
 * **Nothing is lost**: malformed rows are quarantined, short/long texts filtered, duplicates recorded
   with `duplicate_of`; `finish_run` fails the run unless
   `ingested = exported + duplicates + filtered + quarantined`. Inspect with `dctp ledger DATE`.
-* **Backfills**: re-running any date gives the same result; `dedup_exact` and `export` wait for the
+* **Dedup**: exact copies (same normalized text) and near copies (MinHash LSH over word 5-grams,
+  estimated Jaccard ≥ 0.7) within the day and against every earlier date; the earliest copy survives.
+* **Backfills**: re-running any date gives the same result; the dedup tasks and `export` wait for the
   previous date (`depends_on_past`), so history has no holes.
 * **Tracking**: one MLflow run per DAG run (experiment `dctp_daily`, run name = run id).
 
@@ -52,6 +54,10 @@ PARAMS = {
                                   title="Maximum quarantine ratio",
                                   description="Fail ingest when a larger share of rows is malformed "
                                               "(empty: config default, 0.05)."),
+    "near_dup_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                                title="Near-duplicate threshold",
+                                description="Estimated Jaccard of word 5-grams at or above which two texts are "
+                                            "near duplicates (empty: config default, 0.7)."),
     "batch_size": Param(None, type=["null", "integer"], minimum=1, title="Batch size",
                         description="Rows per Arrow batch in every stage (empty: config default, 10000)."),
     "config_overrides": Param({}, type="object", title="Config overrides",
@@ -118,6 +124,14 @@ def dctp_daily():
         return _track(run, started, dedup_exact_day(run.storage, run.config, run.dag_id, run.dt))
 
     @task(depends_on_past=True)
+    def dedup_near(started: dict) -> dict:
+        """Drop near duplicates (MinHash LSH) within the day and of every earlier date."""
+        from dctp_tasks.dedup_near import dedup_near_day
+
+        run = _ctx()
+        return _track(run, started, dedup_near_day(run.storage, run.config, run.dag_id, run.dt))
+
+    @task(depends_on_past=True)
     def export(started: dict, stages: list[dict]) -> dict:
         """Commit the last stage's output to the Delta table as one new version, replacing only its date."""
         from dctp_tasks.export import export_day
@@ -159,8 +173,9 @@ def dctp_daily():
     ingested = ingest(started)
     normalized = normalize(started)
     deduped = dedup_exact(started)
-    exported = export(started, [ingested, normalized, deduped])
-    ingested >> normalized >> deduped >> exported
+    near_deduped = dedup_near(started)
+    exported = export(started, [ingested, normalized, deduped, near_deduped])
+    ingested >> normalized >> deduped >> near_deduped >> exported
     finish_run(started, ingested, exported)
 
 

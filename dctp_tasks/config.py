@@ -117,10 +117,13 @@ class NearDedupConfig(_Strict):
     """LSH bands; ``None`` derives bands x rows from ``threshold`` (datasketch's weighted-error optimum)."""
     rows: int | None = Field(None, ge=1)
     """Rows per band; set together with ``bands``."""
-    false_positive_weight: float = Field(0.5, ge=0.0, le=1.0)
-    """Weight of the false-positive area when deriving bands x rows (datasketch's default 0.5)."""
-    false_negative_weight: float = Field(0.5, ge=0.0, le=1.0)
-    """Weight of the false-negative area when deriving bands x rows (datasketch's default 0.5)."""
+    false_positive_weight: float = Field(0.4, ge=0.0, le=1.0)
+    """Weight of the false-positive area when deriving bands x rows. 0.4/0.6 leans to recall (at 0.7 it gives
+    datatrove's 14 x 8, not datasketch's equal-weight 12 x 9): every candidate is verified by estimated Jaccard,
+    so extra candidates cost time, not precision. Measured on BoolQ edits: recall at true Jaccard >= 0.8 rises from
+    0.95-0.97 (12 x 9) to 0.98-0.99, with no false merge below 0.5 either way."""
+    false_negative_weight: float = Field(0.6, ge=0.0, le=1.0)
+    """Weight of the false-negative area when deriving bands x rows (see ``false_positive_weight``)."""
     bucket_window: int = Field(8, ge=2)
     """Docs of one LSH bucket compared pairwise; bigger buckets link each doc to the first and its window."""
     survivor: Literal["earliest", "longest"] = "earliest"

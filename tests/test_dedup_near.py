@@ -77,13 +77,13 @@ def test_near_duplicates_are_caught_and_unrelated_passages_kept(storage):
     assert dup_pairs(storage, D1) == {"w/a2": "w/a", "w/a3": "w/a"}
     assert (result.total, result.kept, result.dropped) == (24, 22, 2)
     assert result.dropped_by_reason == {"near_duplicate": 2}
-    assert (result.extra["lsh_bands"], result.extra["lsh_rows"]) == (12, 9)
+    assert (result.extra["lsh_bands"], result.extra["lsh_rows"]) == (14, 8)
     rejects = read_rejects(storage, D1).to_pylist()
     assert {r["outcome"] for r in rejects} == {"duplicate"} and {r["stage"] for r in rejects} == {"dedup_near"}
     assert all(r["detail"].startswith("minhash jaccard≈") and r["detail"].endswith("(same day)") for r in rejects)
     # The day's survivors become history: signatures and one row per band.
     assert storage.count_rows(state_dir(STATE, D1), "signatures") == 22
-    assert storage.count_rows(state_dir(STATE, D1), "bands") == 22 * 12
+    assert storage.count_rows(state_dir(STATE, D1), "bands") == 22 * 14
 
 
 @pytest.mark.parametrize(("rows", "survivor"), [

@@ -25,6 +25,7 @@ PARAM_OVERRIDES = {
     "max_quarantine_ratio": "ingest.max_quarantine_ratio",
     "min_chars": "normalize.min_chars",
     "max_chars": "normalize.max_chars",
+    "near_dup_threshold": "dedup_near.threshold",
     "batch_size": "batch_size",
 }
 

@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import REPO
 
-EXPECTED_TASKS = ["start_run", "ingest", "normalize", "dedup_exact", "export", "finish_run"]
-HISTORY_TASKS = {"dedup_exact", "export"}
+EXPECTED_TASKS = ["start_run", "ingest", "normalize", "dedup_exact", "dedup_near", "export", "finish_run"]
+HISTORY_TASKS = {"dedup_exact", "dedup_near", "export"}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_dag_shape(dagbag):
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
-    chain = ["ingest", "normalize", "dedup_exact", "export", "finish_run"]
+    chain = ["ingest", "normalize", "dedup_exact", "dedup_near", "export", "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
@@ -94,7 +94,8 @@ def test_every_task_retries_with_backoff_and_timeout(dagbag, task_id):
 
 def test_params_are_described(dagbag):
     params = dagbag.dags["dctp_daily"].params
-    assert {"sources", "min_chars", "max_chars", "max_quarantine_ratio", "config_overrides"} <= set(params.keys())
+    assert {"sources", "min_chars", "max_chars", "max_quarantine_ratio", "near_dup_threshold",
+            "config_overrides"} <= set(params.keys())
     for name in params.keys():
         param = params.get_param(name)
         assert param.description, f"Param {name} has no description"
@@ -106,7 +107,8 @@ def test_param_overrides_reach_the_config():
     from dctp_common.runtime import resolve_config
 
     config = resolve_config({"min_chars": 7, "sources": ["web"], "max_quarantine_ratio": 0.2,
-                             "config_overrides": {"export.test_fraction": 0.1}})
+                             "near_dup_threshold": 0.8, "config_overrides": {"export.test_fraction": 0.1}})
+    assert config.dedup_near.threshold == 0.8
     assert config.normalize.min_chars == 7
     assert config.ingest.include_sources == ["web"]
     assert config.ingest.max_quarantine_ratio == 0.2

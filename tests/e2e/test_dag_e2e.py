@@ -21,7 +21,7 @@ from dctp_tasks.storage import S3Options, Storage
 from tests.conftest import REPO
 
 DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
-STAGES = ["ingest", "normalize", "dedup_exact", "export"]
+STAGES = ["ingest", "normalize", "dedup_exact", "dedup_near", "export"]
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +112,7 @@ def check_mlflow(dt_runs: list[str]) -> None:
         assert metrics["ingest.total"] == metrics["ledger.ingested"]
         assert metrics["ledger.exported"] == metrics["export.kept"]
         assert metrics["dedup_exact.dropped_exact_duplicate"] > 0
+        assert metrics["dedup_near.dropped_near_duplicate"] > 0  # the demo corpus has edited copies every day
         assert finished[0].data.params["normalize.min_chars"] == "50"
         artifacts = {a.path for a in client.list_artifacts(finished[0].info.run_id)}
         assert {"ledger.json", "ledger.txt"} <= artifacts
