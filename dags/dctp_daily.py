@@ -3,7 +3,7 @@
 
 Turns one day of raw text and instruction data into a new version of the curated Delta table:
 
-`start_run` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` → `export` → `finish_run`
+`start_run` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` → `dedup_semantic` → `export` → `finish_run`
 
 * **Partition**: each run processes the landing folders `landing/{source}/dt=YYYY-MM-DD` of its data
   interval start (manual runs without a logical date use their `run_after` day) and the configured
@@ -11,8 +11,9 @@ Turns one day of raw text and instruction data into a new version of the curated
 * **Nothing is lost**: malformed rows are quarantined, short/long texts filtered, duplicates recorded
   with `duplicate_of`; `finish_run` fails the run unless
   `ingested = exported + duplicates + filtered + quarantined`. Inspect with `dctp ledger DATE`.
-* **Dedup**: exact copies (same normalized text) and near copies (MinHash LSH over word 5-grams,
-  estimated Jaccard ≥ 0.7) within the day and against every earlier date; the earliest copy survives.
+* **Dedup**: exact copies (same normalized text), near copies (MinHash LSH over word 5-grams, estimated
+  Jaccard ≥ 0.7) and semantic copies (MiniLM embeddings, cosine ≥ 0.95, per-domain overrides) within the day
+  and against every earlier date; the earliest copy survives. `dedup_semantic` runs on the `gpu` queue.
 * **Backfills**: re-running any date gives the same result; the dedup tasks and `export` wait for the
   previous date (`depends_on_past`), so history has no holes.
 * **Tracking**: one MLflow run per DAG run (experiment `dctp_daily`, run name = run id).
@@ -22,9 +23,14 @@ Trigger with config to override thresholds for one run (see the Params).
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+# GPU-heavy tasks go to this Celery queue and Airflow pool (DESIGN §7); env vars, not config: no I/O at parse.
+GPU_QUEUE = os.environ.get("DCTP_GPU_QUEUE", "gpu")
+GPU_POOL = os.environ.get("DCTP_GPU_POOL", "gpu")
 
 
 def _on_failure(context) -> None:
@@ -58,6 +64,11 @@ PARAMS = {
                                 title="Near-duplicate threshold",
                                 description="Estimated Jaccard of word 5-grams at or above which two texts are "
                                             "near duplicates (empty: config default, 0.7)."),
+    "semantic_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                                title="Semantic duplicate threshold",
+                                description="Cosine similarity of MiniLM embeddings at or above which two texts are "
+                                            "semantic duplicates (empty: config default, 0.95). Per-domain values: "
+                                            'config_overrides {"dedup_semantic.domain_thresholds": {"news": 0.92}}.'),
     "batch_size": Param(None, type=["null", "integer"], minimum=1, title="Batch size",
                         description="Rows per Arrow batch in every stage (empty: config default, 10000)."),
     "config_overrides": Param({}, type="object", title="Config overrides",
@@ -131,6 +142,14 @@ def dctp_daily():
         run = _ctx()
         return _track(run, started, dedup_near_day(run.storage, run.config, run.dag_id, run.dt))
 
+    @task(depends_on_past=True, queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
+    def dedup_semantic(started: dict) -> dict:
+        """Drop semantic duplicates (embedding cosine) within the day and of every earlier date; store embeddings."""
+        from dctp_tasks.dedup_semantic import dedup_semantic_day
+
+        run = _ctx()
+        return _track(run, started, dedup_semantic_day(run.storage, run.config, run.dag_id, run.dt))
+
     @task(depends_on_past=True)
     def export(started: dict, stages: list[dict]) -> dict:
         """Commit the last stage's output to the Delta table as one new version, replacing only its date."""
@@ -174,8 +193,9 @@ def dctp_daily():
     normalized = normalize(started)
     deduped = dedup_exact(started)
     near_deduped = dedup_near(started)
-    exported = export(started, [ingested, normalized, deduped, near_deduped])
-    ingested >> normalized >> deduped >> near_deduped >> exported
+    semantic_deduped = dedup_semantic(started)
+    exported = export(started, [ingested, normalized, deduped, near_deduped, semantic_deduped])
+    ingested >> normalized >> deduped >> near_deduped >> semantic_deduped >> exported
     finish_run(started, ingested, exported)
 
 

@@ -13,6 +13,7 @@ mkdir -p "$AIRFLOW_HOME" "$DEMO_HOME"
 "$BIN/python" "$REPO/include/render_airflow_cfg.py" "$REPO/airflow.cfg.template" "$AIRFLOW_HOME/airflow.cfg"
 airflow db migrate > "$DEMO_HOME/up-migrate.log" 2>&1
 airflow dags reserialize > /dev/null 2>&1
+airflow pools set gpu 1 "GPU slots: one model on the GPU at a time" > /dev/null  # dedup_semantic's pool
 airflow dags unpause dctp_daily > /dev/null  # ready to trigger, backfill, and run daily
 echo "==> Airflow UI on http://localhost:8080 — user admin, password in"
 echo "    $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"

@@ -26,6 +26,7 @@ PARAM_OVERRIDES = {
     "min_chars": "normalize.min_chars",
     "max_chars": "normalize.max_chars",
     "near_dup_threshold": "dedup_near.threshold",
+    "semantic_threshold": "dedup_semantic.threshold",
     "batch_size": "batch_size",
 }
 

@@ -12,8 +12,10 @@ import pytest
 
 from tests.conftest import REPO
 
-EXPECTED_TASKS = ["start_run", "ingest", "normalize", "dedup_exact", "dedup_near", "export", "finish_run"]
-HISTORY_TASKS = {"dedup_exact", "dedup_near", "export"}
+EXPECTED_TASKS = ["start_run", "ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "export",
+                  "finish_run"]
+HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "export"}
+GPU_TASKS = {"dedup_semantic"}  # model inference (DESIGN §7)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_dag_shape(dagbag):
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
-    chain = ["ingest", "normalize", "dedup_exact", "dedup_near", "export", "finish_run"]
+    chain = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "export", "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
@@ -92,6 +94,15 @@ def test_every_task_retries_with_backoff_and_timeout(dagbag, task_id):
     assert task.doc_md or task.doc, f"{task_id} has no docs for the UI"
 
 
+@pytest.mark.parametrize("task_id", EXPECTED_TASKS)
+def test_gpu_tasks_run_on_the_gpu_queue_and_pool(dagbag, task_id):
+    task = dagbag.dags["dctp_daily"].get_task(task_id)
+    if task_id in GPU_TASKS:
+        assert (task.queue, task.pool) == ("gpu", "gpu")
+    else:
+        assert task.queue != "gpu" and task.pool != "gpu"
+
+
 def test_params_are_described(dagbag):
     params = dagbag.dags["dctp_daily"].params
     assert {"sources", "min_chars", "max_chars", "max_quarantine_ratio", "near_dup_threshold",
@@ -107,8 +118,9 @@ def test_param_overrides_reach_the_config():
     from dctp_common.runtime import resolve_config
 
     config = resolve_config({"min_chars": 7, "sources": ["web"], "max_quarantine_ratio": 0.2,
-                             "near_dup_threshold": 0.8, "config_overrides": {"export.test_fraction": 0.1}})
-    assert config.dedup_near.threshold == 0.8
+                             "near_dup_threshold": 0.8, "semantic_threshold": 0.9,
+                             "config_overrides": {"export.test_fraction": 0.1}})
+    assert config.dedup_near.threshold == 0.8 and config.dedup_semantic.threshold == 0.9
     assert config.normalize.min_chars == 7
     assert config.ingest.include_sources == ["web"]
     assert config.ingest.max_quarantine_ratio == 0.2

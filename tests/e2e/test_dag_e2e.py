@@ -21,7 +21,7 @@ from dctp_tasks.storage import S3Options, Storage
 from tests.conftest import REPO
 
 DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
-STAGES = ["ingest", "normalize", "dedup_exact", "dedup_near", "export"]
+STAGES = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "export"]
 
 pytestmark = pytest.mark.slow
 
