@@ -136,7 +136,7 @@ def dctp_daily():
 
     @task(depends_on_past=True)
     def dedup_near(started: dict) -> dict:
-        """Drop near duplicates (MinHash LSH) within the day and of every earlier date."""
+        """Drop near duplicates (MinHash LSH) within the day and of every earlier date; report pairs by threshold."""
         from dctp_tasks.dedup_near import dedup_near_day
 
         run = _ctx()
@@ -200,11 +200,20 @@ def dctp_daily():
 
 
 def _track(run, started: dict, result) -> dict:
-    """Log a stage's metrics to the run's MLflow run; return its XCom (counts and URIs, never data)."""
+    """Log a stage's metrics (and its report, if it wrote one) to the run's MLflow run and the task log.
+
+    Returns the XCom: counts and URIs, never data.
+    """
     from dctp_tasks import tracking
 
+    report_path = result.extra.get("report")
+    report = run.storage.read_bytes(run.storage.path(report_path)).decode() if report_path else None
+    if report:
+        print(report)
     if started["mlflow_run_id"]:
         tracking.log_metrics(run.config.tracking, started["mlflow_run_id"], result.metrics())
+        if report:
+            tracking.log_text(run.config.tracking, started["mlflow_run_id"], f"reports/{result.stage}.md", report)
     return result.as_dict()
 
 

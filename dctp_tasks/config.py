@@ -105,6 +105,10 @@ class NearDedupConfig(_Strict):
     threshold: float = Field(0.7, gt=0.0, le=1.0)
     """Estimated Jaccard similarity of word 5-gram sets at or above which two docs are duplicates (0-1);
     0.7 is text-dedup's default and close to datatrove's 14 bands x 8 rows."""
+    domain_thresholds: dict[str, float] = Field(default_factory=dict)
+    """Per-domain estimated-Jaccard thresholds overriding ``threshold`` (0-1). A candidate pair is verified
+    against the stricter (higher) of its two docs' thresholds; LSH bands x rows stay derived from ``threshold``,
+    so a domain value below it finds only the candidates the global banding finds."""
     ngram: int = Field(5, ge=1)
     """Words per shingle; 5 as in text-dedup and datatrove."""
     num_perm: int = Field(112, ge=2, le=1024)
@@ -138,6 +142,18 @@ class NearDedupConfig(_Strict):
         if self.bands is not None and self.bands * self.rows > self.num_perm:
             raise ValueError(f"dedup_near.bands x rows = {self.bands * self.rows} exceeds num_perm={self.num_perm}")
         return self
+
+    @field_validator("domain_thresholds")
+    @classmethod
+    def _in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {domain: t for domain, t in value.items() if not 0.0 < t <= 1.0}
+        if bad:
+            raise ValueError(f"dedup_near.domain_thresholds must lie in (0, 1]; got {bad}")
+        return value
+
+    def threshold_for(self, domain: str | None) -> float:
+        """Return the estimated-Jaccard threshold of ``domain`` (the default when it has no override)."""
+        return self.domain_thresholds.get(domain, self.threshold) if domain is not None else self.threshold
 
 
 class SemanticDedupConfig(_Strict):

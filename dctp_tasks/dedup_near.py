@@ -3,7 +3,9 @@
 Reads ``dedup_exact``, writes ``dedup_near`` and this date's history ``state/minhash/dt=D/{bands,signatures}`` (the
 day's survivors). Candidates share an LSH band and have estimated Jaccard >= threshold; clusters are their connected
 components. History beats today; within the day the earliest ``created_at``, then the smallest ``doc_id`` survives
-(or the longest text). Only dates before D are read, so dates can re-run in any order.
+(or the longest text). Only dates before D are read, so dates can re-run in any order. Banding follows the global
+threshold; a candidate pair is verified against the stricter (higher) of its two docs' domain thresholds. The run's
+report (``reports/dt=D/dedup_near.md``) shows pairs just above and just below those thresholds.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pyarrow.compute as pc
 import dctp_tasks
 from dctp_tasks import minhash
 from dctp_tasks.config import NearDedupConfig, PipelineConfig
+from dctp_tasks.dedup_report import SAMPLE_PAIRS, DuplicateRates, SamplePair, stage_report
 from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.records import append_step, params_hash, with_column
 from dctp_tasks.stats import StageResult, Timer
@@ -33,10 +36,11 @@ STATE = "minhash"
 BANDS_SCHEMA = pa.schema([("doc_id", pa.string()), ("band", pa.int16()), ("band_hash", pa.uint64())])
 _LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
 _POOL_MIN_ROWS = 5_000  # below this, starting worker processes costs more than it saves
+REPORT_MARGIN = 0.15  # rejected candidates this far below their threshold are sampled for the report
 
 
 def signatures_schema(num_perm: int) -> pa.Schema:
-    return pa.schema([("doc_id", pa.string()), ("signature", pa.binary(4 * num_perm))])
+    return pa.schema([("doc_id", pa.string()), ("signature", pa.binary(4 * num_perm)), ("domain", pa.string())])
 
 
 def lsh_params(cfg: NearDedupConfig) -> tuple[int, int]:
@@ -57,13 +61,14 @@ def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: st
     result = StageResult(STAGE, storage.uri(out_dir))
     step_params = params_hash({**cfg.model_dump(mode="json"), "bands": bands, "rows": rows})
     with Timer() as timer:
-        doc_ids, rank, sigs = _day_signatures(storage, in_dir, cfg, config.batch_size)
+        doc_ids, rank, sigs, domains = _day_signatures(storage, in_dir, cfg, config.batch_size)
         has_shingles = sigs[:, 0] != minhash.MAX_HASH32  # a slot only stays at max when there are no shingles
         keys = minhash.band_keys(sigs, bands, rows)
         history = _history_matches(storage, dt, keys[has_shingles], cfg.num_perm, config.batch_size)
-        verdicts = _cluster(doc_ids, rank, sigs, keys, has_shingles, history, cfg)
+        verdicts = _cluster(doc_ids, rank, sigs, keys, has_shingles, history, cfg, _thresholds(domains, cfg))
         survives = (verdicts["position"] < 0) & has_shingles
-        _write_state(storage, dt, doc_ids, sigs, keys, survives, cfg.num_perm)
+        _write_state(storage, dt, doc_ids, domains, sigs, keys, survives, cfg.num_perm)
+        rates = DuplicateRates()
         with storage.writer(out_dir, schema=storage.parquet_schema(in_dir)) as writer, \
                 RejectWriter(storage, dt, STAGE) as rejects:
             offset = 0
@@ -75,6 +80,7 @@ def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: st
                 is_dup = pa.array(position >= 0)
                 take = pa.array(position[position >= 0])
                 table = pa.Table.from_batches([batch])
+                rates.add(table, is_dup)
                 dups = table.filter(is_dup).select(["doc_id", "source"])
                 rejects.add_table(pa.table({
                     "doc_id": dups.column("doc_id"), "source": dups.column("source"),
@@ -86,36 +92,59 @@ def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: st
                 kept = with_column(kept, kept.schema.field("lineage"),
                                    append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, step_params))
                 writer.write(kept)
+        report = stage_report(
+            storage, STAGE, dt, in_dir, lambda day: staging_dir(dag_id, day, STAGE),
+            method=f"MinHash LSH over {cfg.ngram}-word shingles, {cfg.num_perm} permutations, {bands} bands x {rows} "
+                   "rows (banded at the global threshold)",
+            measure="estimated Jaccard", thresholds=_describe(cfg), clusters=verdicts["clusters"], rates=rates,
+            pairs=verdicts["samples"])
     result.kept = writer.rows
     result.seconds = timer.seconds
     result.dropped_by_reason = Counter(rejects.counts)
     result.extra = {"duplicates_of_history": verdicts["of_history"], "candidate_pairs": verdicts["candidates"],
                     "verified_pairs": verdicts["verified"], "clusters": verdicts["clusters"],
-                    "lsh_bands": bands, "lsh_rows": rows, "state_rows": int(survives.sum())}
+                    "lsh_bands": bands, "lsh_rows": rows, "state_rows": int(survives.sum()), "report": report}
     log.info("dedup_near dt=%s: %d in, %d kept, %d near duplicates (%d of earlier dates), %d candidate pairs, "
              "%d verified", dt, result.total, result.kept, result.dropped, verdicts["of_history"],
              verdicts["candidates"], verdicts["verified"])
     return result
 
 
+def _describe(cfg: NearDedupConfig) -> str:
+    domains = ", ".join(f"{name} {value:.2f}" for name, value in sorted(cfg.domain_thresholds.items()))
+    return f"{cfg.threshold:.2f}" + (f"; per domain: {domains} (a pair uses the higher of its two docs')"
+                                     if domains else "")
+
+
+def _thresholds(domains: pa.Array, cfg: NearDedupConfig) -> np.ndarray:
+    """Return each row's verification threshold: its domain's, or the global one."""
+    thresholds = np.full(len(domains), cfg.threshold, dtype=np.float64)
+    for name, value in cfg.domain_thresholds.items():
+        thresholds[pc.fill_null(pc.equal(domains, name), False).to_numpy(zero_copy_only=False)] = value
+    return thresholds
+
+
 def _day_signatures(storage: Storage, in_dir: str, cfg: NearDedupConfig,
-                    batch_size: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """Return every row's ``doc_id``, survivor rank (0 = best) and signature, in file order (no text kept)."""
+                    batch_size: int) -> tuple[pa.Array, np.ndarray, np.ndarray, pa.Array]:
+    """Return every row's ``doc_id``, survivor rank (0 = best), signature and domain, in file order (no text)."""
     workers = worker_count(cfg.workers)
     big = workers > 1 and storage.count_rows(in_dir) >= _POOL_MIN_ROWS
     pool = process_pool(workers) if big else nullcontext()
-    ids, orders, lengths, sigs = [], [], [], []
+    ids, orders, lengths, sigs, domains = [], [], [], [], []
     with pool:
-        for batch in storage.iter_batches(in_dir, batch_size=batch_size, columns=["doc_id", "text", "created_at"]):
+        for batch in storage.iter_batches(in_dir, batch_size=batch_size, columns=["doc_id", "text", "created_at",
+                                                                                   "domain"]):
             texts = batch.column("text")
             sigs.append(minhash.text_signatures(texts.to_pylist(), cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme,
                                                 pool if big else None))
             ids.append(batch.column("doc_id"))
+            domains.append(batch.column("domain"))
             created = pc.fill_null(pc.cast(batch.column("created_at"), pa.int64()), _LATEST)  # undated rows lose
             orders.append(created.to_numpy(zero_copy_only=False))
             lengths.append(pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False))
     if not ids:
-        return pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros((0, cfg.num_perm), np.uint32)
+        empty = pa.array([], pa.string())
+        return empty, np.zeros(0, np.int64), np.zeros((0, cfg.num_perm), np.uint32), empty
     doc_ids = pa.concat_arrays(ids)
     keys = {"order": np.concatenate(orders), "doc_id": doc_ids}
     sort_keys = [("order", "ascending"), ("doc_id", "ascending")]
@@ -125,11 +154,11 @@ def _day_signatures(storage: Storage, in_dir: str, cfg: NearDedupConfig,
     perm = pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy()
     rank = np.empty(len(perm), dtype=np.int64)
     rank[perm] = np.arange(len(perm))
-    return doc_ids, rank, np.concatenate(sigs)
+    return doc_ids, rank, np.concatenate(sigs), pa.concat_arrays(domains)
 
 
 def _history_matches(storage: Storage, dt: str, keys: np.ndarray, num_perm: int, batch_size: int) -> pa.Table:
-    """Scan history before ``dt`` for band hashes seen today; return ``doc_id, dt, band_hash, signature``.
+    """Scan history before ``dt`` for band hashes seen today; return ``doc_id, band_hash, signature, domain, dt``.
 
     Memory holds only today's keys and the matching history rows, however long the history.
     """
@@ -139,7 +168,8 @@ def _history_matches(storage: Storage, dt: str, keys: np.ndarray, num_perm: int,
         day = partition[3:]
         if not partition.startswith("dt=") or day >= dt:
             continue
-        stored = storage.parquet_schema(state_dir(STATE, day), "signatures").field("signature").type
+        schema = storage.parquet_schema(state_dir(STATE, day), "signatures")
+        stored = schema.field("signature").type
         if stored != pa.binary(4 * num_perm):
             # Other permutations make other band hashes: silently matching nothing would hide every duplicate.
             raise ValueError(f"history state/{STATE}/dt={day} holds {stored} signatures; "
@@ -155,10 +185,14 @@ def _history_matches(storage: Storage, dt: str, keys: np.ndarray, num_perm: int,
         ids = pc.unique(hits.column("doc_id"))
         for batch in storage.iter_batches(state_dir(STATE, day), "signatures", batch_size=batch_size * 10):
             sig = pa.Table.from_batches([batch]).filter(pc.is_in(batch.column("doc_id"), value_set=ids))
+            if "domain" not in schema.names:  # state written before per-domain thresholds: the global one applies
+                sig = sig.append_column("domain", pa.nulls(sig.num_rows, pa.string()))
+            sig = sig.select(["doc_id", "signature", "domain"])
             found.append(_with_dt(hits.join(sig, "doc_id", join_type="inner"), day))
     if not found:
         return pa.table({"doc_id": pa.array([], pa.string()), "band_hash": pa.array([], pa.uint64()),
-                         "signature": pa.array([], pa.binary(4 * num_perm)), "dt": pa.array([], pa.string())})
+                         "signature": pa.array([], pa.binary(4 * num_perm)), "domain": pa.array([], pa.string()),
+                         "dt": pa.array([], pa.string())})
     return pa.concat_tables(found)
 
 
@@ -174,11 +208,12 @@ def _sig_matrix(column: pa.Array | pa.ChunkedArray, num_perm: int) -> np.ndarray
 
 
 def _cluster(doc_ids: pa.Array, rank: np.ndarray, sigs: np.ndarray, keys: np.ndarray, has_shingles: np.ndarray,
-             history: pa.Table, cfg: NearDedupConfig) -> dict:
-    """Link candidates with estimated Jaccard >= threshold; each row's survivor is its component's best node.
+             history: pa.Table, cfg: NearDedupConfig, thresholds: np.ndarray) -> dict:
+    """Link candidates with estimated Jaccard >= the higher of their two thresholds; each row's survivor is its
+    component's best node.
 
     Nodes are numbered best first: history docs (by dt, doc_id), then today's rows by rank, so a component's
-    smallest node id is its survivor.
+    smallest node id is its survivor. ``thresholds`` holds today's rows' thresholds in file order.
     """
     hist_keys = pc.binary_join_element_wise(history.column("dt"), history.column("doc_id"), "|")
     names = pc.unique(hist_keys.combine_chunks() if isinstance(hist_keys, pa.ChunkedArray) else hist_keys)
@@ -191,6 +226,10 @@ def _cluster(doc_ids: pa.Array, rank: np.ndarray, sigs: np.ndarray, keys: np.nda
     node_sigs = np.empty((h + n, cfg.num_perm), dtype=np.uint32)
     node_sigs[:h] = hist_sigs
     node_sigs[h + rank] = sigs
+    node_thresholds = np.empty(h + n, dtype=np.float64)
+    hist_thresholds = _thresholds(history.column("domain").combine_chunks(), cfg) if h else np.zeros(0)
+    node_thresholds[row_node] = hist_thresholds
+    node_thresholds[h + rank] = thresholds
     # Today's candidates: docs sharing a band key.
     today_nodes = np.repeat(h + rank[has_shingles], keys.shape[1])
     flat_keys = keys[has_shingles].ravel()
@@ -204,7 +243,9 @@ def _cluster(doc_ids: pa.Array, rank: np.ndarray, sigs: np.ndarray, keys: np.nda
     within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     hu, hv = np.repeat(row_node, counts), sorted_nodes[np.repeat(left, counts) + within]
     u, v = minhash.unique_pairs(np.concatenate([u, hu]), np.concatenate([v, hv]))
-    similar = minhash.estimated_jaccard(node_sigs, u, v) >= cfg.threshold
+    estimate = minhash.estimated_jaccard(node_sigs, u, v)
+    pair_threshold = np.maximum(node_thresholds[u], node_thresholds[v])
+    similar = estimate >= pair_threshold
     labels = minhash.connected_components(h + n, u[similar], v[similar])
     nodes = h + rank
     winners = labels[nodes]
@@ -217,6 +258,7 @@ def _cluster(doc_ids: pa.Array, rank: np.ndarray, sigs: np.ndarray, keys: np.nda
     by_rank = np.empty(n, dtype=np.int64)
     by_rank[rank] = np.arange(n)
     hist_names = names.to_pylist()
+    samples = _samples(estimate, pair_threshold, u, v, h, hist_names, doc_ids, by_rank)
     today_ids = doc_ids.take(pa.array(by_rank[np.maximum(winner - h, 0)])).to_pylist() if n else []
     duplicate_of, detail = [], []
     for i, w in enumerate(winner.tolist()):
@@ -229,11 +271,34 @@ def _cluster(doc_ids: pa.Array, rank: np.ndarray, sigs: np.ndarray, keys: np.nda
             detail.append(f"minhash jaccard≈{jaccard[i]:.2f} (same day)")
     return {"position": position, "duplicate_of": pa.array(duplicate_of, pa.string()),
             "detail": pa.array(detail, pa.string()), "of_history": int(of_history.sum()),
-            "candidates": len(u), "verified": int(similar.sum()), "clusters": int(len(np.unique(winner)))}
+            "candidates": len(u), "verified": int(similar.sum()), "clusters": int(len(np.unique(winner))),
+            "samples": samples}
 
 
-def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, sigs: np.ndarray, keys: np.ndarray,
-                 survives: np.ndarray, num_perm: int) -> None:
+def _samples(estimate: np.ndarray, threshold: np.ndarray, u: np.ndarray, v: np.ndarray, h: int,
+             hist_names: list[str], doc_ids: pa.Array, by_rank: np.ndarray) -> list[SamplePair]:
+    """Return the candidate pairs nearest their threshold: merged ones, and rejected ones within the margin.
+
+    ``v`` is always one of today's nodes (history is never paired with history); ``u`` may be a history node.
+    """
+    picked = []
+    for side in (estimate >= threshold, (estimate < threshold) & (estimate >= threshold - REPORT_MARGIN)):
+        rows = np.flatnonzero(side)
+        order = np.lexsort((v[rows], u[rows], np.abs(estimate[rows] - threshold[rows])))
+        picked.extend(rows[order[:SAMPLE_PAIRS]].tolist())
+    out = []
+    for i in picked:
+        doc = doc_ids[int(by_rank[v[i] - h])].as_py()
+        if u[i] < h:
+            other_dt, other = hist_names[u[i]].split("|", 1)
+        else:
+            other_dt, other = None, doc_ids[int(by_rank[u[i] - h])].as_py()
+        out.append(SamplePair(round(float(estimate[i]), 4), float(threshold[i]), doc, other, other_dt))
+    return out
+
+
+def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, domains: pa.Array, sigs: np.ndarray,
+                 keys: np.ndarray, survives: np.ndarray, num_perm: int) -> None:
     """Write the day's surviving signatures and band hashes: the history later dates deduplicate against."""
     ids = doc_ids.filter(pa.array(survives))
     count, bands = len(ids), keys.shape[1]
@@ -241,7 +306,8 @@ def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, sigs: np.ndarray,
     signature = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * num_perm), count,
                                                      [None, pa.py_buffer(kept_sigs.tobytes())])
     with storage.writer(state_dir(STATE, dt), "signatures", schema=signatures_schema(num_perm)) as writer:
-        writer.write(pa.table({"doc_id": ids, "signature": signature}, schema=signatures_schema(num_perm)))
+        writer.write(pa.table({"doc_id": ids, "signature": signature, "domain": domains.filter(pa.array(survives))},
+                              schema=signatures_schema(num_perm)))
     with storage.writer(state_dir(STATE, dt), "bands", schema=BANDS_SCHEMA) as writer:
         writer.write(pa.table({
             "doc_id": ids.take(pa.array(np.repeat(np.arange(count), bands))),

@@ -4,6 +4,8 @@ Reads ``dedup_near``, writes ``dedup_semantic`` and ``state/embeddings/dt=D/part
 ``doc_id: string, embedding: fixed_size_list<float16|float32>[dim]`` (L2-normalized; later stages reuse them instead
 of encoding twice). History (dates < D only, so dates re-run in any order) beats today; within the day the earliest
 ``created_at``, then the smallest ``doc_id`` survives (or the longest text). A doc is judged by its domain's threshold.
+The search reaches ``REPORT_MARGIN`` below the lowest threshold, so the run's report
+(``reports/dt=D/dedup_semantic.md``) can show the pairs just below each threshold next to those just above.
 
 Index: faiss (``faiss-cpu``) rather than usearch, because faiss has *range search* — every neighbour above a cosine
 radius, which is exactly "all pairs >= threshold" — while usearch only answers top-k, which silently misses pairs in
@@ -25,6 +27,7 @@ import pyarrow.compute as pc
 
 import dctp_tasks
 from dctp_tasks.config import PipelineConfig, SemanticDedupConfig
+from dctp_tasks.dedup_report import SAMPLE_PAIRS, DuplicateRates, SamplePair, stage_report
 from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.records import append_step, params_hash, with_column
 from dctp_tasks.stats import StageResult, Timer
@@ -39,6 +42,7 @@ REASON = "semantic_duplicate"
 _LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
 _QUERY_ROWS = 8_192  # queries per range search: bounds the result buffers faiss allocates
 _EPS = 1e-6  # faiss range search is strict (>); widen the radius so ">= threshold" holds
+REPORT_MARGIN = 0.05  # pairs this far below their threshold are found too, and sampled for the report
 
 
 def embeddings_schema(dim: int, dtype: str = "float16") -> pa.Schema:
@@ -66,12 +70,14 @@ def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
     step_params = params_hash(cfg.model_dump(mode="json", exclude={"queue", "pool", "device", "batch_size"}))
     with Timer() as timer:
         doc_ids, rank, thresholds, vectors, embed_seconds = _day_embeddings(storage, in_dir, cfg, config.batch_size)
-        radius = min([cfg.threshold, *cfg.domain_thresholds.values()]) - _EPS
+        lowest = min([cfg.threshold, *cfg.domain_thresholds.values()])
+        radius = lowest - REPORT_MARGIN - _EPS
         index = _build_index(vectors, cfg)
         history = _history_best(storage, dt, index, len(rank), vectors.shape[1], radius, cfg.history_batch_size)
         verdicts = _decide(doc_ids, rank, thresholds, _day_pairs(index, vectors, rank, radius), history)
         _write_state(storage, dt, doc_ids.filter(pa.array(verdicts["position"] < 0)),
                      vectors[verdicts["position"] < 0], cfg.storage_dtype)
+        rates = DuplicateRates()
         with storage.writer(out_dir, schema=storage.parquet_schema(in_dir)) as writer, \
                 RejectWriter(storage, dt, STAGE) as rejects:
             offset = 0
@@ -83,6 +89,7 @@ def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
                 is_dup = pa.array(position >= 0)
                 take = pa.array(position[position >= 0])
                 table = pa.Table.from_batches([batch])
+                rates.add(table, is_dup)
                 dups = table.filter(is_dup).select(["doc_id", "source"])
                 rejects.add_table(pa.table({
                     "doc_id": dups.column("doc_id"), "source": dups.column("source"),
@@ -94,15 +101,27 @@ def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
                 kept = with_column(kept, kept.schema.field("lineage"),
                                    append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, step_params))
                 writer.write(kept)
+        report = stage_report(
+            storage, STAGE, dt, in_dir, lambda day: staging_dir(dag_id, day, STAGE),
+            method=f"cosine of normalized {cfg.model or 'all-MiniLM-L6-v2'} embeddings, {cfg.survivor} survives",
+            measure="cosine", thresholds=_describe(cfg), clusters=verdicts["clusters"], rates=rates,
+            pairs=verdicts["samples"])
     result.kept = writer.rows
     result.seconds = timer.seconds
     result.dropped_by_reason = Counter(rejects.counts)
     result.extra = {"duplicates_of_history": verdicts["of_history"], "candidate_pairs": verdicts["pairs"],
                     "clusters": verdicts["clusters"], "state_rows": result.kept,
-                    "embed_docs_per_s": round(len(rank) / embed_seconds, 1) if embed_seconds > 0 else 0.0}
+                    "embed_docs_per_s": round(len(rank) / embed_seconds, 1) if embed_seconds > 0 else 0.0,
+                    "report": report}
     log.info("dedup_semantic dt=%s: %d in, %d kept, %d semantic duplicates (%d of earlier dates), %d pairs >= %.3f",
-             dt, result.total, result.kept, result.dropped, verdicts["of_history"], verdicts["pairs"], radius + _EPS)
+             dt, result.total, result.kept, result.dropped, verdicts["of_history"], verdicts["pairs"], lowest)
     return result
+
+
+def _describe(cfg: SemanticDedupConfig) -> str:
+    domains = ", ".join(f"{name} {value:.2f}" for name, value in sorted(cfg.domain_thresholds.items()))
+    return f"{cfg.threshold:.2f}" + (f"; per domain: {domains} (a doc is judged by its own domain's)"
+                                     if domains else "")
 
 
 def _day_embeddings(storage: Storage, in_dir: str, cfg: SemanticDedupConfig, batch_size: int
@@ -258,7 +277,28 @@ def _decide(doc_ids: pa.Array, rank: np.ndarray, thresholds: np.ndarray, pairs: 
             detail.append(f"cosine={dup_cos[row]:.3f} (same day)")
     return {"position": position, "duplicate_of": pa.array(duplicate_of, pa.string()),
             "detail": pa.array(detail, pa.string()), "of_history": int(of_history.sum()), "pairs": int(judged.sum()),
-            "clusters": len(set(duplicate_of))}
+            "clusters": len(set(duplicate_of)), "samples": _samples(ids, thresholds, pairs, history)}
+
+
+def _samples(ids: list[str], thresholds: np.ndarray, pairs: tuple[np.ndarray, ...],
+             history: dict[str, np.ndarray]) -> list[SamplePair]:
+    """Return the pairs nearest the judged doc's threshold, on each side (below: within ``REPORT_MARGIN``)."""
+    better, worse, sims = pairs
+    hist_rows = np.flatnonzero(np.isfinite(history["cosine"]))
+    found = [(worse, better, sims.astype(np.float64), False),
+             (hist_rows, hist_rows, history["cosine"][hist_rows].astype(np.float64), True)]
+    out = []
+    for rows, others, cosine, of_history in found:
+        gap = cosine - thresholds[rows]
+        for side in (gap >= 0, (gap < 0) & (gap >= -REPORT_MARGIN)):
+            chosen = np.flatnonzero(side)
+            chosen = chosen[np.lexsort((others[chosen], rows[chosen], np.abs(gap[chosen])))][:SAMPLE_PAIRS]
+            for i in chosen.tolist():
+                row, other = int(rows[i]), int(others[i])
+                out.append(SamplePair(round(float(cosine[i]), 4), float(thresholds[row]), ids[row],
+                                      history["doc_id"][row] if of_history else ids[other],
+                                      history["dt"][row] if of_history else None))
+    return out
 
 
 def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -43,11 +43,12 @@ def ts(hour: int) -> datetime:
 
 
 def stage(storage: Storage, dt: str, rows: list[tuple]) -> None:
-    """Write the date's ``dedup_exact`` output: rows of ``(doc_id, text[, created_at])``."""
+    """Write the date's ``dedup_exact`` output: rows of ``(doc_id, text[, created_at[, domain]])``."""
     n = len(rows)
     texts = [r[1] for r in rows]
     table = make_table(texts, doc_id=[r[0] for r in rows], created_at=[r[2] if len(r) > 2 else None for r in rows],
-                       dt=[dt] * n, source=[r[0].split("/")[0] for r in rows])
+                       domain=[r[3] if len(r) > 3 else None for r in rows], dt=[dt] * n,
+                       source=[r[0].split("/")[0] for r in rows])
     table = table.append_column("lang", pa.array(["en"] * n, pa.string()))
     table = table.append_column("lang_score", pa.array([0.9] * n, pa.float32()))
     table = table.append_column("content_hash", content_hashes(pa.array(texts, pa.string())))
@@ -132,6 +133,44 @@ def test_history_beats_today_and_reruns_in_any_order_agree(storage):
     for dt in reversed(list(days)):
         run(storage, dt)
     assert {dt: (kept_ids(storage, dt), dup_pairs(storage, dt)) for dt in days} == first
+
+
+@pytest.mark.parametrize(("domains", "domain_thresholds", "merged"), [
+    pytest.param(("news", "news"), {}, True, id="default_threshold"),
+    pytest.param(("news", "news"), {"news": 0.9}, False, id="stricter_domain"),
+    pytest.param(("news", "forum"), {"forum": 0.9}, False, id="stricter_of_the_two_docs"),
+    pytest.param(("news", "news"), {"forum": 0.9}, True, id="other_domain_untouched"),
+    pytest.param(("news", "news"), {"news": 0.6}, True, id="looser_domain"),
+])
+def test_domain_thresholds_judge_a_pair_by_its_stricter_doc(storage, domains, domain_thresholds, merged):
+    a = passage(21)
+    stage(storage, D1, [("w/a", a, ts(1), domains[0]), ("w/a2", edited(a, (30, 70, 110)), ts(2), domains[1])])
+
+    result = run(storage, D1, **{"dedup_near.domain_thresholds": domain_thresholds})
+
+    assert dup_pairs(storage, D1) == ({"w/a2": "w/a"} if merged else {})
+    assert (result.extra["lsh_bands"], result.extra["lsh_rows"]) == (14, 8)  # banding follows the global threshold
+    if merged:
+        assert read_rejects(storage, D1).column("detail")[0].as_py().startswith("minhash jaccard≈0.8")
+
+
+def test_history_docs_keep_their_domain_threshold(storage):
+    a = passage(22)
+    stage(storage, D1, [("w/a", a, ts(1), "news")])
+    stage(storage, D2, [("w/a2", edited(a, (30, 70, 110)), ts(1))])
+    strict = {"dedup_near.domain_thresholds": {"news": 0.9}}
+
+    run(storage, D1, **strict)
+    run(storage, D2, **strict)
+
+    assert kept_ids(storage, D2) == ["w/a2"]
+    assert storage.read_table(state_dir(STATE, D1), "signatures").column("domain").to_pylist() == ["news"]
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5])
+def test_domain_threshold_out_of_range_is_refused(value):
+    with pytest.raises(ValueError, match="dedup_near.domain_thresholds"):
+        load_config(overrides={"dedup_near.domain_thresholds": {"news": value}})
 
 
 def test_history_with_other_signature_width_is_refused(storage):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from datetime import UTC, datetime
 
 import numpy as np
@@ -211,3 +212,24 @@ def test_flat_and_ivf_index_find_the_same_pairs(nlist):
     assert type(index).__name__ == ("IndexIVFFlat" if nlist else "IndexFlatIP")
     assert sorted(zip(better.tolist(), worse.tolist(), strict=True)) == [(i, 200 + i) for i in range(10)]
     assert (cosine > 0.99).all()
+
+
+def test_report_counts_rates_and_pairs_on_both_sides(storage, encoder_config):
+    stage(storage, D1, [("w/a", RATES, ts(1), "news"), ("x/a2", RATES_COPY, ts(2), "news"),
+                        ("w/e", HIKE, ts(1), "travel"), ("x/f", HIKE_PARAPHRASE, ts(2), "travel"),
+                        ("w/u", UNRELATED[0], ts(3), "travel")])
+    config = encoder_config.model_copy(deep=True)
+    config.dedup_semantic.domain_thresholds = {"travel": 0.9}  # the paraphrase (cosine ≈ 0.86) falls just below
+
+    result = run(storage, D1, config)
+    text = storage.read_bytes(storage.path(result.extra["report"])).decode()
+
+    assert result.extra["report"] == f"reports/dt={D1}/dedup_semantic.md"
+    assert "| 5 | 1 | 20.0% | 1 |" in text  # docs in, duplicates, rate, clusters
+    for row in ("| w | 3 | 0 | 0.0% |", "| x | 2 | 1 | 50.0% |", "| news | 2 | 1 | 50.0% |",
+                "| travel | 3 | 0 | 0.0% |"):
+        assert row in text
+    above, below = text.split("## Pairs just below")
+    assert "(threshold 0.95): `x/a2` vs `w/a`" in above and "**cosine 0.99" in above
+    assert re.search(r"\*\*cosine 0\.8[5-9]\d*\*\* \(threshold 0\.90\): `x/f` vs `w/e`", below)
+    assert f"  - `x/f`: {HIKE_PARAPHRASE}" in below

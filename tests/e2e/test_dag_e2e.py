@@ -115,7 +115,9 @@ def check_mlflow(dt_runs: list[str]) -> None:
         assert metrics["dedup_near.dropped_near_duplicate"] > 0  # the demo corpus has edited copies every day
         assert finished[0].data.params["normalize.min_chars"] == "50"
         artifacts = {a.path for a in client.list_artifacts(finished[0].info.run_id)}
-        assert {"ledger.json", "ledger.txt"} <= artifacts
+        assert {"ledger.json", "ledger.txt", "reports"} <= artifacts
+        reports = {a.path for a in client.list_artifacts(finished[0].info.run_id, "reports")}
+        assert reports == {"reports/dedup_near.md", "reports/dedup_semantic.md"}
 
 
 def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):
