@@ -129,14 +129,13 @@ def _day_signatures(storage: Storage, in_dir: str, cfg: NearDedupConfig,
     """Return every row's ``doc_id``, survivor rank (0 = best), signature and domain, in file order (no text)."""
     workers = worker_count(cfg.workers)
     big = workers > 1 and storage.count_rows(in_dir) >= _POOL_MIN_ROWS
-    pool = process_pool(workers) if big else nullcontext()
     ids, orders, lengths, sigs, domains = [], [], [], [], []
-    with pool:
+    with process_pool(workers) if big else nullcontext() as pool:
         for batch in storage.iter_batches(in_dir, batch_size=batch_size, columns=["doc_id", "text", "created_at",
                                                                                    "domain"]):
             texts = batch.column("text")
             sigs.append(minhash.text_signatures(texts.to_pylist(), cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme,
-                                                pool if big else None))
+                                                pool, workers))
             ids.append(batch.column("doc_id"))
             domains.append(batch.column("domain"))
             created = pc.fill_null(pc.cast(batch.column("created_at"), pa.int64()), _LATEST)  # undated rows lose
@@ -162,7 +161,7 @@ def _history_matches(storage: Storage, dt: str, keys: np.ndarray, num_perm: int,
 
     Memory holds only today's keys and the matching history rows, however long the history.
     """
-    wanted = pa.array(np.unique(keys.ravel()))
+    wanted = np.unique(keys.ravel())  # sorted once: each history batch is matched by binary search
     found = []
     for partition in sorted(storage.list_dirs(state_dir(STATE))):
         day = partition[3:]
@@ -176,7 +175,7 @@ def _history_matches(storage: Storage, dt: str, keys: np.ndarray, num_perm: int,
                              f"dedup_near.num_perm={num_perm} needs fixed_size_binary[{4 * num_perm}]")
         hits = []
         for batch in storage.iter_batches(state_dir(STATE, day), "bands", batch_size=batch_size * 10):
-            hit = pc.is_in(batch.column("band_hash"), value_set=wanted)
+            hit = pa.array(_contains(wanted, batch.column("band_hash").to_numpy(zero_copy_only=False)))
             if pc.any(hit).as_py():
                 hits.append(pa.Table.from_batches([batch]).filter(hit).select(["doc_id", "band_hash"]))
         if not hits:
@@ -194,6 +193,14 @@ def _history_matches(storage: Storage, dt: str, keys: np.ndarray, num_perm: int,
                          "signature": pa.array([], pa.binary(4 * num_perm)), "domain": pa.array([], pa.string()),
                          "dt": pa.array([], pa.string())})
     return pa.concat_tables(found)
+
+
+def _contains(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mark the ``values`` present in ``sorted_values`` (one binary search each, no hash set rebuilt per call)."""
+    if not len(sorted_values):
+        return np.zeros(len(values), dtype=bool)
+    index = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return sorted_values[index] == values
 
 
 def _with_dt(table: pa.Table, day: str) -> pa.Table:

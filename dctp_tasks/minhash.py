@@ -56,13 +56,13 @@ def shingle_hashes(texts: list[str | None], n: int) -> tuple[np.ndarray, np.ndar
 
 
 def text_signatures(texts: list[str | None], n: int, num_perm: int, seed: int, scheme: str = "affine32",
-                    pool: Executor | None = None) -> np.ndarray:
+                    pool: Executor | None = None, workers: int = 1) -> np.ndarray:
     """Return the ``(len(texts), num_perm)`` signatures of the texts' ``n``-word shingles.
 
-    With a ``pool`` the texts are split into one slice per worker; shingle hashing is the costly part.
+    With a ``pool`` of ``workers`` processes the texts are split into one slice per worker; shingle hashing is
+    the costly part.
     """
-    workers = getattr(pool, "_max_workers", 1) if pool is not None else 1
-    if workers <= 1 or len(texts) < 1_000:
+    if pool is None or workers <= 1 or len(texts) < 1_000:
         return signatures(*shingle_hashes(texts, n), num_perm, seed, scheme)
     step = -(-len(texts) // workers)
     slices = [texts[i:i + step] for i in range(0, len(texts), step)]

@@ -94,3 +94,13 @@ def test_connected_components_of_a_long_chain():
 def test_estimated_jaccard_is_the_share_of_agreeing_slots():
     sigs = np.array([[1, 2, 3, 4], [1, 2, 0, 4], [9, 9, 9, 9]], dtype=np.uint32)
     assert minhash.estimated_jaccard(sigs, np.array([0, 0]), np.array([1, 2])).tolist() == [0.75, 0.0]
+
+
+def test_signatures_over_a_process_pool_equal_the_in_process_ones():
+    from dctp_tasks.workers import process_pool
+
+    texts = [f"{TEXTS[i % len(TEXTS)]} copy number {i}" for i in range(1_200)]
+    alone = minhash.text_signatures(texts, 5, 16, 1)
+    with process_pool(2) as pool:
+        pooled = minhash.text_signatures(texts, 5, 16, 1, pool=pool, workers=2)
+    assert np.array_equal(alone, pooled)
