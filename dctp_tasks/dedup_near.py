@@ -11,21 +11,19 @@ report (``reports/dt=D/dedup_near.md``) shows pairs just above and just below th
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from contextlib import nullcontext
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import dctp_tasks
 from dctp_tasks import minhash
 from dctp_tasks.config import NearDedupConfig, PipelineConfig
-from dctp_tasks.dedup_report import SAMPLE_PAIRS, DuplicateRates, SamplePair, stage_report
-from dctp_tasks.ledger import RejectWriter
-from dctp_tasks.records import append_step, params_hash, with_column
+from dctp_tasks.dedup_report import SAMPLE_PAIRS, SamplePair, stage_report
+from dctp_tasks.records import params_hash
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir, state_dir
+from dctp_tasks.verdicts import apply_verdicts
 from dctp_tasks.workers import process_pool, worker_count
 
 log = logging.getLogger(__name__)
@@ -68,39 +66,18 @@ def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: st
         verdicts = _cluster(doc_ids, rank, sigs, keys, has_shingles, history, cfg, _thresholds(domains, cfg))
         survives = (verdicts["position"] < 0) & has_shingles
         _write_state(storage, dt, doc_ids, domains, sigs, keys, survives, cfg.num_perm)
-        rates = DuplicateRates()
-        with storage.writer(out_dir, schema=storage.parquet_schema(in_dir)) as writer, \
-                RejectWriter(storage, dt, STAGE) as rejects:
-            offset = 0
-            for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
-                n = batch.num_rows
-                position = verdicts["position"][offset:offset + n]
-                offset += n
-                result.total += n
-                is_dup = pa.array(position >= 0)
-                take = pa.array(position[position >= 0])
-                table = pa.Table.from_batches([batch])
-                rates.add(table, is_dup)
-                dups = table.filter(is_dup).select(["doc_id", "source"])
-                rejects.add_table(pa.table({
-                    "doc_id": dups.column("doc_id"), "source": dups.column("source"),
-                    "outcome": pa.array(["duplicate"] * len(take), pa.string()),
-                    "reason": pa.array(["near_duplicate"] * len(take), pa.string()),
-                    "duplicate_of": verdicts["duplicate_of"].take(take), "detail": verdicts["detail"].take(take),
-                }).sort_by("doc_id"))
-                kept = table.filter(pc.invert(is_dup))
-                kept = with_column(kept, kept.schema.field("lineage"),
-                                   append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, step_params))
-                writer.write(kept)
+        applied = apply_verdicts(storage, dt, STAGE, "near_duplicate", in_dir, out_dir, position=verdicts["position"],
+                                 duplicate_of=verdicts["duplicate_of"], detail=verdicts["detail"],
+                                 step_params=step_params, batch_size=config.batch_size)
         report = stage_report(
             storage, STAGE, dt, in_dir, lambda day: staging_dir(dag_id, day, STAGE),
             method=f"MinHash LSH over {cfg.ngram}-word shingles, {cfg.num_perm} permutations, {bands} bands x {rows} "
                    "rows (banded at the global threshold)",
-            measure="estimated Jaccard", thresholds=_describe(cfg), clusters=verdicts["clusters"], rates=rates,
+            measure="estimated Jaccard", thresholds=_describe(cfg), clusters=verdicts["clusters"], rates=applied.rates,
             pairs=verdicts["samples"])
-    result.kept = writer.rows
+    result.total, result.kept = applied.total, applied.kept
     result.seconds = timer.seconds
-    result.dropped_by_reason = Counter(rejects.counts)
+    result.dropped_by_reason = applied.dropped_by_reason
     result.extra = {"duplicates_of_history": verdicts["of_history"], "candidate_pairs": verdicts["candidates"],
                     "verified_pairs": verdicts["verified"], "clusters": verdicts["clusters"],
                     "lsh_bands": bands, "lsh_rows": rows, "state_rows": int(survives.sum()), "report": report}

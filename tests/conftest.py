@@ -162,3 +162,22 @@ def make_table(texts: list[str], **columns):
     data.update(columns)
     arrays = [pa.array(data[f.name], f.type) if f.name != "lineage" else empty_lineage(n) for f in CORE_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=CORE_SCHEMA)
+
+
+def stage_dedup_input(storage, dag_id: str, dt: str, stage: str, rows: list[tuple]) -> None:
+    """Write ``stage``'s output for ``dt`` (a dedup stage's input) from ``(doc_id, text[, created_at[, domain]])``."""
+    import pyarrow as pa
+
+    from dctp_tasks.records import DEDUPED_SCHEMA, content_hashes
+    from dctp_tasks.storage import staging_dir
+
+    n = len(rows)
+    texts = [r[1] for r in rows]
+    table = make_table(texts, doc_id=[r[0] for r in rows], created_at=[r[2] if len(r) > 2 else None for r in rows],
+                       domain=[r[3] if len(r) > 3 else None for r in rows], dt=[dt] * n,
+                       source=[r[0].split("/")[0] for r in rows])
+    table = table.append_column("lang", pa.array(["en"] * n, pa.string()))
+    table = table.append_column("lang_score", pa.array([0.9] * n, pa.float32()))
+    table = table.append_column("content_hash", content_hashes(pa.array(texts, pa.string())))
+    with storage.writer(staging_dir(dag_id, dt, stage), schema=DEDUPED_SCHEMA) as writer:
+        writer.write(table)

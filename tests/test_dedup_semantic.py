@@ -11,9 +11,8 @@ import pytest
 from dctp_tasks.config import load_config
 from dctp_tasks.dedup_semantic import STATE, dedup_semantic_day, embed_texts
 from dctp_tasks.ledger import read_rejects
-from dctp_tasks.records import DEDUPED_SCHEMA, content_hashes
 from dctp_tasks.storage import Storage, staging_dir, state_dir
-from tests.conftest import make_table
+from tests.conftest import stage_dedup_input
 
 DAG = "dag"
 D1, D2, D3 = "2026-03-01", "2026-03-02", "2026-03-03"
@@ -50,16 +49,7 @@ def ts(hour: int) -> datetime:
 
 def stage(storage: Storage, dt: str, rows: list[tuple]) -> None:
     """Write the date's ``dedup_near`` output: rows of ``(doc_id, text[, created_at[, domain]])``."""
-    n = len(rows)
-    texts = [r[1] for r in rows]
-    table = make_table(texts, doc_id=[r[0] for r in rows], created_at=[r[2] if len(r) > 2 else None for r in rows],
-                       domain=[r[3] if len(r) > 3 else None for r in rows], dt=[dt] * n,
-                       source=[r[0].split("/")[0] for r in rows])
-    table = table.append_column("lang", pa.array(["en"] * n, pa.string()))
-    table = table.append_column("lang_score", pa.array([0.9] * n, pa.float32()))
-    table = table.append_column("content_hash", content_hashes(pa.array(texts, pa.string())))
-    with storage.writer(staging_dir(DAG, dt, "dedup_near"), schema=DEDUPED_SCHEMA) as writer:
-        writer.write(table)
+    stage_dedup_input(storage, DAG, dt, "dedup_near", rows)
 
 
 def run(storage: Storage, dt: str, config, **overrides):
