@@ -23,7 +23,7 @@ from dctp_tasks.dedup_report import SAMPLE_PAIRS, SamplePair, stage_report
 from dctp_tasks.records import params_hash
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir, state_dir
-from dctp_tasks.verdicts import apply_verdicts
+from dctp_tasks.verdicts import apply_verdicts, row_thresholds, survivor_rank
 from dctp_tasks.workers import process_pool, worker_count
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,7 @@ def _describe(cfg: NearDedupConfig) -> str:
 
 def _thresholds(domains: pa.Array, cfg: NearDedupConfig) -> np.ndarray:
     """Return each row's verification threshold: its domain's, or the global one."""
-    thresholds = np.full(len(domains), cfg.threshold, dtype=np.float64)
-    for name, value in cfg.domain_thresholds.items():
-        thresholds[pc.fill_null(pc.equal(domains, name), False).to_numpy(zero_copy_only=False)] = value
-    return thresholds
+    return row_thresholds(domains, cfg.threshold, cfg.domain_thresholds)
 
 
 def _day_signatures(storage: Storage, in_dir: str, cfg: NearDedupConfig,
@@ -122,14 +119,7 @@ def _day_signatures(storage: Storage, in_dir: str, cfg: NearDedupConfig,
         empty = pa.array([], pa.string())
         return empty, np.zeros(0, np.int64), np.zeros((0, cfg.num_perm), np.uint32), empty
     doc_ids = pa.concat_arrays(ids)
-    keys = {"order": np.concatenate(orders), "doc_id": doc_ids}
-    sort_keys = [("order", "ascending"), ("doc_id", "ascending")]
-    if cfg.survivor == "longest":
-        keys = {"length": np.concatenate(lengths), **keys}
-        sort_keys.insert(0, ("length", "descending"))
-    perm = pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy()
-    rank = np.empty(len(perm), dtype=np.int64)
-    rank[perm] = np.arange(len(perm))
+    rank = survivor_rank(doc_ids, np.concatenate(orders), np.concatenate(lengths), cfg.survivor)
     return doc_ids, rank, np.concatenate(sigs), pa.concat_arrays(domains)
 
 

@@ -29,7 +29,7 @@ from dctp_tasks.dedup_report import SAMPLE_PAIRS, SamplePair, stage_report
 from dctp_tasks.records import params_hash
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir, state_dir
-from dctp_tasks.verdicts import apply_verdicts
+from dctp_tasks.verdicts import apply_verdicts, row_thresholds, survivor_rank
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +127,8 @@ def _day_embeddings(storage: Storage, in_dir: str, cfg: SemanticDedupConfig, bat
         dim = embed_texts([""], cfg).shape[1]  # an empty day still writes state with the model's width
         return pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, dim), np.float32), 0.0
     doc_ids = pa.concat_arrays(ids)
-    keys = {"order": np.concatenate(orders), "doc_id": doc_ids}
-    sort_keys = [("order", "ascending"), ("doc_id", "ascending")]
-    if cfg.survivor == "longest":
-        keys = {"length": np.concatenate(lengths), **keys}
-        sort_keys.insert(0, ("length", "descending"))
-    perm = pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy()
-    rank = np.empty(len(perm), dtype=np.int64)
-    rank[perm] = np.arange(len(perm))
-    domain = pa.concat_arrays(domains)
-    thresholds = np.full(len(rank), cfg.threshold, dtype=np.float64)
-    for name, value in cfg.domain_thresholds.items():
-        thresholds[pc.fill_null(pc.equal(domain, name), False).to_numpy(zero_copy_only=False)] = value
+    rank = survivor_rank(doc_ids, np.concatenate(orders), np.concatenate(lengths), cfg.survivor)
+    thresholds = row_thresholds(pa.concat_arrays(domains), cfg.threshold, cfg.domain_thresholds)
     return doc_ids, rank, thresholds, np.ascontiguousarray(np.concatenate(vectors)), seconds
 
 

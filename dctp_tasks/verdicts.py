@@ -20,6 +20,28 @@ from dctp_tasks.records import append_step, with_column
 from dctp_tasks.storage import Storage
 
 
+def survivor_rank(doc_ids: pa.Array, orders: np.ndarray, lengths: np.ndarray, survivor: str) -> np.ndarray:
+    """Return each row's rank (0 = survives first): earliest ``orders`` then smallest ``doc_id``, or the longest
+    text first when ``survivor`` is ``longest``."""
+    keys = {"order": orders, "doc_id": doc_ids}
+    sort_keys = [("order", "ascending"), ("doc_id", "ascending")]
+    if survivor == "longest":
+        keys = {"length": lengths, **keys}
+        sort_keys.insert(0, ("length", "descending"))
+    perm = pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy()
+    rank = np.empty(len(perm), dtype=np.int64)
+    rank[perm] = np.arange(len(perm))
+    return rank
+
+
+def row_thresholds(domains: pa.Array, default: float, by_domain: dict[str, float]) -> np.ndarray:
+    """Return each row's threshold: its domain's override, or ``default``."""
+    thresholds = np.full(len(domains), default, dtype=np.float64)
+    for name, value in by_domain.items():
+        thresholds[pc.fill_null(pc.equal(domains, name), False).to_numpy(zero_copy_only=False)] = value
+    return thresholds
+
+
 @dataclass
 class Applied:
     total: int
