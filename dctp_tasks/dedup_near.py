@@ -10,6 +10,7 @@ report (``reports/dt=D/dedup_near.md``) shows pairs just above and just below th
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import nullcontext
 
@@ -31,14 +32,26 @@ log = logging.getLogger(__name__)
 STAGE = "dedup_near"
 INPUT_STAGE = "dedup_exact"
 STATE = "minhash"
-BANDS_SCHEMA = pa.schema([("doc_id", pa.string()), ("band", pa.int16()), ("band_hash", pa.uint64())])
+#: One row per surviving doc and band, sorted by ``band_hash``; ``doc`` numbers the row in ``signatures``.
+BANDS_SCHEMA = pa.schema([("band_hash", pa.uint64()), ("doc", pa.uint32())])
 _LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
-_POOL_MIN_ROWS = 5_000  # below this, starting worker processes costs more than it saves
+#: Day sizes from which worker processes pay for their start (≈ 0.15 s) per shingle hash.
+_POOL_MIN_ROWS = {"sha1": 5_000, "words64": 50_000}
+_SIGNING_KEY = "dctp.minhash.signing"
+_SCAN_ROWS = 1_048_576  # history band rows matched at a time (12 MB)
+_SIGNATURE_GROUP = 4_096  # signature rows per row group: a lookup reads only the groups holding a match
 REPORT_MARGIN = 0.15  # rejected candidates this far below their threshold are sampled for the report
 
 
-def signatures_schema(num_perm: int) -> pa.Schema:
-    return pa.schema([("doc_id", pa.string()), ("signature", pa.binary(4 * num_perm)), ("domain", pa.string())])
+def signing(cfg: NearDedupConfig) -> dict:
+    """Return the settings that make a signature: history signed otherwise can never match today's."""
+    return {"ngram": cfg.ngram, "num_perm": cfg.num_perm, "seed": cfg.seed, "scheme": cfg.scheme, "hash": cfg.hash}
+
+
+def signatures_schema(cfg: NearDedupConfig) -> pa.Schema:
+    """Return the schema of ``state/minhash/dt=D/signatures``; its metadata records how they were signed."""
+    return pa.schema([("doc_id", pa.string()), ("signature", pa.binary(4 * cfg.num_perm)), ("domain", pa.string())],
+                     metadata={_SIGNING_KEY: json.dumps(signing(cfg), sort_keys=True)})
 
 
 def lsh_params(cfg: NearDedupConfig) -> tuple[int, int]:
@@ -62,10 +75,10 @@ def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: st
         doc_ids, rank, sigs, domains = _day_signatures(storage, in_dir, cfg, config.batch_size)
         has_shingles = sigs[:, 0] != minhash.MAX_HASH32  # a slot only stays at max when there are no shingles
         keys = minhash.band_keys(sigs, bands, rows)
-        history = _history_matches(storage, dt, keys[has_shingles], cfg.num_perm, config.batch_size)
+        history = _history_matches(storage, dt, keys[has_shingles], cfg)
         verdicts = _cluster(doc_ids, rank, sigs, keys, has_shingles, history, cfg, _thresholds(domains, cfg))
         survives = (verdicts["position"] < 0) & has_shingles
-        _write_state(storage, dt, doc_ids, domains, sigs, keys, survives, cfg.num_perm)
+        _write_state(storage, dt, doc_ids, domains, sigs, keys, survives, cfg)
         applied = apply_verdicts(storage, dt, STAGE, "near_duplicate", in_dir, out_dir, position=verdicts["position"],
                                  duplicate_of=verdicts["duplicate_of"], detail=verdicts["detail"],
                                  step_params=step_params, batch_size=config.batch_size)
@@ -102,14 +115,14 @@ def _day_signatures(storage: Storage, in_dir: str, cfg: NearDedupConfig,
                     batch_size: int) -> tuple[pa.Array, np.ndarray, np.ndarray, pa.Array]:
     """Return every row's ``doc_id``, survivor rank (0 = best), signature and domain, in file order (no text)."""
     workers = worker_count(cfg.workers)
-    big = workers > 1 and storage.count_rows(in_dir) >= _POOL_MIN_ROWS
+    big = workers > 1 and storage.count_rows(in_dir) >= _POOL_MIN_ROWS[cfg.hash]
     ids, orders, lengths, sigs, domains = [], [], [], [], []
     with process_pool(workers) if big else nullcontext() as pool:
         for batch in storage.iter_batches(in_dir, batch_size=batch_size, columns=["doc_id", "text", "created_at",
                                                                                    "domain"]):
             texts = batch.column("text")
-            sigs.append(minhash.text_signatures(texts.to_pylist(), cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme,
-                                                pool, workers))
+            sigs.append(minhash.text_signatures(texts, cfg.ngram, cfg.num_perm, cfg.seed, cfg.scheme, pool, workers,
+                                                cfg.hash))
             ids.append(batch.column("doc_id"))
             domains.append(batch.column("domain"))
             created = pc.fill_null(pc.cast(batch.column("created_at"), pa.int64()), _LATEST)  # undated rows lose
@@ -123,51 +136,72 @@ def _day_signatures(storage: Storage, in_dir: str, cfg: NearDedupConfig,
     return doc_ids, rank, np.concatenate(sigs), pa.concat_arrays(domains)
 
 
-def _history_matches(storage: Storage, dt: str, keys: np.ndarray, num_perm: int, batch_size: int) -> pa.Table:
+def _history_matches(storage: Storage, dt: str, keys: np.ndarray, cfg: NearDedupConfig) -> pa.Table:
     """Scan history before ``dt`` for band hashes seen today; return ``doc_id, band_hash, signature, domain, dt``.
 
-    Memory holds only today's keys and the matching history rows, however long the history.
+    Each date's ``bands`` are sorted by hash, so a batch is matched by binary-searching the slice of today's sorted
+    keys that falls in its range; then only the signature row groups holding a matched doc are read. Memory holds
+    today's keys, one batch and the matches, however long the history.
     """
-    wanted = np.unique(keys.ravel())  # sorted once: each history batch is matched by binary search
+    wanted = np.unique(keys.ravel())
     found = []
     for partition in sorted(storage.list_dirs(state_dir(STATE))):
         day = partition[3:]
         if not partition.startswith("dt=") or day >= dt:
             continue
-        schema = storage.parquet_schema(state_dir(STATE, day), "signatures")
-        stored = schema.field("signature").type
-        if stored != pa.binary(4 * num_perm):
-            # Other permutations make other band hashes: silently matching nothing would hide every duplicate.
-            raise ValueError(f"history state/{STATE}/dt={day} holds {stored} signatures; "
-                             f"dedup_near.num_perm={num_perm} needs fixed_size_binary[{4 * num_perm}]")
-        hits = []
-        for batch in storage.iter_batches(state_dir(STATE, day), "bands", batch_size=batch_size * 10):
-            hit = pa.array(_contains(wanted, batch.column("band_hash").to_numpy(zero_copy_only=False)))
-            if pc.any(hit).as_py():
-                hits.append(pa.Table.from_batches([batch]).filter(hit).select(["doc_id", "band_hash"]))
-        if not hits:
+        _check_layout(storage, day, cfg)
+        hashes, docs = [], []
+        for batch in storage.iter_batches(state_dir(STATE, day), "bands", batch_size=_SCAN_ROWS):
+            hit_hashes, hit_docs = _match_sorted(wanted, batch.column("band_hash").to_numpy(),
+                                                 batch.column("doc").to_numpy())
+            hashes.append(hit_hashes)
+            docs.append(hit_docs)
+        docs = np.concatenate(docs) if docs else np.zeros(0, np.uint32)
+        if not len(docs):
             continue
-        hits = pa.concat_tables(hits)
-        ids = pc.unique(hits.column("doc_id"))
-        for batch in storage.iter_batches(state_dir(STATE, day), "signatures", batch_size=batch_size * 10):
-            sig = pa.Table.from_batches([batch]).filter(pc.is_in(batch.column("doc_id"), value_set=ids))
-            if "domain" not in schema.names:  # state written before per-domain thresholds: the global one applies
-                sig = sig.append_column("domain", pa.nulls(sig.num_rows, pa.string()))
-            sig = sig.select(["doc_id", "signature", "domain"])
-            found.append(_with_dt(hits.join(sig, "doc_id", join_type="inner"), day))
+        needed, row = np.unique(docs, return_inverse=True)
+        signatures = storage.take_rows(state_dir(STATE, day), "signatures", rows=needed.astype(np.int64),
+                                       columns=["doc_id", "signature", "domain"]).take(pa.array(row))
+        found.append(_with_dt(signatures.add_column(1, "band_hash", pa.array(np.concatenate(hashes))), day))
     if not found:
         return pa.table({"doc_id": pa.array([], pa.string()), "band_hash": pa.array([], pa.uint64()),
-                         "signature": pa.array([], pa.binary(4 * num_perm)), "domain": pa.array([], pa.string()),
+                         "signature": pa.array([], pa.binary(4 * cfg.num_perm)), "domain": pa.array([], pa.string()),
                          "dt": pa.array([], pa.string())})
     return pa.concat_tables(found)
 
 
-def _contains(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Mark the ``values`` present in ``sorted_values`` (one binary search each, no hash set rebuilt per call)."""
-    if not len(sorted_values):
-        return np.zeros(len(values), dtype=bool)
-    index = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
-    return sorted_values[index] == values
+def _check_layout(storage: Storage, day: str, cfg: NearDedupConfig) -> None:
+    """Refuse history that cannot be matched: silently matching nothing would hide every duplicate."""
+    schema = storage.parquet_schema(state_dir(STATE, day), "signatures")
+    stored = schema.field("signature").type
+    if stored != pa.binary(4 * cfg.num_perm):
+        raise ValueError(f"history state/{STATE}/dt={day} holds {stored} signatures; "
+                         f"dedup_near.num_perm={cfg.num_perm} needs fixed_size_binary[{4 * cfg.num_perm}]")
+    recorded = (schema.metadata or {}).get(_SIGNING_KEY.encode())
+    if recorded is None or storage.parquet_schema(state_dir(STATE, day), "bands").names != BANDS_SCHEMA.names:
+        raise ValueError(f"history state/{STATE}/dt={day} has an older layout; re-run dedup_near for {day} "
+                         "to rewrite it")
+    changed = {k: (v, getattr(cfg, k)) for k, v in json.loads(recorded).items() if v != getattr(cfg, k)}
+    if changed:
+        described = ", ".join(f"{k}={then!r} (now {now!r})" for k, (then, now) in sorted(changed.items()))
+        raise ValueError(f"history state/{STATE}/dt={day} was signed with {described}: its signatures cannot match "
+                         f"today's. Restore those dedup_near settings, or re-run dedup_near for every date from the "
+                         f"first one in order to rebuild the history")
+
+
+def _match_sorted(wanted: np.ndarray, hashes: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the ``(band_hash, doc)`` rows of a history batch whose hash is in ``wanted`` (both sorted)."""
+    if not len(hashes) or not len(wanted):
+        return hashes[:0], docs[:0]
+    if len(hashes) > 1 and (hashes[1:] < hashes[:-1]).any():  # written sorted; stay correct if not
+        order = np.argsort(hashes, kind="stable")
+        hashes, docs = hashes[order], docs[order]
+    lo, hi = np.searchsorted(wanted, [hashes[0], hashes[-1]], side="left")
+    query = wanted[lo:hi + 1]  # today's keys inside this batch's range (hi + 1 keeps a key equal to the last)
+    left = np.searchsorted(hashes, query, side="left")
+    counts = np.searchsorted(hashes, query, side="right") - left
+    rows = np.repeat(left, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return hashes[rows], docs[rows]
 
 
 def _with_dt(table: pa.Table, day: str) -> pa.Table:
@@ -272,19 +306,25 @@ def _samples(estimate: np.ndarray, threshold: np.ndarray, u: np.ndarray, v: np.n
 
 
 def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, domains: pa.Array, sigs: np.ndarray,
-                 keys: np.ndarray, survives: np.ndarray, num_perm: int) -> None:
-    """Write the day's surviving signatures and band hashes: the history later dates deduplicate against."""
+                 keys: np.ndarray, survives: np.ndarray, cfg: NearDedupConfig) -> None:
+    """Write the day's surviving signatures and band hashes: the history later dates deduplicate against.
+
+    ``bands`` hold ``(band_hash, doc)`` sorted by hash, ``doc`` being the row number in ``signatures``: a doc's
+    string id is stored once, not once per band. Hashes and signatures are random bits, so they stay uncompressed.
+    """
     ids = doc_ids.filter(pa.array(survives))
     count, bands = len(ids), keys.shape[1]
     kept_sigs = np.ascontiguousarray(sigs[survives], dtype="<u4")
-    signature = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * num_perm), count,
+    signature = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * cfg.num_perm), count,
                                                      [None, pa.py_buffer(kept_sigs.tobytes())])
-    with storage.writer(state_dir(STATE, dt), "signatures", schema=signatures_schema(num_perm)) as writer:
+    schema = signatures_schema(cfg)
+    with storage.writer(state_dir(STATE, dt), "signatures", schema=schema, row_group_size=_SIGNATURE_GROUP,
+                        compression={"doc_id": "zstd", "signature": "none", "domain": "zstd"}) as writer:
         writer.write(pa.table({"doc_id": ids, "signature": signature, "domain": domains.filter(pa.array(survives))},
-                              schema=signatures_schema(num_perm)))
-    with storage.writer(state_dir(STATE, dt), "bands", schema=BANDS_SCHEMA) as writer:
-        writer.write(pa.table({
-            "doc_id": ids.take(pa.array(np.repeat(np.arange(count), bands))),
-            "band": pa.array(np.tile(np.arange(bands, dtype=np.int16), count)),
-            "band_hash": pa.array(keys[survives].ravel()),
-        }, schema=BANDS_SCHEMA))
+                              schema=schema))
+    flat = keys[survives].ravel()
+    order = np.argsort(flat, kind="stable")
+    docs = (order // bands).astype(np.uint32)
+    with storage.writer(state_dir(STATE, dt), "bands", schema=BANDS_SCHEMA, row_group_size=_SCAN_ROWS,
+                        compression="none") as writer:
+        writer.write(pa.table({"band_hash": pa.array(flat[order]), "doc": pa.array(docs)}, schema=BANDS_SCHEMA))

@@ -13,11 +13,14 @@ from concurrent.futures import Executor
 from functools import lru_cache
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 #: A word is a maximal run of Unicode word characters: text-dedup's ``[^A-Za-z_0-9]`` split made Unicode-aware,
 #: without the empty tokens its ``re.split`` yields between adjacent separators.
 WORD = re.compile(r"\w+")
 SCHEMES = ("affine32", "legacy")
+HASHES = ("words64", "sha1")
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 MAX_HASH32 = np.uint32((1 << 32) - 1)
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
@@ -55,23 +58,27 @@ def shingle_hashes(texts: list[str | None], n: int) -> tuple[np.ndarray, np.ndar
     return hashes, np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
 
 
-def text_signatures(texts: list[str | None], n: int, num_perm: int, seed: int, scheme: str = "affine32",
-                    pool: Executor | None = None, workers: int = 1) -> np.ndarray:
+def text_signatures(texts: pa.Array, n: int, num_perm: int, seed: int, scheme: str = "affine32",
+                    pool: Executor | None = None, workers: int = 1, hash: str = "words64") -> np.ndarray:
     """Return the ``(len(texts), num_perm)`` signatures of the texts' ``n``-word shingles.
 
-    With a ``pool`` of ``workers`` processes the texts are split into one slice per worker; shingle hashing is
-    the costly part.
+    ``hash`` names how shingles are hashed: ``words64`` (vectorised over the batch) or ``sha1`` (datasketch's
+    ``sha1_hash32``, one Python call per shingle). With a ``pool`` of ``workers`` processes the texts are split
+    into one slice per worker.
     """
+    if hash not in HASHES:
+        raise ValueError(f"unknown shingle hash {hash!r}; expected one of {HASHES}")
     if pool is None or workers <= 1 or len(texts) < 1_000:
-        return signatures(*shingle_hashes(texts, n), num_perm, seed, scheme)
+        return _slice_signatures(texts, n, num_perm, seed, scheme, hash)
     step = -(-len(texts) // workers)
-    slices = [texts[i:i + step] for i in range(0, len(texts), step)]
-    parts = pool.map(_slice_signatures, slices, *([arg] * len(slices) for arg in (n, num_perm, seed, scheme)))
+    slices = [texts.slice(i, step) for i in range(0, len(texts), step)]
+    parts = pool.map(_slice_signatures, slices, *([arg] * len(slices) for arg in (n, num_perm, seed, scheme, hash)))
     return np.concatenate(list(parts))
 
 
-def _slice_signatures(texts: list[str | None], n: int, num_perm: int, seed: int, scheme: str) -> np.ndarray:
-    return signatures(*shingle_hashes(texts, n), num_perm, seed, scheme)
+def _slice_signatures(texts: pa.Array, n: int, num_perm: int, seed: int, scheme: str, hash: str) -> np.ndarray:
+    hashed = words64_hashes(texts, n) if hash == "words64" else shingle_hashes(texts.to_pylist(), n)
+    return signatures(*hashed, num_perm, seed, scheme)
 
 
 @lru_cache(maxsize=16)
@@ -133,10 +140,24 @@ def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int
 @lru_cache(maxsize=64)
 def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float = 0.5,
                   false_negative_weight: float = 0.5) -> tuple[int, int]:
-    """Return ``(bands, rows)`` minimising the weighted false positive/negative area (datasketch's rule)."""
-    from datasketch.lsh import _optimal_param
+    """Return ``(bands, rows)`` minimising the weighted false positive/negative area (datasketch's rule).
 
-    return _optimal_param(threshold, num_perm, false_positive_weight, false_negative_weight)
+    The areas are integrals of polynomials of degree ``bands * rows <= num_perm``, which Gauss-Legendre
+    quadrature with ``num_perm // 2 + 1`` nodes integrates exactly; no SciPy (whose import costs half a second).
+    Candidates are tried in datasketch's order, bands then rows ascending, the first minimum winning.
+    """
+    pairs = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=np.float64)
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 2)
+
+    def area(lo: float, hi: float, false_positive: bool) -> np.ndarray:
+        s = (hi - lo) / 2 * nodes + (hi + lo) / 2
+        p = 1 - (1 - s[None, :] ** pairs[:, 1:2]) ** pairs[:, 0:1]  # probability that s becomes a candidate
+        return ((p if false_positive else 1 - p) @ weights) * (hi - lo) / 2
+
+    error = (area(0.0, threshold, True) * false_positive_weight
+             + area(threshold, 1.0, False) * false_negative_weight)
+    b, r = pairs[int(np.argmin(error))]
+    return int(b), int(r)
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -215,3 +236,92 @@ def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         if np.array_equal(hooked, labels):
             return labels
         labels = hooked
+
+
+# -- words64: shingle hashes computed over whole Arrow batches -------------------------------------------------
+#: Separators of the ``words64`` tokenizer (RE2): anything but a Unicode letter, number or underscore.
+WORD_SEPARATORS = r"[^\p{L}\p{N}_]+"
+_POLY = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the word-hash polynomial (golden ratio, 64-bit)
+
+
+def word_hash64(word: bytes) -> int:
+    """Return a word's 64-bit hash: the first 8 bytes (little-endian) of its BLAKE2b digest."""
+    return int.from_bytes(hashlib.blake2b(word, digest_size=8).digest(), "little")
+
+
+def words64_hash32(shingle: bytes) -> int:
+    """Return the ``words64`` 32-bit hash of one shingle (words joined by single spaces).
+
+    The reference for ``words64_hashes`` and a ``hashfunc`` for ``datasketch.MinHash``: the polynomial
+    ``sum(word_hash64(w_k) * POLY**(len-1-k))`` mod 2**64, mixed (murmur3's fmix64), low 32 bits.
+    """
+    h = 0
+    for word in shingle.split(b" "):
+        h = (h * int(_POLY) + word_hash64(word)) & 0xFFFFFFFFFFFFFFFF
+    return int(_fmix64(np.array([h], dtype=np.uint64))[0])
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    shift, m1, m2 = _MIX64
+    h = (h ^ (h >> shift)) * m1
+    h = (h ^ (h >> shift)) * m2
+    return ((h ^ (h >> shift)) & np.uint64(MAX_HASH32)).astype(np.uint32)
+
+
+def words64_words(texts: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    """Return each text's lower-cased words (``WORD_SEPARATORS`` split), as a list array; nulls have none."""
+    if texts.null_count:
+        texts = pc.fill_null(texts, "")
+    lowered = pc.utf8_lower(texts)
+    spaced = pc.utf8_trim(pc.replace_substring_regex(lowered, WORD_SEPARATORS, " "), " ")
+    words = pc.split_pattern(spaced, " ")
+    return words.combine_chunks() if isinstance(words, pa.ChunkedArray) else words
+
+
+def words64_shingles(text: str, n: int) -> list[bytes]:
+    """Return one text's ``words64`` shingles: its word ``n``-grams (or all its words when fewer), UTF-8."""
+    words = [w for w in words64_words(pa.array([text])).to_pylist()[0] if w]
+    if len(words) <= n:
+        return [" ".join(words).encode()] if words else []
+    return [" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)]
+
+
+def words64_hashes(texts: pa.Array | pa.ChunkedArray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(hashes, offsets)`` like ``shingle_hashes``, for ``words64_shingles`` — vectorised.
+
+    Each distinct word of the batch is hashed once (``word_hash64``); an n-gram's hash is the polynomial over
+    its words' hashes, computed for every window with ``n`` shifted NumPy products. Equal to ``words64_hash32``
+    of every ``words64_shingles`` shingle, in order.
+    """
+    lists = words64_words(texts)
+    flat = lists.flatten()
+    present = pc.greater(pc.binary_length(flat), 0).to_numpy(zero_copy_only=False)
+    per_list = np.diff(lists.offsets.to_numpy())  # >= 1: splitting "" still gives [""]
+    counts = np.add.reduceat(present.astype(np.int64), np.cumsum(per_list) - per_list) if len(flat) else per_list
+    encoded = pc.dictionary_encode(flat.filter(pa.array(present)))
+    vocabulary = np.fromiter((word_hash64(w) for w in _utf8(encoded.dictionary)), dtype=np.uint64,
+                             count=len(encoded.dictionary))
+    tokens = vocabulary[encoded.indices.to_numpy(zero_copy_only=False)]
+    total = len(tokens)
+    windows = np.minimum(counts, n)  # words per shingle: n, or all of a shorter text's words
+    grams = np.zeros(total, dtype=np.uint64)
+    starts = np.cumsum(counts) - counts
+    position = np.arange(total) - np.repeat(starts, counts)
+    width = np.repeat(windows, counts)
+    is_start = position <= np.repeat(counts, counts) - width  # a window of ``width`` words starts here
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            inside = is_start[:total - k] & (k < width[:total - k])
+            grams[:total - k] = np.where(inside, grams[:total - k] * _POLY + tokens[k:], grams[:total - k])
+    hashes = _fmix64(grams[is_start])
+    shingles = np.where(counts >= n, counts - n + 1, np.minimum(counts, 1))
+    return hashes, np.concatenate([[0], np.cumsum(shingles)]).astype(np.int64)
+
+
+def _utf8(dictionary: pa.Array):
+    """Yield the dictionary's strings as UTF-8 bytes, straight from the Arrow buffers."""
+    offsets = np.frombuffer(dictionary.buffers()[1], dtype=np.int32)[dictionary.offset:dictionary.offset
+                                                                     + len(dictionary) + 1]
+    data = dictionary.buffers()[2].to_pybytes() if len(dictionary) else b""
+    for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+        yield data[lo:hi]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -123,9 +124,14 @@ class Storage:
             stream.write(data)
 
     # parquet ---------------------------------------------------------------------------------
-    def writer(self, *parts: str, schema: pa.Schema, prefix: str = "part") -> PartWriter:
-        """Return a writer that replaces the Parquet dataset at ``parts`` (its old files are deleted)."""
-        return PartWriter(self, self.path(*parts), schema, prefix)
+    def writer(self, *parts: str, schema: pa.Schema, prefix: str = "part", compression: str | dict = "zstd",
+               row_group_size: int | None = None) -> PartWriter:
+        """Return a writer that replaces the Parquet dataset at ``parts`` (its old files are deleted).
+
+        ``compression`` may name a codec per column (``{"hash": "none"}``): random hashes only cost CPU to squeeze.
+        """
+        return PartWriter(self, self.path(*parts), schema, prefix, compression=compression,
+                          row_group_size=row_group_size)
 
     def iter_batches(self, *parts: str, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """Yield the dataset's rows in file order, ``batch_size`` at a time (bounded memory)."""
@@ -147,6 +153,31 @@ class Storage:
         if not tables:
             raise FileNotFoundError(f"no Parquet files under {self.uri(*parts)}")
         return pa.concat_tables(tables, promote_options="default")
+
+    def take_rows(self, *parts: str, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Return the dataset's rows numbered ``rows`` (sorted, unique; counted across files in file order).
+
+        Only the row groups holding a wanted row are read.
+        """
+        pieces, first = [], 0
+        for path in self.list_files(*parts):
+            if not path.endswith(".parquet"):
+                continue
+            with self.fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                for group in range(parquet.num_row_groups):
+                    size = parquet.metadata.row_group(group).num_rows
+                    lo, hi = np.searchsorted(rows, [first, first + size])
+                    if hi > lo:
+                        table = parquet.read_row_group(group, columns=columns)
+                        pieces.append(table.take(pa.array(rows[lo:hi] - first)))
+                    first += size
+        if len(rows) and (not pieces or rows[-1] >= first):
+            raise IndexError(f"{self.uri(*parts)} has {first} rows; row {int(rows[-1])} was asked for")
+        if pieces:
+            return pa.concat_tables(pieces)
+        empty = self.parquet_schema(*parts).empty_table()
+        return empty.select(columns) if columns else empty
 
     def count_rows(self, *parts: str) -> int:
         """Count a Parquet dataset's rows from the file footers, without reading data."""
@@ -188,8 +219,11 @@ class PartWriter:
     """Stream record batches into ``part-NNNNN.parquet`` files, rotating every ``rows_per_file`` rows."""
 
     def __init__(self, storage: Storage, path: str, schema: pa.Schema, prefix: str = "part",
-                 rows_per_file: int = 1_000_000) -> None:
+                 rows_per_file: int = 1_000_000, compression: str | dict = "zstd",
+                 row_group_size: int | None = None) -> None:
         self.storage = storage
+        self.compression = compression
+        self.row_group_size = row_group_size
         self.path = path
         self.schema = schema
         self.prefix = prefix
@@ -215,7 +249,7 @@ class PartWriter:
             data = data.select(self.schema.names).cast(self.schema)
         if self._writer is None or self._in_file >= self.rows_per_file:
             self._open()
-        self._writer.write(data)
+        self._writer.write(data, row_group_size=self.row_group_size)
         self._in_file += data.num_rows
         self.rows += data.num_rows
 
@@ -223,7 +257,7 @@ class PartWriter:
         self._close_file()
         name = posixpath.join(self.path, f"{self.prefix}-{len(self.files):05d}.parquet")
         self._sink = self.storage.fs.open_output_stream(name, compression=None)
-        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression=self.compression)
         self.files.append(name)
         self._in_file = 0
 

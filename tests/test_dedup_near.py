@@ -4,10 +4,12 @@ import csv
 import random
 from datetime import UTC, datetime
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from dctp_tasks.config import load_config
-from dctp_tasks.dedup_near import STATE, dedup_near_day
+from dctp_tasks.dedup_near import STATE, _match_sorted, dedup_near_day
 from dctp_tasks.ledger import read_rejects
 from dctp_tasks.minhash import shingles
 from dctp_tasks.storage import Storage, staging_dir, state_dir
@@ -132,15 +134,17 @@ def test_history_beats_today_and_reruns_in_any_order_agree(storage):
     pytest.param(("news", "news"), {"news": 0.6}, True, id="looser_domain"),
 ])
 def test_domain_thresholds_judge_a_pair_by_its_stricter_doc(storage, domains, domain_thresholds, merged):
-    a = passage(21)
-    stage(storage, D1, [("w/a", a, ts(1), domains[0]), ("w/a2", edited(a, (30, 70, 110)), ts(2), domains[1])])
+    a, a2 = passage(21), edited(passage(21), (30, 70, 110))
+    stage(storage, D1, [("w/a", a, ts(1), domains[0]), ("w/a2", a2, ts(2), domains[1])])
 
     result = run(storage, D1, **{"dedup_near.domain_thresholds": domain_thresholds})
 
     assert dup_pairs(storage, D1) == ({"w/a2": "w/a"} if merged else {})
     assert (result.extra["lsh_bands"], result.extra["lsh_rows"]) == (14, 8)  # banding follows the global threshold
     if merged:
-        assert read_rejects(storage, D1).column("detail")[0].as_py().startswith("minhash jaccard≈0.8")
+        detail = read_rejects(storage, D1).column("detail")[0].as_py()
+        assert detail.startswith("minhash jaccard≈") and detail.endswith(" (same day)")
+        assert abs(float(detail.split("≈")[1].split()[0]) - jaccard(a, a2)) < 0.1  # true Jaccard ≈ 0.81
 
 
 def test_history_docs_keep_their_domain_threshold(storage):
@@ -168,6 +172,41 @@ def test_history_with_other_signature_width_is_refused(storage):
     run(storage, D1, **{"dedup_near.num_perm": 64})
     with pytest.raises(ValueError, match="num_perm=112"):
         run(storage, D2)
+
+
+def test_history_in_the_older_bands_layout_is_refused(storage):
+    stage(storage, D1, [("w/a", passage(1), ts(1))])
+    stage(storage, D2, [("w/a2", passage(1), ts(1))])
+    run(storage, D1)
+    old = pa.schema([("doc_id", pa.string()), ("band", pa.int16()), ("band_hash", pa.uint64())])
+    with storage.writer(state_dir(STATE, D1), "bands", schema=old) as writer:
+        writer.write(pa.table({"doc_id": ["w/a"], "band": [0], "band_hash": [1]}, schema=old))
+    with pytest.raises(ValueError, match="older layout; re-run dedup_near for 2026-03-01"):
+        run(storage, D2)
+
+
+def test_history_state_stores_each_id_once_and_bands_sorted_by_hash(storage):
+    stage(storage, D1, [(f"w/{i}", passage(i), ts(1)) for i in range(20)])
+    run(storage, D1)
+    signatures = storage.read_table(state_dir(STATE, D1), "signatures")
+    bands = storage.read_table(state_dir(STATE, D1), "bands")
+    assert bands.schema.names == ["band_hash", "doc"]
+    hashes = bands.column("band_hash").to_numpy()
+    assert (np.diff(hashes.astype(np.float64)) >= 0).all() and len(np.unique(hashes)) == len(hashes)
+    assert np.bincount(bands.column("doc").to_numpy()).tolist() == [14] * signatures.num_rows == [14] * 20
+
+
+def test_match_sorted_finds_every_history_row_of_a_wanted_hash():
+    hashes = np.array([3, 5, 5, 9, 12, 12, 12, 40], dtype=np.uint64)
+    docs = np.arange(8, dtype=np.uint32)
+    wanted = np.array([1, 5, 12, 40, 99], dtype=np.uint64)
+    found_hashes, found_docs = _match_sorted(wanted, hashes, docs)
+    assert found_hashes.tolist() == [5, 5, 12, 12, 12, 40]
+    assert found_docs.tolist() == [1, 2, 4, 5, 6, 7]
+    shuffled = np.array([7, 0, 3, 5, 1, 6, 2, 4])  # an unsorted batch is still matched
+    assert sorted(_match_sorted(wanted, hashes[shuffled], docs[shuffled])[1].tolist()) == [1, 2, 4, 5, 6, 7]
+    assert _match_sorted(np.array([4, 10], np.uint64), hashes, docs)[1].tolist() == []
+    assert _match_sorted(np.array([], np.uint64), hashes, docs)[1].tolist() == []
 
 
 def test_empty_and_wordless_texts_pass_through(storage):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
@@ -42,15 +43,54 @@ def test_signatures_equal_datasketch(scheme, seed, num_perm):
         np.testing.assert_array_equal(sig.astype(np.uint64), reference.hashvalues.astype(np.uint64))
 
 
-def test_default_scheme_is_datasketchs_default():
-    sig = minhash.text_signatures(TEXTS[:1], 5, 112, 1)
+def test_sha1_hash_is_datasketchs_default():
+    sig = minhash.text_signatures(pa.array(TEXTS[:1]), 5, 112, 1, hash="sha1")
     reference = MinHash(112, 1)
     reference.update_batch(minhash.shingles(TEXTS[0], 5))
     np.testing.assert_array_equal(sig[0], reference.hashvalues)
 
 
-def test_text_without_shingles_has_the_empty_signature():
-    sigs = minhash.text_signatures(["", "one two three four five six", None], 5, 8, 1)
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+@pytest.mark.parametrize("seed", [1, 7])
+def test_words64_signatures_equal_datasketch_with_the_words64_hashfunc(scheme, seed):
+    sigs = minhash.text_signatures(pa.array(TEXTS), 5, 112, seed, scheme)
+    for text, sig in zip(TEXTS, sigs, strict=True):
+        reference = MinHash(112, seed, scheme=scheme, hashfunc=minhash.words64_hash32)
+        reference.update_batch(minhash.words64_shingles(text, 5))
+        np.testing.assert_array_equal(sig.astype(np.uint64), reference.hashvalues.astype(np.uint64))
+
+
+def test_words64_shingles_match_the_sha1_tokenizer_on_ordinary_text():
+    for text in TEXTS:
+        assert minhash.words64_shingles(text, 5) == minhash.shingles(text, 5)
+    assert minhash.words64_shingles("The cat, the HAT!\nand   a bat.", 3) == [
+        b"the cat the", b"cat the hat", b"the hat and", b"hat and a", b"and a bat"]
+
+
+def test_words64_hashes_are_the_reference_hash_of_each_shingle_in_order():
+    texts = pa.array(["Only two", None, "", " ... !! ", "a b c d e", "one two three four five six seven",
+                      "Ça va, été"])
+    hashes, offsets = minhash.words64_hashes(texts, 5)
+    assert offsets.tolist() == [0, 1, 1, 1, 1, 2, 5, 6]
+    expected = [minhash.words64_hash32(g) for t in texts.to_pylist() for g in minhash.words64_shingles(t or "", 5)]
+    assert hashes.tolist() == expected
+    assert minhash.words64_hash32(b"a b") != minhash.words64_hash32(b"b a")  # word order matters
+
+
+def test_words64_hashes_do_not_depend_on_the_batch_around_a_text():
+    alone = minhash.words64_hashes(pa.array([TEXTS[1]]), 5)[0]
+    sliced = pa.array(TEXTS).slice(1, 2)  # an offset into shared buffers
+    assert minhash.words64_hashes(sliced, 5)[0][:len(alone)].tolist() == alone.tolist()
+
+
+def test_unknown_hash_is_refused():
+    with pytest.raises(ValueError, match="unknown shingle hash 'md5'"):
+        minhash.text_signatures(pa.array(TEXTS), 5, 16, 1, hash="md5")
+
+
+@pytest.mark.parametrize("hash_", ["words64", "sha1"])
+def test_text_without_shingles_has_the_empty_signature(hash_):
+    sigs = minhash.text_signatures(pa.array(["", "one two three four five six", None]), 5, 8, 1, hash=hash_)
     assert (sigs[0] == minhash.MAX_HASH32).all() and (sigs[2] == minhash.MAX_HASH32).all()
     assert not (sigs[1] == minhash.MAX_HASH32).any()
 
@@ -58,6 +98,14 @@ def test_text_without_shingles_has_the_empty_signature():
 @pytest.mark.parametrize(("threshold", "expected"), [(0.5, (22, 5)), (0.7, (12, 9)), (0.9, (5, 22))])
 def test_bands_rows_are_datasketchs_optimum(threshold, expected):
     assert minhash.optimal_bands(threshold, 112) == expected == _optimal_param(threshold, 112, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("num_perm", [16, 112, 256])
+def test_bands_rows_agree_with_datasketch_across_thresholds_and_weights(num_perm):
+    for threshold in np.arange(0.05, 1.0, 0.05):
+        for weights in ((0.5, 0.5), (0.4, 0.6), (0.2, 0.8)):
+            assert minhash.optimal_bands(float(threshold), num_perm, *weights) == \
+                _optimal_param(float(threshold), num_perm, *weights), (threshold, weights)
 
 
 def test_band_keys_differ_by_band_and_match_equal_rows():
@@ -96,11 +144,12 @@ def test_estimated_jaccard_is_the_share_of_agreeing_slots():
     assert minhash.estimated_jaccard(sigs, np.array([0, 0]), np.array([1, 2])).tolist() == [0.75, 0.0]
 
 
-def test_signatures_over_a_process_pool_equal_the_in_process_ones():
+@pytest.mark.parametrize("hash_", ["words64", "sha1"])
+def test_signatures_over_a_process_pool_equal_the_in_process_ones(hash_):
     from dctp_tasks.workers import process_pool
 
-    texts = [f"{TEXTS[i % len(TEXTS)]} copy number {i}" for i in range(1_200)]
-    alone = minhash.text_signatures(texts, 5, 16, 1)
+    texts = pa.array([f"{TEXTS[i % len(TEXTS)]} copy number {i}" for i in range(1_200)])
+    alone = minhash.text_signatures(texts, 5, 16, 1, hash=hash_)
     with process_pool(2) as pool:
-        pooled = minhash.text_signatures(texts, 5, 16, 1, pool=pool, workers=2)
+        pooled = minhash.text_signatures(texts, 5, 16, 1, pool=pool, workers=2, hash=hash_)
     assert np.array_equal(alone, pooled)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -59,6 +60,22 @@ def test_empty_output_still_carries_the_schema(storage):
         pass
     assert storage.parquet_schema("empty") == SCHEMA
     assert storage.count_rows("empty") == 0
+
+
+def test_take_rows_reads_only_the_row_groups_it_needs_across_files(storage):
+    writer = storage.writer("rows", schema=SCHEMA, row_group_size=4, compression={"doc_id": "zstd", "n": "none"})
+    writer.rows_per_file = 10
+    with writer:
+        for start in range(0, 25, 5):
+            writer.write(pa.table({"doc_id": [f"d{i}" for i in range(start, start + 5)],
+                                   "n": list(range(start, start + 5))}, schema=SCHEMA))
+    assert len(storage.list_files("rows")) == 3  # 10 + 10 + 5 rows
+    taken = storage.take_rows("rows", rows=np.array([0, 3, 4, 11, 19, 24]), columns=["n", "doc_id"])
+    assert taken.column("n").to_pylist() == [0, 3, 4, 11, 19, 24]
+    assert taken.column("doc_id").to_pylist() == ["d0", "d3", "d4", "d11", "d19", "d24"]
+    assert storage.take_rows("rows", rows=np.array([], np.int64), columns=["n"]).num_rows == 0
+    with pytest.raises(IndexError, match="has 25 rows; row 25"):
+        storage.take_rows("rows", rows=np.array([2, 25]))
 
 
 def test_delete_dir(storage):
