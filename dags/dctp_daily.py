@@ -3,7 +3,8 @@
 
 Turns one day of raw text and instruction data into a new version of the curated Delta table:
 
-`start_run` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` → `dedup_semantic` → `export` → `finish_run`
+`start_run` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` → `dedup_semantic` → `score` →
+`score_models` → `decide` → `export` → `finish_run`
 
 * **Partition**: each run processes the landing folders `landing/{source}/dt=YYYY-MM-DD` of its data
   interval start (manual runs without a logical date use their `run_after` day) and the configured
@@ -14,6 +15,11 @@ Turns one day of raw text and instruction data into a new version of the curated
 * **Dedup**: exact copies (same normalized text), near copies (MinHash LSH over word 5-grams, estimated
   Jaccard ≥ 0.7) and semantic copies (MiniLM embeddings, cosine ≥ 0.95, per-domain overrides) within the day
   and against every earlier date; the earliest copy survives. `dedup_semantic` runs on the `gpu` queue.
+* **Quality**: `score` (CPU scorers: heuristics, language, PII, credibility) and `score_models` (GPU queue:
+  perplexity, toxicity, relevance, trained classifiers) store every score; `decide` applies the rules and the
+  composite `quality`, filters (ledger reason = the rule, e.g. `too_few_words`), marks `review` rows and
+  redacts PII. Unchanged scores are never recomputed: to re-decide a date with new thresholds, trigger
+  `dctp_rescore` (or run `dctp rescore DATE --set toxicity.toxic=0.9`).
 * **Backfills**: re-running any date gives the same result; the dedup tasks and `export` wait for the
   previous date (`depends_on_past`), so history has no holes.
 * **Tracking**: one MLflow run per DAG run (experiment `dctp_daily`, run name = run id).
@@ -23,31 +29,11 @@ Trigger with config to override thresholds for one run (see the Params).
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-# GPU-heavy tasks go to this Celery queue and Airflow pool (DESIGN §7); env vars, not config: no I/O at parse.
-GPU_QUEUE = os.environ.get("DCTP_GPU_QUEUE", "gpu")
-GPU_POOL = os.environ.get("DCTP_GPU_POOL", "gpu")
-
-
-def _on_failure(context) -> None:
-    from dctp_common.runtime import on_failure
-
-    on_failure(context)
-
-
-DEFAULT_ARGS = {
-    "owner": "dctp",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-    "execution_timeout": timedelta(hours=2),
-    "on_failure_callback": _on_failure,
-}
+from dctp_common.dag_defaults import CONFIG_OVERRIDES, DEFAULT_ARGS, GPU_POOL, GPU_QUEUE, QUALITY_PARAMS
 
 PARAMS = {
     "sources": Param([], type="array", items={"type": "string"}, title="Sources",
@@ -69,10 +55,10 @@ PARAMS = {
                                 description="Cosine similarity of MiniLM embeddings at or above which two texts are "
                                             "semantic duplicates (empty: config default, 0.95). Per-domain values: "
                                             'config_overrides {"dedup_semantic.domain_thresholds": {"news": 0.92}}.'),
+    **QUALITY_PARAMS,
     "batch_size": Param(None, type=["null", "integer"], minimum=1, title="Batch size",
                         description="Rows per Arrow batch in every stage (empty: config default, 10000)."),
-    "config_overrides": Param({}, type="object", title="Config overrides",
-                              description='Any setting by dotted key, e.g. {"export.test_fraction": 0.1}.'),
+    "config_overrides": CONFIG_OVERRIDES,
 }
 
 
@@ -97,14 +83,10 @@ def dctp_daily():
     @task(execution_timeout=timedelta(minutes=10))
     def start_run() -> dict:
         """Open (or reopen, on a re-run) this run's MLflow run and log the resolved config."""
-        from dctp_tasks import tracking
+        from dctp_common.runtime import start_tracking
 
         run = _ctx()
-        tags = {"dag_id": run.dag_id, "run_id": run.run_id, "dt": run.dt, "config_hash": run.config.config_hash()}
-        mlflow_run_id = None
-        if run.config.tracking.enabled:
-            mlflow_run_id = tracking.open_run(run.config.tracking, run.dag_id, run.run_id, tags, run.config.flat())
-        return {"mlflow_run_id": mlflow_run_id, "dt": run.dt, "data_root": run.storage.root, **tags}
+        return start_tracking(run, run.dag_id)
 
     @task
     def ingest(started: dict) -> dict:
@@ -150,6 +132,32 @@ def dctp_daily():
         run = _ctx()
         return _track(run, started, dedup_semantic_day(run.storage, run.config, run.dag_id, run.dt))
 
+    @task
+    def score(started: dict) -> dict:
+        """Run the CPU scorers (heuristics, language, PII, credibility) and store their scores."""
+        from dctp_tasks.quality.scoring import score_day
+
+        run = _ctx()
+        return _track(run, started, score_day(run.storage, run.config, run.dag_id, run.dt, "cpu"))
+
+    @task(queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
+    def score_models(started: dict, scored: dict) -> dict:
+        """Run the model scorers (perplexity, toxicity, relevance, classifiers); reuse unchanged scores."""
+        from dctp_tasks.quality.scoring import score_day
+
+        run = _ctx()
+        return _track(run, started, score_day(run.storage, run.config, run.dag_id, run.dt, "gpu",
+                                              input_stage=scored["output_stage"]))
+
+    @task
+    def decide(started: dict, scored: dict) -> dict:
+        """Apply the rules and the composite to the stored scores: filter, mark review rows, redact PII, report."""
+        from dctp_tasks.quality.decide import decide_day
+
+        run = _ctx()
+        return _track(run, started, decide_day(run.storage, run.config, run.dag_id, run.dt,
+                                               input_stage=scored["output_stage"]))
+
     @task(depends_on_past=True)
     def export(started: dict, stages: list[dict]) -> dict:
         """Commit the last stage's output to the Delta table as one new version, replacing only its date."""
@@ -166,27 +174,9 @@ def dctp_daily():
     @task(execution_timeout=timedelta(minutes=30))
     def finish_run(started: dict, ingested: dict, exported: dict) -> dict:
         """Prove the ledger balances against the committed Delta version; close the MLflow run."""
-        from dctp_common.runtime import permanent_errors
-        from dctp_tasks import tracking
-        from dctp_tasks.export import open_table, rows_for_dt
-        from dctp_tasks.ledger import check_ledger, ledger_report
+        from dctp_common.runtime import finish
 
-        run = _ctx()
-        table = open_table(run.storage, run.config.export.dataset_name, exported["table_version"])
-        report = ledger_report(run.storage, run.dt, ingested["total"], rows_for_dt(table, run.dt))
-        cfg, mlflow_run_id = run.config.tracking, started["mlflow_run_id"]
-        if mlflow_run_id:
-            tracking.log_dict(cfg, started["mlflow_run_id"], "ledger.json", report.as_dict())
-            tracking.log_text(cfg, started["mlflow_run_id"], "ledger.txt", report.render())
-            tracking.log_metrics(cfg, started["mlflow_run_id"],
-                                 {f"ledger.{k}": v for k, v in report.as_dict().items()
-                                  if isinstance(v, int) and not isinstance(v, bool)})
-        print(report.render())
-        with permanent_errors():
-            check_ledger(report)
-        if mlflow_run_id:
-            tracking.close_run(cfg, mlflow_run_id)
-        return report.as_dict()
+        return finish(_ctx(), started, ingested["total"], exported)
 
     started = start_run()
     ingested = ingest(started)
@@ -194,27 +184,19 @@ def dctp_daily():
     deduped = dedup_exact(started)
     near_deduped = dedup_near(started)
     semantic_deduped = dedup_semantic(started)
-    exported = export(started, [ingested, normalized, deduped, near_deduped, semantic_deduped])
-    ingested >> normalized >> deduped >> near_deduped >> semantic_deduped >> exported
+    scored = score(started)
+    model_scored = score_models(started, scored)
+    decided = decide(started, model_scored)
+    exported = export(started, [ingested, normalized, deduped, near_deduped, semantic_deduped, scored, model_scored,
+                                decided])
+    ingested >> normalized >> deduped >> near_deduped >> semantic_deduped >> scored
     finish_run(started, ingested, exported)
 
 
 def _track(run, started: dict, result) -> dict:
-    """Log a stage's metrics (and its report, if it wrote one) to the run's MLflow run and the task log.
+    from dctp_common.runtime import track
 
-    Returns the XCom: counts and URIs, never data.
-    """
-    from dctp_tasks import tracking
-
-    report_path = result.extra.get("report")
-    report = run.storage.read_bytes(run.storage.path(report_path)).decode() if report_path else None
-    if report:
-        print(report)
-    if started["mlflow_run_id"]:
-        tracking.log_metrics(run.config.tracking, started["mlflow_run_id"], result.metrics())
-        if report:
-            tracking.log_text(run.config.tracking, started["mlflow_run_id"], f"reports/{result.stage}.md", report)
-    return result.as_dict()
+    return track(run, started, result)
 
 
 dctp_daily()

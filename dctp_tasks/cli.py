@@ -1,4 +1,5 @@
-"""``dctp``: look at what the pipeline exported — versions, contents, files, diffs and each date's ledger.
+"""``dctp``: look at what the pipeline exported — versions, contents, files, diffs, each date's ledger and score
+report — re-decide a date with new quality thresholds, and train a classifier scorer.
 
 The data root comes from ``--root`` or ``$DCTP_DATA_ROOT`` (default ``$AIRFLOW_HOME/dctp-data``); S3 roots use
 the AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …).
@@ -40,6 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     ledger = sub.add_parser("ledger", help="where every input row of a date ended up")
     ledger.add_argument("dt", help="partition date YYYY-MM-DD")
     ledger.add_argument("--rows", type=int, default=10, help="example rejects to show per reason")
+    report = sub.add_parser("report", help="a date's quality score report (verdicts, rules, histograms by domain)")
+    report.add_argument("dt", help="partition date YYYY-MM-DD")
+    rescore = sub.add_parser("rescore", help="re-decide a date from its stored scores with new thresholds "
+                                             "(no model runs)")
+    rescore.add_argument("dt", help="partition date YYYY-MM-DD")
+    rescore.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                         help="a rule threshold (toxicity.toxic=0.9), per domain (news:heuristics.too_few_words=30), "
+                              "off (perplexity.perplexity_too_high=off), or min_quality / review_below; repeatable")
+    rescore.add_argument("--dag-id", default="dctp_daily", help="the DAG whose staged scores to use")
+    rescore.add_argument("--export", action="store_true",
+                         help="commit the new decision as a new Delta version and check the ledger")
+    train = sub.add_parser("train-scorer", help="train a classifier scorer on a labeled table (text,label)")
+    train.add_argument("name", help="scorer name: enable it with quality.classifiers.NAME")
+    train.add_argument("--data", required=True, help="CSV or Parquet file with a text and a label column")
+    train.add_argument("--text-column", default="text")
+    train.add_argument("--label-column", default="label")
+    train.add_argument("--positive-label", default=None, help="the label value that means positive (default: 1/true)")
     args = parser.parse_args(argv)
 
     root = args.root or os.environ.get("DCTP_DATA_ROOT") or (airflow_home() / "dctp-data").as_uri()
@@ -124,6 +142,73 @@ def ledger(storage: Storage, dataset: str, args) -> dict:
     return {**report.as_dict(), "version": latest.get("version"), "examples": examples, "text": text}
 
 
+def report(storage: Storage, dataset: str, args) -> dict:
+    from dctp_tasks.quality.report import report_path
+
+    path = report_path(args.dt)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"no score report for dt={args.dt} under {storage.root} (quality not decided yet)")
+    return {"dt": args.dt, "path": storage.uri(path), "text": storage.read_bytes(storage.path(path)).decode()}
+
+
+def rescore(storage: Storage, dataset: str, args) -> dict:
+    """Re-run only the decide step of a date: stored scores, new thresholds; optionally commit and check the ledger."""
+    from dctp_tasks.export import export_day, ingested_count, rows_for_dt
+    from dctp_tasks.ledger import check_ledger
+    from dctp_tasks.quality.decide import STAGE, decide_day, scored_stage
+
+    overrides = quality_overrides(args.settings)
+    config = load_config(overrides=overrides)
+    result = decide_day(storage, config, args.dag_id, args.dt,
+                        input_stage=scored_stage(storage, args.dag_id, args.dt))
+    out = {"dt": args.dt, "settings": overrides, **result.as_dict(),
+           "text": storage.read_bytes(storage.path(str(result.extra["report"]))).decode()}
+    if args.export:
+        ingested = ingested_count(storage, dataset, args.dt)
+        run_id = "rescore__" + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        exported = export_day(storage, config, args.dag_id, args.dt, run_id=run_id, input_stage=STAGE,
+                              metadata={"ingested": ingested, "rescored_with": json.dumps(overrides, sort_keys=True)})
+        table = open_table(storage, dataset, int(exported.extra["table_version"]))
+        ledger_ = check_ledger(ledger_report(storage, args.dt, ingested, rows_for_dt(table, args.dt)))
+        out.update(table_version=exported.extra["table_version"], ledger=ledger_.render())
+    return out
+
+
+def quality_overrides(settings: list[str]) -> dict:
+    """Turn ``--set`` items into config overrides: rule thresholds (global or per ``domain:``), min/review bounds."""
+    thresholds: dict = {}
+    by_domain: dict[str, dict] = {}
+    overrides: dict = {}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. toxicity.toxic=0.9")
+        value = None if raw.strip().lower() in {"off", "none", "null"} else float(raw)
+        if key in {"min_quality", "review_below"}:
+            overrides[f"quality.{key}"] = value
+        elif ":" in key:
+            domain, _, rule = key.partition(":")
+            by_domain.setdefault(domain, {})[rule] = value
+        else:
+            thresholds[key] = value
+    base = load_config().quality
+    if thresholds:
+        overrides["quality.thresholds"] = {**base.thresholds, **thresholds}
+    if by_domain:
+        merged = {d: dict(t) for d, t in base.domain_thresholds.items()}
+        for domain, rules in by_domain.items():
+            merged.setdefault(domain, {}).update(rules)
+        overrides["quality.domain_thresholds"] = merged
+    return overrides
+
+
+def train_scorer(storage: Storage, dataset: str, args) -> dict:
+    from dctp_tasks.quality.classifier import train_classifier
+
+    return train_classifier(storage, args.name, args.data, text_column=args.text_column,
+                            label_column=args.label_column, positive_label=args.positive_label)
+
+
 def _doc_ids(storage: Storage, dataset: str, version: int) -> pa.Array:
     table = open_table(storage, dataset, version).to_pyarrow_dataset().to_table(columns=["doc_id"])
     return table.column("doc_id").combine_chunks()
@@ -148,6 +233,18 @@ def _render(command: str, out) -> str:
         return (f"v{out['from']} -> v{out['to']}: +{out['added']:,} added, -{out['removed']:,} removed, "
                 f"{out['unchanged']:,} unchanged\n  added e.g.:   {', '.join(out['added_sample']) or '-'}\n"
                 f"  removed e.g.: {', '.join(out['removed_sample']) or '-'}")
+    if command == "report":
+        return out["text"]
+    if command == "rescore":
+        lines = [out["text"]]
+        if "table_version" in out:
+            lines += [f"committed as version {out['table_version']}", out["ledger"]]
+        else:
+            lines.append(f"decided {out['total']:,} rows: {out['kept']:,} kept (not exported: pass --export to "
+                         "commit a new version)")
+        return "\n".join(lines)
+    if command == "train-scorer":
+        return json.dumps(out, indent=2, default=str)
     if command == "ledger":
         lines = [out["text"], f"  (export version {out['version']})"]
         for reason, rows in out["examples"].items():
@@ -157,7 +254,8 @@ def _render(command: str, out) -> str:
     return json.dumps(out, indent=2, default=str)
 
 
-COMMANDS = {"versions": versions, "show": show, "files": files, "diff": diff, "ledger": ledger}
+COMMANDS = {"versions": versions, "show": show, "files": files, "diff": diff, "ledger": ledger, "report": report,
+            "rescore": rescore, "train-scorer": train_scorer}
 
 if __name__ == "__main__":
     sys.exit(main())

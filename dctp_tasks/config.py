@@ -226,6 +226,41 @@ class TrackingConfig(_Strict):
     enabled: bool = True
 
 
+DEFAULT_SCORERS: dict[str, dict[str, Any]] = {
+    "heuristics": {}, "language": {}, "pii": {}, "credibility": {}, "perplexity": {}, "relevance": {},
+}
+
+
+class QualityConfig(_Strict):
+    """Quality scoring and deciding (``dctp_tasks.quality``): which scorers run, their thresholds, the composite."""
+
+    enabled: bool = True
+    scorers: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_SCORERS))
+    """Scorers to run, in order: name -> its settings (validated by the scorer's own config class). Built in:
+    heuristics, language, pii, perplexity, toxicity, relevance, credibility."""
+    classifiers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Trained classifier scorers (``dctp train-scorer NAME --data FILE``) to run: name -> settings, e.g.
+    ``{toxic: {positive_is_good: false}}``; each runs as scorer ``classifier_{name}``."""
+    weights: dict[str, float] = Field(default_factory=dict)
+    """Weight of each scorer in the composite ``quality`` (default 1.0 for every scorer that contributes)."""
+    thresholds: dict[str, float | None] = Field(default_factory=dict)
+    """Rule thresholds by ``{scorer}.{rule}``, e.g. ``{"toxicity.toxic": 0.9, "heuristics.too_few_words": 30}``;
+    ``null`` switches a rule off. Unset rules keep their published defaults."""
+    domain_thresholds: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    """Per-domain rule thresholds: domain -> ``{scorer}.{rule}`` -> value (``null``: off for that domain)."""
+    min_quality: float | None = Field(None, ge=0.0, le=1.0)
+    """Composite ``quality`` below which a row is filtered (reason ``low_quality``); ``null``: rules only."""
+    review_below: float = Field(0.5, ge=0.0, le=1.0)
+    """Composite ``quality`` below which a kept row is marked ``review`` (a candidate for expert annotation)."""
+
+    @model_validator(mode="after")
+    def _known_scorers(self) -> QualityConfig:
+        from dctp_tasks.quality.registry import check_quality_config
+
+        check_quality_config(self)
+        return self
+
+
 class PipelineConfig(_Strict):
     batch_size: int = Field(10_000, ge=1)
     """Rows per Arrow batch read and written by every stage; bounds memory whatever the day's size."""
@@ -233,6 +268,7 @@ class PipelineConfig(_Strict):
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     dedup_near: NearDedupConfig = Field(default_factory=NearDedupConfig)
     dedup_semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

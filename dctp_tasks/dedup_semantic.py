@@ -279,6 +279,7 @@ def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, vectors: np.ndarr
     dim = vectors.shape[1]
     schema = embeddings_schema(dim, dtype)
     flat = pa.array(np.ascontiguousarray(vectors, dtype=dtype).ravel())
-    with storage.writer(state_dir(STATE, dt), schema=schema) as writer:
+    # Row groups of 10k vectors: quality scorers read back single batches' vectors by row number.
+    with storage.writer(state_dir(STATE, dt), schema=schema, row_group_size=10_000) as writer:
         writer.write(pa.table({"doc_id": doc_ids, "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
                               schema=schema))

@@ -170,6 +170,14 @@ def open_table(storage: Storage, name: str, version: int | None = None) -> Delta
     return DeltaTable(storage.uri(dataset_dir(name)), version=version, storage_options=storage.delta_storage_options())
 
 
+def ingested_count(storage: Storage, name: str, dt: str) -> int:
+    """Return the ingested row count recorded by the latest commit of partition ``dt`` (the ledger's total)."""
+    history = [c for c in open_table(storage, name).history() if c.get(f"{METADATA_PREFIX}dt") == dt]
+    if not history:
+        raise ValueError(f"dt={dt} was never exported, so its ingested count is unknown: run the daily DAG first")
+    return int(max(history, key=lambda c: c["version"])[f"{METADATA_PREFIX}ingested"])
+
+
 def rows_for_dt(table: DeltaTable, dt: str) -> int:
     """Count the rows of partition ``dt`` in the table's loaded version."""
     return table.to_pyarrow_dataset().count_rows(filter=ds.field(PARTITION) == dt)

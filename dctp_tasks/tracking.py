@@ -84,6 +84,18 @@ def log_dict(config: TrackingConfig, run_id: str, name: str, data: dict) -> None
     _client(config).log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), name)
 
 
+def log_bytes(config: TrackingConfig, run_id: str, name: str, data: bytes) -> None:
+    """Log ``data`` as the artifact ``name`` (e.g. ``plots/quality.png``)."""
+    import tempfile
+    from pathlib import Path
+
+    directory, _, filename = name.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        path.write_bytes(data)
+        _client(config).log_artifact(run_id, str(path), directory or None)
+
+
 def close_run(config: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:
     _client(config).set_terminated(run_id, status=status)
 

@@ -28,6 +28,8 @@ PARAM_OVERRIDES = {
     "near_dup_threshold": "dedup_near.threshold",
     "semantic_threshold": "dedup_semantic.threshold",
     "batch_size": "batch_size",
+    "min_quality": "quality.min_quality",
+    "review_below": "quality.review_below",
 }
 
 
@@ -57,10 +59,83 @@ def run_context(context: dict[str, Any]) -> RunContext:
                       interval=(start, end), config=config, storage=data_storage())
 
 
+def rescore_context(context: dict[str, Any]) -> RunContext:
+    """Resolve a ``dctp_rescore`` run: the date and the DAG whose staged scores it re-decides come from Params."""
+    params = context.get("params") or {}
+    with permanent_errors():
+        try:
+            day = datetime.strptime(str(params.get("date")), "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError as exc:
+            raise ValueError(f"Param date must be YYYY-MM-DD, got {params.get('date')!r}") from exc
+        config = resolve_config(params)
+    return RunContext(dag_id=params.get("source_dag_id") or "dctp_daily", run_id=context["dag_run"].run_id,
+                      dt=day.strftime("%Y-%m-%d"), interval=(day, day + timedelta(days=1)), config=config,
+                      storage=data_storage())
+
+
+def start_tracking(run: RunContext, experiment: str) -> dict:
+    """Open (or reopen, on a re-run) the run's MLflow run in ``experiment`` and log the resolved config."""
+    from dctp_tasks import tracking
+
+    tags = {"dag_id": experiment, "run_id": run.run_id, "dt": run.dt, "config_hash": run.config.config_hash()}
+    mlflow_run_id = None
+    if run.config.tracking.enabled:
+        mlflow_run_id = tracking.open_run(run.config.tracking, experiment, run.run_id, tags, run.config.flat())
+    return {"mlflow_run_id": mlflow_run_id, "dt": run.dt, "data_root": run.storage.root, **tags}
+
+
+def track(run: RunContext, started: dict, result) -> dict:
+    """Log a stage's metrics, report and plots to the run's MLflow run and its report to the task log.
+
+    Returns the XCom: counts and URIs, never data.
+    """
+    from dctp_tasks import tracking
+
+    report_path = result.extra.get("report")
+    report = run.storage.read_bytes(run.storage.path(report_path)).decode() if report_path else None
+    if report:
+        print(report)
+    if started["mlflow_run_id"]:
+        cfg = run.config.tracking
+        tracking.log_metrics(cfg, started["mlflow_run_id"], result.metrics())
+        if report:
+            tracking.log_text(cfg, started["mlflow_run_id"], f"reports/{result.stage}.md", report)
+        for plot in filter(None, str(result.extra.get("plots", "")).split(",")):
+            tracking.log_bytes(cfg, started["mlflow_run_id"], f"plots/{plot.rsplit('/', 1)[1]}",
+                               run.storage.read_bytes(run.storage.path(plot)))
+    return result.as_dict()
+
+
+def finish(run: RunContext, started: dict, ingested: int, exported: dict) -> dict:
+    """Prove the date's ledger balances against the committed Delta version; log it and close the MLflow run."""
+    from dctp_tasks import tracking
+    from dctp_tasks.export import open_table, rows_for_dt
+    from dctp_tasks.ledger import check_ledger, ledger_report
+
+    table = open_table(run.storage, run.config.export.dataset_name, exported["table_version"])
+    report = ledger_report(run.storage, run.dt, ingested, rows_for_dt(table, run.dt))
+    cfg, mlflow_run_id = run.config.tracking, started["mlflow_run_id"]
+    if mlflow_run_id:
+        tracking.log_dict(cfg, mlflow_run_id, "ledger.json", report.as_dict())
+        tracking.log_text(cfg, mlflow_run_id, "ledger.txt", report.render())
+        tracking.log_metrics(cfg, mlflow_run_id, {f"ledger.{k}": v for k, v in report.as_dict().items()
+                                                  if isinstance(v, int) and not isinstance(v, bool)})
+    print(report.render())
+    with permanent_errors():
+        check_ledger(report)
+    if mlflow_run_id:
+        tracking.close_run(cfg, mlflow_run_id)
+    return report.as_dict()
+
+
 def resolve_config(params: dict[str, Any]) -> PipelineConfig:
     overrides = {key: params.get(name) for name, key in PARAM_OVERRIDES.items()}
     if overrides.get("ingest.include_sources") == []:
         overrides["ingest.include_sources"] = None  # empty list in the form means "the config's choice"
+    if params.get("quality_thresholds"):
+        # merged into the file's thresholds: a run changes the rules it names and keeps the others
+        base = load_config().quality.thresholds
+        overrides["quality.thresholds"] = {**base, **params["quality_thresholds"]}
     overrides.update(params.get("config_overrides") or {})
     return load_config(overrides=overrides)
 
@@ -119,7 +194,7 @@ def permanent_errors() -> Iterator[None]:
 
     try:
         yield
-    except (QuarantineRatioExceeded, LedgerImbalance, ValidationError, FileNotFoundError,
+    except (QuarantineRatioExceeded, LedgerImbalance, ValidationError, ValueError, FileNotFoundError,
             AirflowNotFoundException) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 

@@ -12,10 +12,11 @@ import pytest
 
 from tests.conftest import REPO
 
-EXPECTED_TASKS = ["start_run", "ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "export",
-                  "finish_run"]
+EXPECTED_TASKS = ["start_run", "ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "score",
+                  "score_models", "decide", "export", "finish_run"]
 HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "export"}
-GPU_TASKS = {"dedup_semantic"}  # model inference (DESIGN §7)
+GPU_TASKS = {"dedup_semantic", "score_models"}  # model inference (DESIGN §7)
+RESCORE_TASKS = ["start_run", "decide", "export", "finish_run"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def dagbag():
 
 def test_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "dctp_daily" in dagbag.dag_ids
+    assert {"dctp_daily", "dctp_rescore"} <= set(dagbag.dag_ids)
 
 
 def test_dag_file_imports_fast_without_heavy_modules():
@@ -76,7 +77,8 @@ def test_dag_shape(dagbag):
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
-    chain = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "export", "finish_run"]
+    chain = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "score", "score_models", "decide",
+             "export", "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
@@ -118,8 +120,11 @@ def test_param_overrides_reach_the_config():
     from dctp_common.runtime import resolve_config
 
     config = resolve_config({"min_chars": 7, "sources": ["web"], "max_quarantine_ratio": 0.2,
-                             "near_dup_threshold": 0.8, "semantic_threshold": 0.9,
+                             "near_dup_threshold": 0.8, "semantic_threshold": 0.9, "min_quality": 0.3,
+                             "review_below": 0.6, "quality_thresholds": {"heuristics.too_few_words": 20},
                              "config_overrides": {"export.test_fraction": 0.1}})
+    assert config.quality.min_quality == 0.3 and config.quality.review_below == 0.6
+    assert config.quality.thresholds["heuristics.too_few_words"] == 20
     assert config.dedup_near.threshold == 0.8 and config.dedup_semantic.threshold == 0.9
     assert config.normalize.min_chars == 7
     assert config.ingest.include_sources == ["web"]
@@ -127,3 +132,35 @@ def test_param_overrides_reach_the_config():
     assert config.export.test_fraction == 0.1
     default = resolve_config({"min_chars": None, "sources": []})
     assert default.normalize.min_chars == 50 and default.ingest.include_sources == []
+
+
+def test_rescore_dag_re_decides_one_date_without_model_tasks(dagbag):
+    dag = dagbag.dags["dctp_rescore"]
+    assert sorted(dag.task_ids) == sorted(RESCORE_TASKS)
+    assert type(dag.timetable).__name__ == "NullTimetable"  # manual only
+    for upstream, downstream in zip(RESCORE_TASKS[1:], RESCORE_TASKS[2:]):
+        assert downstream in dag.get_task(upstream).downstream_task_ids
+    for task_id in RESCORE_TASKS:
+        task = dag.get_task(task_id)
+        assert task.retries >= 2 and task.on_failure_callback and (task.doc_md or task.doc)
+        assert task.queue != "gpu", "re-deciding runs no model"
+    params = dag.params
+    assert {"date", "source_dag_id", "quality_thresholds", "min_quality", "review_below"} <= set(params.keys())
+    assert all(params.get_param(name).description for name in params.keys())
+
+
+def test_rescore_context_takes_the_date_from_params():
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from dctp_common.runtime import rescore_context
+
+    context = {"params": {"date": "2026-03-04", "source_dag_id": "dctp_daily",
+                          "quality_thresholds": {"heuristics.too_few_words": 10}},
+               "dag_run": SimpleNamespace(run_id="manual__1")}
+    run = rescore_context(context)
+    assert (run.dag_id, run.dt, run.run_id) == ("dctp_daily", "2026-03-04", "manual__1")
+    assert run.config.quality.thresholds["heuristics.too_few_words"] == 10
+    with pytest.raises(AirflowFailException, match="Param date must be YYYY-MM-DD"):
+        rescore_context({**context, "params": {"date": "March 4"}})

@@ -1,0 +1,1 @@
+"""Quality scoring: scorers (``base.Scorer``) write ``scores``; deciding applies rules and the composite."""
