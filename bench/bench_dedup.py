@@ -266,15 +266,21 @@ def _child_main(argv: list[str]) -> int:
     return 0
 
 
-def _child(*argv: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", *argv]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))}
+def run_child(script: str, *argv: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``script _child argv…`` in a fresh interpreter (its peak RSS is its own); return its BENCH_RESULT."""
+    cmd = [sys.executable, script, "_child", *argv]
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise RuntimeError(f"benchmark child {argv} failed with exit code {proc.returncode}")
     return json.loads(lines[-1].removeprefix("BENCH_RESULT "))
+
+
+def _child(*argv: str) -> dict:
+    return run_child(str(Path(__file__).resolve()), *argv)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ for dt in "${DATES[@]}"; do
   dctp ledger "$dt" --rows 2
 done
 echo
+echo "==> Quality score report of ${DATES[0]} (every date: dctp report DATE; re-decide: dctp rescore DATE --set ...)"
+dctp report "${DATES[0]}" | head -60
+echo
 echo "==> MLflow: experiment dctp_daily, one run per date (run ids in 'dctp versions' above)"
 echo "    look at them with:  $BIN/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI --port 5000"
 echo "==> Airflow UI with this data:  make up   (http://localhost:8080, user admin, password in $AIRFLOW_HOME)"

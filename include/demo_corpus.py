@@ -179,7 +179,9 @@ def _fields(rng: random.Random, vocab: dict[str, tuple[str, ...]]) -> dict[str, 
 
 def _prose(rng: random.Random, vocab_key: str, low: int = 2, high: int = 12) -> str:
     vocab = VOCAB[vocab_key]
-    sentences = [rng.choice(SENTENCES).format(**_fields(rng, vocab)) for _ in range(rng.randint(low, high))]
+    # Each template at most once per document, as in real prose: repeated boilerplate is what quality rules catch.
+    templates = rng.sample(SENTENCES, min(rng.randint(low, high), len(SENTENCES)))
+    sentences = [template.format(**_fields(rng, vocab)) for template in templates]
     if len(sentences) > 5 and rng.random() < 0.5:  # multi-paragraph docs exercise \n handling (CSV quoting, CRLF)
         cut = rng.randint(2, len(sentences) - 2)
         return " ".join(sentences[:cut]) + "\n\n" + " ".join(sentences[cut:])
@@ -191,14 +193,14 @@ def _prose(rng: random.Random, vocab_key: str, low: int = 2, high: int = 12) -> 
 def _doc(seed: int, day: dt.date, i: int) -> tuple[str, str]:
     rng = random.Random(f"{seed}/{day}/doc/{i}")
     domain = rng.choice(WEB_DOMAINS)
-    return domain, _prose(rng, domain)
+    return domain, _prose(rng, domain, 4, 12)  # four sentences or more: Gopher's 50-word floor for web pages
 
 
 def _article(seed: int, day: dt.date, i: int) -> tuple[str, str, str | None]:
     rng = random.Random(f"{seed}/{day}/news/{i}")
     category = rng.choice(tuple(NEWS_VOCAB))
     f = _fields(rng, VOCAB[rng.choice(NEWS_VOCAB[category])])
-    return category, f"{f['S']} {f['v']} {f['o']}", _prose(rng, rng.choice(NEWS_VOCAB[category]), 1, 5)
+    return category, f"{f['S']} {f['v']} {f['o']}", _prose(rng, rng.choice(NEWS_VOCAB[category]), 3, 6)
 
 
 def _pair(seed: int, day: dt.date, i: int) -> tuple[str, str]:

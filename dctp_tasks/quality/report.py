@@ -68,7 +68,7 @@ def write_report(storage: Storage, dt: str, decisions: Decisions, scorers: list[
         finite = values[np.isfinite(values)]
         means[name] = round(float(finite.mean()), 6) if len(finite) else float("nan")
         lines += [f"## {name}", "", f"{doc} — mean {_num(means[name])}, unscored {n - len(finite):,}", ""]
-        lines += _histogram(values, domains, top)
+        lines += _histogram(values, domains, top) if len(finite) else ["(no document has this score today)"]
         lines.append("")
         plots.setdefault(name.split(".")[0], []).append((name, values))
     markdown = "\n".join(lines)

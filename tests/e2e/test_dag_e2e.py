@@ -21,7 +21,9 @@ from dctp_tasks.storage import S3Options, Storage
 from tests.conftest import REPO
 
 DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
-STAGES = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "export"]
+STAGES = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "score", "quality", "export"]
+#: The S3 run scores without the CPU-slow perplexity model (the local run keeps it), to keep the suite's time.
+NO_PERPLEXITY = {"quality.scorers.perplexity.enabled": False}
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +78,7 @@ def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[s
         # the demo corpus has every kind of drop on every date
         assert report.by_outcome["duplicate"] > 0 and report.by_outcome["filtered"] > 0
         assert report.by_outcome["quarantined"] > 0
+        check_quality(storage, dt, commit["version"])
 
     survivors = {dt: set(partition(storage, dt).column("doc_id").to_pylist()) for dt in DATES}
     # later dates lost their copies of earlier documents to history
@@ -85,7 +88,10 @@ def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[s
     run_date(dag, DATES[1], conf)
     assert len(commits(storage)) == 4
     after = partition(storage, DATES[1])
-    assert after.drop_columns(["lineage"]).equals(before.drop_columns(["lineage"])), "re-run changed the date"
+    assert after.drop_columns(["lineage", "scores"]).equals(before.drop_columns(["lineage", "scores"])), \
+        "re-run changed the date"
+    # scores hold NaN (unscored), which Arrow's equality never matches: compare their JSON
+    assert json.dumps(after.column("scores").to_pylist()) == json.dumps(before.column("scores").to_pylist())
     assert after.column("lineage").to_pylist() == before.column("lineage").to_pylist()
     assert {dt: set(partition(storage, dt).column("doc_id").to_pylist()) for dt in DATES} == survivors
 
@@ -94,6 +100,28 @@ def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[s
     assert len(commits(storage)) == 7
     assert {dt: set(partition(storage, dt).column("doc_id").to_pylist()) for dt in DATES} == survivors
     return survivors
+
+
+def check_quality(storage: Storage, dt: str, version: int) -> None:
+    """Scored rows carry their scores and verdict; rules filtered rows with readable reasons; PII is redacted."""
+    import re
+
+    from dctp_tasks.ledger import read_rejects
+
+    rejects = read_rejects(storage, dt)
+    quality = rejects.filter(pc.equal(rejects.column("stage"), "quality")).to_pylist()
+    assert quality, f"{dt}: the demo's low-quality documents must be filtered by a quality rule"
+    for row in quality:
+        assert row["outcome"] == "filtered" and row["reason"] and re.fullmatch(r"[\w.]+=[-\w.]+[<>][-\w.]+",
+                                                                              row["detail"]), row
+    table = partition(storage, dt, version)
+    assert {"scores", "quality", "quality_verdict"} <= set(table.column_names)
+    assert set(table.column("quality_verdict").to_pylist()) <= {"pass", "review"}
+    scorers = {f.name for f in table.schema.field("scores").type}
+    assert {"heuristics", "language", "pii", "credibility", "relevance"} <= scorers
+    texts = "\n".join(table.column("text").to_pylist())
+    assert not re.search(r"[\w.+-]+@[\w-]+\.[\w.]+", texts), "an e-mail address survived redaction"
+    assert "<EMAIL>" in texts or "<PHONE>" in texts, "the demo's PII documents were exported redacted"
 
 
 def check_mlflow(dt_runs: list[str]) -> None:
@@ -117,7 +145,12 @@ def check_mlflow(dt_runs: list[str]) -> None:
         artifacts = {a.path for a in client.list_artifacts(finished[0].info.run_id)}
         assert {"ledger.json", "ledger.txt", "reports"} <= artifacts
         reports = {a.path for a in client.list_artifacts(finished[0].info.run_id, "reports")}
-        assert reports == {"reports/dedup_near.md", "reports/dedup_semantic.md"}
+        assert reports == {"reports/dedup_near.md", "reports/dedup_semantic.md", "reports/quality.md"}
+        plots = {a.path for a in client.list_artifacts(finished[0].info.run_id, "plots")}
+        assert {"plots/quality.png", "plots/heuristics.png", "plots/pii.png"} <= plots
+        verdicts = metrics["quality.pass"] + metrics["quality.review"] + metrics["quality.fail"]
+        assert verdicts == metrics["quality.total"]
+        assert metrics["score_models.embeddings_encoded"] == 0, "relevance reuses semantic dedup's vectors"
 
 
 def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):
@@ -129,6 +162,9 @@ def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):
     survivors = check_three_dates(dag, storage)
 
     assert all(len(ids) > 100 for ids in survivors.values())
+    table = partition(storage, DATES[0])
+    assert "perplexity" in {f.name for f in table.schema.field("scores").type}
+    check_rescore(storage, DATES[0])
     from mlflow.tracking import MlflowClient
 
     runs = MlflowClient().search_runs(
@@ -152,7 +188,7 @@ def test_three_dates_on_s3_with_postgres_source(dag, airflow_db, s3_bucket, moto
                                      table=pg_table_name)
     assert summary and dsn
     conf = {"config_overrides": {"ingest.sources.articles_db.enabled": True,
-                                 "ingest.sources.articles_db.postgres.table": pg_table_name}}
+                                 "ingest.sources.articles_db.postgres.table": pg_table_name, **NO_PERPLEXITY}}
 
     survivors = check_three_dates(dag, storage, conf)
 
@@ -168,6 +204,30 @@ def test_three_dates_on_s3_with_postgres_source(dag, airflow_db, s3_bucket, moto
                        table.filter(pc.equal(table.column("source"), "articles_db")).column("doc_id").to_pylist())
     assert storage.list_files("datasets/curated/_delta_log"), "the Delta log lives on S3"
     assert all(survivors.values())
+
+
+def check_rescore(storage: Storage, dt: str) -> None:
+    """dctp_rescore re-decides a date with a stricter rule: more rows filtered, a new version, the ledger balances,
+    and the stored model scores are untouched."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from dctp_tasks.storage import staging_dir
+
+    manifest = storage.read_bytes(storage.path(staging_dir("dctp_daily", dt, "score_models"), "_manifest.json"))
+    before = partition(storage, dt).num_rows
+    versions = len(commits(storage))
+    rescore = DagBag(dag_folder=str(REPO / "dags")).dags["dctp_rescore"]
+    run = rescore.test(run_conf={"date": dt, "quality_thresholds": {"heuristics.too_few_words": 60}})
+    assert run.state == "success"
+    history = commits(storage)
+    assert len(history) == versions + 1 and history[-1][f"{METADATA_PREFIX}dt"] == dt
+    after = partition(storage, dt)
+    assert 0 < after.num_rows < before
+    assert min(pc.utf8_length(after.column("text")).to_pylist()) > 0
+    report = ledger_report(storage, dt, int(history[-1][f"{METADATA_PREFIX}ingested"]), after.num_rows)
+    assert report.balanced and report.by_reason.get("filtered.too_few_words", 0) > 0, report.render()
+    assert storage.read_bytes(storage.path(staging_dir("dctp_daily", dt, "score_models"), "_manifest.json")) \
+        == manifest, "re-deciding rewrote no score"
 
 
 def test_malformed_day_fails_ingest_at_once_and_marks_mlflow_failed(dag, airflow_db, tmp_path, monkeypatch):
