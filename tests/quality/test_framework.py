@@ -164,3 +164,14 @@ def test_bin_edges():
 def test_bad_quality_config_is_refused_by_name(overrides, message):
     with pytest.raises(ValueError, match=message):
         config(**overrides)
+
+
+def test_an_empty_day_scores_and_decides_to_an_empty_output(tmp_path):
+    storage = Storage(tmp_path.as_uri())
+    stage_dedup_input(storage, DAG, DT, "dedup_semantic", [])
+    cfg = config()
+    cpu, gpu = score_both(storage, cfg)
+    result = decide_day(storage, cfg, DAG, DT)
+    assert (cpu.total, gpu.total, result.total, result.kept) == (0, 0, 0, 0)
+    assert storage.count_rows(staging_dir(DAG, DT, "quality")) == 0
+    assert "0 documents" in storage.read_bytes(storage.path(report_path(DT))).decode()
