@@ -7,9 +7,11 @@ Usage::
 
 Every ``${NAME}`` in a setting is replaced by the environment variable ``NAME`` or, when that is unset
 or empty, by the embedded default below (LocalExecutor, SQLite under ``$AIRFLOW_HOME``, secrets
-generated once and kept in ``$AIRFLOW_HOME``). ``$$`` is a literal ``$``; comment lines are copied
-as they are. Substituted values have ``%`` doubled, because Airflow's config parser treats ``%`` as
-interpolation. A ``${NAME}`` that has neither a value nor a default is an error naming it and its line.
+generated once and kept in ``$AIRFLOW_HOME``); docker compose sets every value from its environment
+instead (``include/compose/entrypoint.sh`` runs this in each container). ``$$`` is a literal ``$``;
+comment lines are copied as they are. Substituted values have ``%`` doubled, because Airflow's config
+parser treats ``%`` as interpolation. A ``${NAME}`` that has neither a value nor a default is an error
+naming it and its line.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ DEFAULTS: dict[str, Callable[[dict[str, str]], str]] = {
     "AIRFLOW_RESULT_BACKEND": lambda env: "db+" + resolve("AIRFLOW_DB_URL", env),
     "AIRFLOW_USERS": lambda env: "admin:admin",
     "AIRFLOW_ALL_ADMINS": lambda env: "False",
+    "AIRFLOW_PASSWORDS_FILE": lambda env: f"{_airflow_home(env)}/simple_auth_manager_passwords.json.generated",
+    "AIRFLOW_EXECUTION_API_URL": lambda env: "http://localhost:8080/execution/",
+    "AIRFLOW_HOSTNAME_CALLABLE": lambda env: "airflow.utils.net.getfqdn",
+    "AIRFLOW_PARALLELISM": lambda env: "8",  # a laptop: heavy model tasks, few at a time
+    "AIRFLOW_WORKER_CONCURRENCY": lambda env: "4",
+    "AIRFLOW_SCHEDULER_HEALTH_CHECK": lambda env: "False",
+    "AIRFLOW_LOGGING_LEVEL": lambda env: "INFO",
 }
 
 
