@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dctp: no exported table {dataset!r} under {storage.root}: {exc}", file=sys.stderr)
             return 2
         raise
-    print(json.dumps(out, indent=2, default=str) if args.json else _render(args.command, out))
+    try:
+        print(json.dumps(out, indent=2, default=str) if args.json else _render(args.command, out))
+    except BrokenPipeError:  # piped into head: the reader has what it wanted
+        sys.stderr.close()
     return 0
 
 

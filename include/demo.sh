@@ -55,7 +55,9 @@ for dt in "${DATES[@]}"; do
 done
 echo
 echo "==> Quality score report of ${DATES[0]} (every date: dctp report DATE; re-decide: dctp rescore DATE --set ...)"
-dctp report "${DATES[0]}" | head -60
+dctp report "${DATES[0]}" > "$DEMO_HOME/quality-${DATES[0]}.md"
+head -40 "$DEMO_HOME/quality-${DATES[0]}.md"
+echo "    (the whole report: $DEMO_HOME/quality-${DATES[0]}.md; plots in MLflow under plots/)"
 echo
 echo "==> MLflow: experiment dctp_daily, one run per date (run ids in 'dctp versions' above)"
 echo "    look at them with:  $BIN/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI --port 5000"
