@@ -91,14 +91,11 @@ def dctp_daily():
     @task
     def ingest(started: dict) -> dict:
         """Read every landing file and configured table of the date; quarantine malformed rows."""
-        from dctp_common.runtime import permanent_errors, postgres_connector
+        from dctp_common.runtime import postgres_connector
         from dctp_tasks.ingest import ingest_day
 
         run = _ctx()
-        with permanent_errors():
-            result = ingest_day(run.storage, run.config, run.dag_id, run.dt, interval=run.interval,
-                                connect=postgres_connector())
-        return _track(run, started, result)
+        return _stage(run, started, ingest_day, interval=run.interval, connect=postgres_connector())
 
     @task
     def normalize(started: dict) -> dict:
@@ -106,7 +103,7 @@ def dctp_daily():
         from dctp_tasks.normalize import normalize_day
 
         run = _ctx()
-        return _track(run, started, normalize_day(run.storage, run.config, run.dag_id, run.dt))
+        return _stage(run, started, normalize_day)
 
     @task(depends_on_past=True)
     def dedup_exact(started: dict) -> dict:
@@ -114,7 +111,7 @@ def dctp_daily():
         from dctp_tasks.dedup_exact import dedup_exact_day
 
         run = _ctx()
-        return _track(run, started, dedup_exact_day(run.storage, run.config, run.dag_id, run.dt))
+        return _stage(run, started, dedup_exact_day)
 
     @task(depends_on_past=True)
     def dedup_near(started: dict) -> dict:
@@ -122,7 +119,7 @@ def dctp_daily():
         from dctp_tasks.dedup_near import dedup_near_day
 
         run = _ctx()
-        return _track(run, started, dedup_near_day(run.storage, run.config, run.dag_id, run.dt))
+        return _stage(run, started, dedup_near_day)
 
     @task(depends_on_past=True, queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
     def dedup_semantic(started: dict) -> dict:
@@ -130,7 +127,7 @@ def dctp_daily():
         from dctp_tasks.dedup_semantic import dedup_semantic_day
 
         run = _ctx()
-        return _track(run, started, dedup_semantic_day(run.storage, run.config, run.dag_id, run.dt))
+        return _stage(run, started, dedup_semantic_day)
 
     @task
     def score(started: dict) -> dict:
@@ -138,7 +135,7 @@ def dctp_daily():
         from dctp_tasks.quality.scoring import score_day
 
         run = _ctx()
-        return _track(run, started, score_day(run.storage, run.config, run.dag_id, run.dt, "cpu"))
+        return _stage(run, started, score_day, "cpu")
 
     @task(queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
     def score_models(started: dict, scored: dict) -> dict:
@@ -146,8 +143,7 @@ def dctp_daily():
         from dctp_tasks.quality.scoring import score_day
 
         run = _ctx()
-        return _track(run, started, score_day(run.storage, run.config, run.dag_id, run.dt, "gpu",
-                                              input_stage=scored["output_stage"]))
+        return _stage(run, started, score_day, "gpu", input_stage=scored["output_stage"])
 
     @task
     def decide(started: dict, scored: dict) -> dict:
@@ -155,8 +151,7 @@ def dctp_daily():
         from dctp_tasks.quality.decide import decide_day
 
         run = _ctx()
-        return _track(run, started, decide_day(run.storage, run.config, run.dag_id, run.dt,
-                                               input_stage=scored["output_stage"]))
+        return _stage(run, started, decide_day, input_stage=scored["output_stage"])
 
     @task(depends_on_past=True)
     def export(started: dict, stages: list[dict]) -> dict:
@@ -165,11 +160,9 @@ def dctp_daily():
 
         run = _ctx()
         counts = {f"{r['stage']}_dropped": r["dropped"] for r in stages}
-        result = export_day(run.storage, run.config, run.dag_id, run.dt, run_id=run.run_id,
-                            input_stage=stages[-1]["stage"],
-                            metadata={"mlflow_run_id": started["mlflow_run_id"] or "",
-                                      "ingested": stages[0]["total"], **counts})
-        return _track(run, started, result)
+        return _stage(run, started, export_day, run_id=run.run_id, input_stage=stages[-1]["stage"],
+                      metadata={"mlflow_run_id": started["mlflow_run_id"] or "", "ingested": stages[0]["total"],
+                                **counts})
 
     @task(execution_timeout=timedelta(minutes=30))
     def finish_run(started: dict, ingested: dict, exported: dict) -> dict:
@@ -193,10 +186,11 @@ def dctp_daily():
     finish_run(started, ingested, exported)
 
 
-def _track(run, started: dict, result) -> dict:
-    from dctp_common.runtime import track
+def _stage(run, started: dict, stage, *args, **kwargs) -> dict:
+    """Run a library stage for the run's date (retry-proof errors fail at once) and log its result."""
+    from dctp_common.runtime import run_stage
 
-    return track(run, started, result)
+    return run_stage(run, started, stage, *args, **kwargs)
 
 
 dctp_daily()

@@ -60,27 +60,27 @@ def dctp_rescore():
     @task
     def decide(started: dict) -> dict:
         """Re-decide the date from its stored scores with this run's thresholds (no model runs)."""
-        from dctp_common.runtime import track
+        from dctp_common.runtime import permanent_errors, run_stage
         from dctp_tasks.quality.decide import decide_day, scored_stage
 
         run = _ctx()
-        return track(run, started, decide_day(run.storage, run.config, run.dag_id, run.dt,
-                                              input_stage=scored_stage(run.storage, run.dag_id, run.dt)))
+        with permanent_errors():
+            scored = scored_stage(run.storage, run.dag_id, run.dt)
+        return run_stage(run, started, decide_day, input_stage=scored)
 
     @task
     def export(started: dict, decided: dict) -> dict:
         """Commit the re-decided date as a new Delta version, replacing only that date."""
-        from dctp_common.runtime import permanent_errors, track
+        from dctp_common.runtime import permanent_errors, run_stage
         from dctp_tasks.export import export_day, ingested_count
 
         run = _ctx()
         with permanent_errors():
             ingested = ingested_count(run.storage, run.config.export.dataset_name, run.dt)
-        result = export_day(run.storage, run.config, run.dag_id, run.dt, run_id=run.run_id,
-                            input_stage=decided["stage"],
-                            metadata={"mlflow_run_id": started["mlflow_run_id"] or "", "ingested": ingested,
-                                      "rescored_by": "dctp_rescore"})
-        return {**track(run, started, result), "ingested": ingested}
+        result = run_stage(run, started, export_day, run_id=run.run_id, input_stage=decided["stage"],
+                           metadata={"mlflow_run_id": started["mlflow_run_id"] or "", "ingested": ingested,
+                                     "rescored_by": "dctp_rescore"})
+        return {**result, "ingested": ingested}
 
     @task(execution_timeout=timedelta(minutes=30))
     def finish_run(started: dict, exported: dict) -> dict:

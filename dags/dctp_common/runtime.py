@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -183,20 +184,46 @@ def postgres_connector() -> Callable[[str], object]:
     return connect
 
 
-@contextmanager
-def permanent_errors() -> Iterator[None]:
-    """Fail the task at once, without burning retries, on errors a retry cannot fix (bad config or data)."""
+#: Storage errors no retry can fix: the bucket is missing or the credentials are refused (S3 codes, pyarrow texts).
+PERMANENT_STORAGE_ERRORS = re.compile(r"NoSuchBucket|[Bb]ucket .*(does not exist|not found)|AccessDenied|"
+                                      r"InvalidAccessKeyId|SignatureDoesNotMatch")
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Return whether a retry cannot fix ``exc``: bad config or input, a schema mismatch, a missing bucket or
+    connection, an unbalanced ledger. Network errors, S3 5xx and timeouts, and database restarts are transient."""
+    import pyarrow as pa
     from airflow.sdk.exceptions import AirflowNotFoundException
     from pydantic import ValidationError
 
     from dctp_tasks.ingest import QuarantineRatioExceeded
     from dctp_tasks.ledger import LedgerImbalance
 
+    if isinstance(exc, (QuarantineRatioExceeded, LedgerImbalance, ValidationError, ValueError, FileNotFoundError,
+                        AirflowNotFoundException, pa.ArrowTypeError)):
+        return True  # ValueError includes pyarrow's ArrowInvalid: a schema or type mismatch
+    return isinstance(exc, OSError) and PERMANENT_STORAGE_ERRORS.search(str(exc)) is not None
+
+
+@contextmanager
+def permanent_errors() -> Iterator[None]:
+    """Fail the task at once, without burning retries, on errors a retry cannot fix (``is_permanent``).
+
+    Anything else propagates unchanged, so Airflow retries it with backoff.
+    """
     try:
         yield
-    except (QuarantineRatioExceeded, LedgerImbalance, ValidationError, ValueError, FileNotFoundError,
-            AirflowNotFoundException) as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        if is_permanent(exc):
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
+def run_stage(run: RunContext, started: dict, stage: Callable, *args: Any, **kwargs: Any) -> dict:
+    """Run ``stage(storage, config, dag_id, dt, *args, **kwargs)`` classifying its errors, then ``track`` it."""
+    with permanent_errors():
+        result = stage(run.storage, run.config, run.dag_id, run.dt, *args, **kwargs)
+    return track(run, started, result)
 
 
 def on_failure(context: dict[str, Any]) -> None:
@@ -217,3 +244,22 @@ def on_failure(context: dict[str, Any]) -> None:
             tracking.close_run(config.tracking, run["mlflow_run_id"], status="FAILED")
     except Exception:  # the callback must never hide the original failure
         log.exception("could not record the failure in MLflow")
+    notify(context)
+
+
+def notify(context: dict[str, Any]) -> None:
+    """Send the failure through the Airflow notifier named by ``DCTP_FAILURE_NOTIFIER`` (``module:Class``), built
+    with the JSON keyword arguments in ``DCTP_FAILURE_NOTIFIER_KWARGS`` — e.g. the Slack or SMTP provider's."""
+    import importlib
+    import json
+
+    target = os.environ.get("DCTP_FAILURE_NOTIFIER")
+    if not target:
+        return
+    try:
+        module, _, name = target.partition(":")
+        notifier = getattr(importlib.import_module(module), name)(
+            **json.loads(os.environ.get("DCTP_FAILURE_NOTIFIER_KWARGS") or "{}"))
+        notifier.notify(context)
+    except Exception:  # a broken notifier must not hide the task's own failure
+        log.exception("DCTP failure notifier %s failed", target)

@@ -1,0 +1,89 @@
+"""The Airflow glue's failure handling, with real errors: what fails at once, what is retried, who is told."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from dctp_common.runtime import is_permanent, on_failure, permanent_errors
+from dctp_tasks.config import load_config
+from dctp_tasks.ledger import LedgerImbalance, check_ledger, ledger_report
+from dctp_tasks.storage import S3Options, Storage
+
+
+def raised(call) -> BaseException:
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    raise AssertionError("expected an error")
+
+
+def test_a_missing_bucket_fails_at_once(moto_server):
+    storage = Storage("s3://no-such-bucket/data", S3Options(endpoint_url=moto_server, access_key="testing",
+                                                            secret_key="testing"))
+    exc = raised(lambda: storage.write_bytes(storage.path("x.txt"), b"x"))
+    assert isinstance(exc, OSError) and is_permanent(exc), exc
+    with pytest.raises(AirflowFailException, match="bucket"):
+        with permanent_errors():
+            storage.write_bytes(storage.path("x.txt"), b"x")
+
+
+def test_an_unreachable_endpoint_is_retried():
+    storage = Storage("s3://bucket/data", S3Options(endpoint_url="http://127.0.0.1:9", access_key="testing",
+                                                    secret_key="testing"))
+    exc = raised(lambda: storage.list_files("landing"))
+    assert isinstance(exc, OSError) and not is_permanent(exc), exc
+    with pytest.raises(OSError):  # propagates unchanged: Airflow retries it with backoff
+        with permanent_errors():
+            storage.list_files("landing")
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda: load_config(overrides={"batch_size": -1}), id="invalid_config"),
+    pytest.param(lambda: pa.table({"a": ["x"]}).cast(pa.schema([("a", pa.int64())])), id="schema_mismatch"),
+    pytest.param(lambda: check_ledger(ledger_report(Storage("file:///nonexistent-dctp-root"), "2026-01-01", 5, 3)),
+                 id="unbalanced_ledger"),
+    pytest.param(lambda: load_config(overrides={"quality.thresholds": {"nope.rule": 1}}), id="unknown_rule"),
+])
+def test_errors_a_retry_cannot_fix_fail_at_once(call):
+    exc = raised(call)
+    assert is_permanent(exc), exc
+    with pytest.raises(AirflowFailException, match=type(exc).__name__):
+        with permanent_errors():
+            call()
+
+
+
+def test_ordinary_errors_propagate_unchanged():
+    assert not is_permanent(ConnectionResetError("reset by peer"))
+    assert not is_permanent(TimeoutError("read timed out"))
+    assert not is_permanent(RuntimeError("a deltalake commit conflict"))
+    assert is_permanent(LedgerImbalance("rows went missing"))
+
+
+def test_failure_callback_logs_one_line_and_calls_the_configured_notifier(tmp_path, monkeypatch, caplog):
+    out = tmp_path / "notified.txt"
+    monkeypatch.setenv("DCTP_FAILURE_NOTIFIER", "tests.dags.notifier_for_tests:FileNotifier")
+    monkeypatch.setenv("DCTP_FAILURE_NOTIFIER_KWARGS", f'{{"path": "{out}"}}')
+    ti = SimpleNamespace(dag_id="dctp_daily", task_id="normalize", run_id="scheduled__1", try_number=3,
+                         xcom_pull=lambda task_ids: None)
+    exc = raised(lambda: load_config(overrides={"batch_size": -1}))
+    with caplog.at_level(logging.ERROR):
+        on_failure({"ti": ti, "task_instance": ti, "exception": exc, "params": {}})
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DCTP task failed")]
+    assert len(lines) == 1 and "dctp_daily.normalize run=scheduled__1 try=3: ValidationError" in lines[0]
+    assert out.read_text() == f"dctp_daily.normalize try 3: ValidationError: {exc}\n"
+
+
+def test_a_broken_notifier_never_hides_the_failure(monkeypatch, caplog):
+    monkeypatch.setenv("DCTP_FAILURE_NOTIFIER", "tests.dags.notifier_for_tests:NoSuchNotifier")
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id="r", try_number=1, xcom_pull=lambda task_ids: None)
+    with caplog.at_level(logging.ERROR):
+        on_failure({"ti": ti, "exception": RuntimeError("boom"), "params": {}})
+    assert any("notifier tests.dags.notifier_for_tests:NoSuchNotifier failed" in r.getMessage()
+               for r in caplog.records)
