@@ -192,10 +192,6 @@ class SemanticDedupConfig(_Strict):
     """IVF cells searched per query when ``nlist`` > 0; more cells, higher recall, slower."""
     survivor: Literal["earliest", "longest"] = "earliest"
     """Who survives within a day: the earliest ``created_at`` (then smallest ``doc_id``), or the longest text."""
-    queue: str = "gpu"
-    """Airflow queue of the embedding task (DESIGN §7)."""
-    pool: str = "gpu"
-    """Airflow pool of the embedding task (DESIGN §7)."""
 
     @field_validator("domain_thresholds")
     @classmethod

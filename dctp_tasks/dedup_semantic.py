@@ -65,7 +65,7 @@ def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
     cfg = config.dedup_semantic
     in_dir, out_dir = staging_dir(dag_id, dt, input_stage), staging_dir(dag_id, dt, STAGE)
     result = StageResult(STAGE, storage.uri(out_dir))
-    step_params = params_hash(cfg.model_dump(mode="json", exclude={"queue", "pool", "device", "batch_size"}))
+    step_params = params_hash(cfg.model_dump(mode="json", exclude={"device", "batch_size"}))
     with Timer() as timer:
         doc_ids, rank, thresholds, vectors, embed_seconds = _day_embeddings(storage, in_dir, cfg, config.batch_size)
         lowest = min([cfg.threshold, *cfg.domain_thresholds.values()])
