@@ -58,7 +58,6 @@ def test_errors_a_retry_cannot_fix_fail_at_once(call):
             call()
 
 
-
 def test_ordinary_errors_propagate_unchanged():
     assert not is_permanent(ConnectionResetError("reset by peer"))
     assert not is_permanent(TimeoutError("read timed out"))
