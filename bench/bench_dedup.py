@@ -172,7 +172,7 @@ def english_texts(n: int, seed: int, chars: int = 600):
 
 def _phase_timers() -> dict[str, float]:
     """Wrap ``dedup_near``'s helpers so each call adds its seconds to the returned dict (keys: phases)."""
-    from dctp_tasks import dedup_near
+    from dctp_tasks.dedup import near as dedup_near
 
     phases = {"signatures": 0.0, "history_scan": 0.0, "lsh_cluster": 0.0, "write_state": 0.0}
     wrapped = {"_day_signatures": "signatures", "_history_matches": "history_scan", "_cluster": "lsh_cluster",
@@ -195,7 +195,7 @@ def _phase_timers() -> dict[str, float]:
 def run_near(root: Path, dag_id: str, dt: str) -> dict:
     """Run ``dedup_near_day`` on ``root`` in this process; return its measurements."""
     from dctp_tasks.config import load_config
-    from dctp_tasks.dedup_near import dedup_near_day
+    from dctp_tasks.dedup.near import dedup_near_day
     from dctp_tasks.storage import Storage
 
     phases = _phase_timers()
@@ -219,7 +219,7 @@ def run_near(root: Path, dag_id: str, dt: str) -> dict:
 def run_semantic(root: Path, n: int, seed: int) -> dict:
     """Stage ``n`` English-like docs and run ``dedup_semantic_day`` on the CPU; model load timed apart."""
     from dctp_tasks.config import load_config
-    from dctp_tasks.dedup_semantic import dedup_semantic_day
+    from dctp_tasks.dedup.semantic import dedup_semantic_day
     from dctp_tasks.models import sentence_encoder
     from dctp_tasks.storage import Storage
 

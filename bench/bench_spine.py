@@ -228,7 +228,7 @@ def run_stages(root: Path, batch_size: int | None, workers: int | None, profile:
 
     import dctp_tasks
     from dctp_tasks.config import load_config
-    from dctp_tasks.dedup_exact import dedup_exact_day
+    from dctp_tasks.dedup.exact import dedup_exact_day
     from dctp_tasks.export import export_day
     from dctp_tasks.ingest import ingest_day
     from dctp_tasks.ledger import ledger_report

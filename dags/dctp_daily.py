@@ -108,7 +108,7 @@ def dctp_daily():
     @task(depends_on_past=True)
     def dedup_exact(started: dict) -> dict:
         """Drop exact duplicates within the day and of every earlier date."""
-        from dctp_tasks.dedup_exact import dedup_exact_day
+        from dctp_tasks.dedup.exact import dedup_exact_day
 
         run = _ctx()
         return _stage(run, started, dedup_exact_day)
@@ -116,7 +116,7 @@ def dctp_daily():
     @task(depends_on_past=True)
     def dedup_near(started: dict) -> dict:
         """Drop near duplicates (MinHash LSH) within the day and of every earlier date; report pairs by threshold."""
-        from dctp_tasks.dedup_near import dedup_near_day
+        from dctp_tasks.dedup.near import dedup_near_day
 
         run = _ctx()
         return _stage(run, started, dedup_near_day)
@@ -124,7 +124,7 @@ def dctp_daily():
     @task(depends_on_past=True, queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
     def dedup_semantic(started: dict) -> dict:
         """Drop semantic duplicates (embedding cosine) within the day and of every earlier date; store embeddings."""
-        from dctp_tasks.dedup_semantic import dedup_semantic_day
+        from dctp_tasks.dedup.semantic import dedup_semantic_day
 
         run = _ctx()
         return _stage(run, started, dedup_semantic_day)

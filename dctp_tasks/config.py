@@ -100,7 +100,7 @@ class NormalizeConfig(_Strict):
 
 
 class NearDedupConfig(_Strict):
-    """MinHash LSH near-duplicate detection (``dctp_tasks.dedup_near``)."""
+    """MinHash LSH near-duplicate detection (``dctp_tasks.dedup.near``)."""
 
     threshold: float = Field(0.7, gt=0.0, le=1.0)
     """Estimated Jaccard similarity of word 5-gram sets at or above which two docs are duplicates (0-1);
@@ -163,7 +163,7 @@ class NearDedupConfig(_Strict):
 
 
 class SemanticDedupConfig(_Strict):
-    """Embedding-based (SemDeDup-style) duplicate detection (``dctp_tasks.dedup_semantic``)."""
+    """Embedding-based (SemDeDup-style) duplicate detection (``dctp_tasks.dedup.semantic``)."""
 
     model: str | None = None
     """sentence-transformers model: a Hugging Face id or a local folder; ``None`` is the all-MiniLM-L6-v2

@@ -9,7 +9,7 @@ from collections import Counter
 import pyarrow.compute as pc
 
 from dctp_tasks.config import load_config
-from dctp_tasks.dedup_exact import dedup_exact_day
+from dctp_tasks.dedup.exact import dedup_exact_day
 from dctp_tasks.export import export_day, open_table, rows_for_dt
 from dctp_tasks.ingest import ingest_day
 from dctp_tasks.ledger import check_ledger, ledger_report, read_rejects

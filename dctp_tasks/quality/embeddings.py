@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from dctp_tasks.config import SemanticDedupConfig
-from dctp_tasks.dedup_semantic import STATE, embed_texts
+from dctp_tasks.dedup.semantic import STATE, embed_texts
 from dctp_tasks.quality.base import ScoringContext
 from dctp_tasks.storage import Storage, state_dir
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dctp_tasks.dedup_semantic import STATE, embed_texts, embeddings_schema
+from dctp_tasks.dedup.semantic import STATE, embed_texts, embeddings_schema
 from dctp_tasks.quality import embeddings
 from dctp_tasks.quality.base import ScoringContext
 from dctp_tasks.quality.embeddings import EmbeddingConfig, EmbeddingLookup

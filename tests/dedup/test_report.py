@@ -5,9 +5,9 @@ import re
 import pyarrow as pa
 import pytest
 
-from dctp_tasks.dedup_report import TEXT_CHARS, DuplicateRates, SamplePair, closest, render_report
+from dctp_tasks.dedup.report import TEXT_CHARS, DuplicateRates, SamplePair, closest, render_report
 from dctp_tasks.storage import Storage
-from tests.test_dedup_near import D1, edited, passage, run, stage, ts
+from tests.dedup.test_near import D1, edited, passage, run, stage, ts
 
 
 @pytest.fixture

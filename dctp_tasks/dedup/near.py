@@ -18,13 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dctp_tasks import minhash
 from dctp_tasks.config import NearDedupConfig, PipelineConfig
-from dctp_tasks.dedup_report import SAMPLE_PAIRS, SamplePair, stage_report
+from dctp_tasks.dedup import minhash
+from dctp_tasks.dedup.report import SAMPLE_PAIRS, SamplePair, stage_report
+from dctp_tasks.dedup.verdicts import apply_verdicts, row_thresholds, survivor_rank
 from dctp_tasks.records import params_hash
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir, state_dir
-from dctp_tasks.verdicts import apply_verdicts, row_thresholds, survivor_rank
 from dctp_tasks.workers import process_pool, worker_count
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pytest
 
 from dctp_tasks.config import load_config
-from dctp_tasks.dedup_near import dedup_near_day
+from dctp_tasks.dedup.minhash import shingles
+from dctp_tasks.dedup.near import dedup_near_day
 from dctp_tasks.ledger import read_rejects
-from dctp_tasks.minhash import shingles
 from dctp_tasks.records import DEDUPED_SCHEMA, content_hashes
 from dctp_tasks.storage import Storage, staging_dir
 from tests.conftest import make_table

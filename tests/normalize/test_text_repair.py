@@ -8,7 +8,7 @@ import ftfy
 import pyarrow as pa
 import pytest
 
-from dctp_tasks import text_repair
+from dctp_tasks.normalize import text_repair
 
 BROKEN = [
     "âœ” No problems",

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from dctp_tasks.config import load_config
-from dctp_tasks.dedup_near import STATE, _match_sorted, dedup_near_day
+from dctp_tasks.dedup.minhash import shingles
+from dctp_tasks.dedup.near import STATE, _match_sorted, dedup_near_day
 from dctp_tasks.ledger import read_rejects
-from dctp_tasks.minhash import shingles
 from dctp_tasks.storage import Storage, staging_dir, state_dir
 from tests.conftest import IN_CI, SHARED_DATA, stage_dedup_input
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import dctp_tasks
-from dctp_tasks.dedup_report import DuplicateRates
+from dctp_tasks.dedup.report import DuplicateRates
 from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.records import append_step, with_column
 from dctp_tasks.storage import Storage

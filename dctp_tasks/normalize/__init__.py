@@ -21,10 +21,10 @@ import pyarrow.compute as pc
 import dctp_tasks
 from dctp_tasks.config import NormalizeConfig, PipelineConfig
 from dctp_tasks.ledger import RejectWriter
+from dctp_tasks.normalize.text_repair import repair
 from dctp_tasks.records import NORMALIZED_SCHEMA, append_step, params_hash, with_column
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir
-from dctp_tasks.text_repair import repair
 from dctp_tasks.workers import process_pool, worker_count
 
 log = logging.getLogger(__name__)

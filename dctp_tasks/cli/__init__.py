@@ -260,5 +260,3 @@ def _render(command: str, out) -> str:
 COMMANDS = {"versions": versions, "show": show, "files": files, "diff": diff, "ledger": ledger, "report": report,
             "rescore": rescore, "train-scorer": train_scorer}
 
-if __name__ == "__main__":
-    sys.exit(main())

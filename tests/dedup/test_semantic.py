@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from dctp_tasks.config import load_config
-from dctp_tasks.dedup_semantic import STATE, dedup_semantic_day, embed_texts
+from dctp_tasks.dedup.semantic import STATE, dedup_semantic_day, embed_texts
 from dctp_tasks.ledger import read_rejects
 from dctp_tasks.storage import Storage, staging_dir, state_dir
 from tests.conftest import stage_dedup_input
@@ -189,7 +189,7 @@ def test_survivor_rule(storage, encoder_config, survivor, dropped):
 @pytest.mark.parametrize("nlist", [0, 4])
 def test_flat_and_ivf_index_find_the_same_pairs(nlist):
     from dctp_tasks.config import SemanticDedupConfig
-    from dctp_tasks.dedup_semantic import _build_index, _day_pairs
+    from dctp_tasks.dedup.semantic import _build_index, _day_pairs
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(400, 32)).astype(np.float32)

@@ -6,7 +6,7 @@ import pytest
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
-from dctp_tasks import minhash
+from dctp_tasks.dedup import minhash
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog, again and again, until the dog wakes up.",

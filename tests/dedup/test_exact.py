@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from dctp_tasks.config import load_config
-from dctp_tasks.dedup_exact import STATE, STATE_SCHEMA, dedup_exact_day
+from dctp_tasks.dedup.exact import STATE, STATE_SCHEMA, dedup_exact_day
 from dctp_tasks.ledger import read_rejects
 from dctp_tasks.records import DEDUPED_SCHEMA, NORMALIZED_SCHEMA, content_hashes
 from dctp_tasks.storage import Storage, staging_dir, state_dir
