@@ -3,12 +3,15 @@
 
 Turns one day of raw text and instruction data into a new version of the curated Delta table:
 
-`start_run` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` → `dedup_semantic` → `score` →
+`start_run` → `wait_for_landing` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` → `dedup_semantic` → `score` →
 `score_models` → `decide` → `export` → `finish_run`
 
 * **Partition**: each run processes the landing folders `landing/{source}/dt=YYYY-MM-DD` of its data
   interval start (manual runs without a logical date use their `run_after` day) and the configured
   PostgreSQL tables' rows inside the interval.
+* **Missing data waits, then fails**: `wait_for_landing` (a reschedule-mode sensor: no worker slot is held)
+  checks that every configured source has data for the date, and fails naming what is missing once
+  `ingest.wait_timeout_minutes` have passed since the day ended — unless the source says `allow_empty`.
 * **Nothing is lost**: malformed rows are quarantined, short/long texts filtered, duplicates recorded
   with `duplicate_of`; `finish_run` fails the run unless
   `ingested = exported + duplicates + filtered + quarantined`. Inspect with `dctp ledger DATE`.
@@ -31,9 +34,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task
 
-from dctp_common.dag_defaults import CONFIG_OVERRIDES, DEFAULT_ARGS, GPU_POOL, GPU_QUEUE, QUALITY_PARAMS
+from dctp_common.dag_defaults import (
+    CONFIG_OVERRIDES,
+    DEFAULT_ARGS,
+    GPU_POOL,
+    GPU_QUEUE,
+    LANDING_POKE_SECONDS,
+    LANDING_SENSOR_TIMEOUT,
+    QUALITY_PARAMS,
+)
 
 PARAMS = {
     "sources": Param([], type="array", items={"type": "string"}, title="Sources",
@@ -88,6 +99,14 @@ def dctp_daily():
         run = _ctx()
         return start_tracking(run, run.dag_id)
 
+    @task.sensor(mode="reschedule", poke_interval=LANDING_POKE_SECONDS, timeout=LANDING_SENSOR_TIMEOUT,
+                 execution_timeout=timedelta(minutes=10))
+    def wait_for_landing(started: dict) -> PokeReturnValue:
+        """Wait for every expected source's data of the date; fail, naming what is missing, past the deadline."""
+        from dctp_common.runtime import landing_ready, postgres_connector
+
+        return landing_ready(_ctx(), postgres_connector())
+
     @task
     def ingest(started: dict) -> dict:
         """Read every landing file and configured table of the date; quarantine malformed rows."""
@@ -98,71 +117,66 @@ def dctp_daily():
         return _stage(run, started, ingest_day, interval=run.interval, connect=postgres_connector())
 
     @task
-    def normalize(started: dict) -> dict:
+    def normalize(started: dict, ingested: dict) -> dict:
         """Repair Unicode, collapse whitespace, filter by length and identify the language."""
         from dctp_tasks.normalize import normalize_day
 
-        run = _ctx()
-        return _stage(run, started, normalize_day)
+        return _stage(_ctx(), started, normalize_day, upstream=ingested)
 
     @task(depends_on_past=True)
-    def dedup_exact(started: dict) -> dict:
+    def dedup_exact(started: dict, normalized: dict) -> dict:
         """Drop exact duplicates within the day and of every earlier date."""
         from dctp_tasks.dedup.exact import dedup_exact_day
 
-        run = _ctx()
-        return _stage(run, started, dedup_exact_day)
+        return _stage(_ctx(), started, dedup_exact_day, upstream=normalized)
 
     @task(depends_on_past=True)
-    def dedup_near(started: dict) -> dict:
+    def dedup_near(started: dict, deduped: dict) -> dict:
         """Drop near duplicates (MinHash LSH) within the day and of every earlier date; report pairs by threshold."""
         from dctp_tasks.dedup.near import dedup_near_day
 
-        run = _ctx()
-        return _stage(run, started, dedup_near_day)
+        return _stage(_ctx(), started, dedup_near_day, upstream=deduped)
 
     @task(depends_on_past=True, queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
-    def dedup_semantic(started: dict) -> dict:
+    def dedup_semantic(started: dict, deduped: dict) -> dict:
         """Drop semantic duplicates (embedding cosine) within the day and of every earlier date; store embeddings."""
         from dctp_tasks.dedup.semantic import dedup_semantic_day
 
-        run = _ctx()
-        return _stage(run, started, dedup_semantic_day)
+        return _stage(_ctx(), started, dedup_semantic_day, upstream=deduped)
 
     @task
-    def score(started: dict) -> dict:
+    def score(started: dict, deduped: dict) -> dict:
         """Run the CPU scorers (heuristics, language, PII, credibility) and store their scores."""
         from dctp_tasks.quality.scoring import score_day
 
-        run = _ctx()
-        return _stage(run, started, score_day, "cpu")
+        return _stage(_ctx(), started, score_day, "cpu", upstream=deduped)
 
     @task(queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
     def score_models(started: dict, scored: dict) -> dict:
         """Run the model scorers (perplexity, toxicity, relevance, classifiers); reuse unchanged scores."""
         from dctp_tasks.quality.scoring import score_day
 
-        run = _ctx()
-        return _stage(run, started, score_day, "gpu", input_stage=scored["output_stage"])
+        return _stage(_ctx(), started, score_day, "gpu", upstream=scored)
 
     @task
     def decide(started: dict, scored: dict) -> dict:
         """Apply the rules and the composite to the stored scores: filter, mark review rows, redact PII, report."""
         from dctp_tasks.quality.decide import decide_day
 
-        run = _ctx()
-        return _stage(run, started, decide_day, input_stage=scored["output_stage"])
+        return _stage(_ctx(), started, decide_day, upstream=scored)
 
     @task(depends_on_past=True)
-    def export(started: dict, stages: list[dict]) -> dict:
-        """Commit the last stage's output to the Delta table as one new version, replacing only its date."""
-        from dctp_tasks.export import export_day
+    def export(started: dict, ingested: dict, decided: dict, dropped: list[dict]) -> dict:
+        """Commit the decided rows to the Delta table as one new version replacing only their date, with the ledger
+        of every stage that dropped rows in this run."""
+        from dctp_tasks.export import Staged, export_day
 
         run = _ctx()
-        counts = {f"{r['stage']}_dropped": r["dropped"] for r in stages}
-        return _stage(run, started, export_day, run_id=run.run_id, input_stage=stages[-1]["stage"],
-                      metadata={"mlflow_run_id": started["mlflow_run_id"] or "", "ingested": stages[0]["total"],
-                                **counts})
+        return _stage(run, started, export_day, run_id=run.run_id, ingested=ingested["total"],
+                      rows=Staged(run.dag_id, decided["output_stage"], decided["version"]),
+                      ledger=[Staged(run.dag_id, r["stage"], r["version"]) for r in dropped],
+                      metadata={"mlflow_run_id": started["mlflow_run_id"] or "",
+                                **{f"{r['stage']}_dropped": r["dropped"] for r in dropped}})
 
     @task(execution_timeout=timedelta(minutes=30))
     def finish_run(started: dict, ingested: dict, exported: dict) -> dict:
@@ -173,16 +187,14 @@ def dctp_daily():
 
     started = start_run()
     ingested = ingest(started)
-    normalized = normalize(started)
-    deduped = dedup_exact(started)
-    near_deduped = dedup_near(started)
-    semantic_deduped = dedup_semantic(started)
-    scored = score(started)
-    model_scored = score_models(started, scored)
+    wait_for_landing(started) >> ingested
+    normalized = normalize(started, ingested)
+    exact = dedup_exact(started, normalized)
+    near = dedup_near(started, exact)
+    semantic = dedup_semantic(started, near)
+    model_scored = score_models(started, score(started, semantic))
     decided = decide(started, model_scored)
-    exported = export(started, [ingested, normalized, deduped, near_deduped, semantic_deduped, scored, model_scored,
-                                decided])
-    ingested >> normalized >> deduped >> near_deduped >> semantic_deduped >> scored
+    exported = export(started, ingested, decided, dropped=[ingested, normalized, exact, near, semantic, decided])
     finish_run(started, ingested, exported)
 
 

@@ -6,10 +6,12 @@ Applies new quality thresholds to a date the daily DAG already scored, **without
 `start_run` → `decide` → `export` → `finish_run`
 
 * `decide` reads the scores `dctp_daily` stored for **date** (`staging/dctp_daily/dt=…/score_models`), applies the
-  rules and the composite with this run's thresholds, and rewrites the date's `quality` output and its
-  `filtered` ledger rows (other stages' ledger rows are untouched).
-* `export` commits the result as a new Delta version replacing only that date; `finish_run` proves the ledger
-  still balances and closes the MLflow run (experiment `dctp_rescore`).
+  rules and the composite with this run's thresholds, and publishes its own `quality` output and `filtered` rows
+  (under `staging/dctp_rescore/`: the daily DAG's staged data is never touched).
+* `export` commits the result as a new Delta version replacing only that date, with the date's last ledger whose
+  quality rows are replaced by this run's (other stages' drops are unchanged); `finish_run` proves that ledger
+  balances and closes the MLflow run (experiment `dctp_rescore`). A daily run of the same date may commit before or
+  after it: each version's ledger balances against that version, and the last commit wins.
 * Thresholds by `scorer.rule`, e.g. `{"toxicity.toxic": 0.9, "heuristics.too_few_words": 30}`; `null` switches a
   rule off. The same from a shell: `dctp rescore DATE --set toxicity.toxic=0.9 --export`.
 """
@@ -60,26 +62,28 @@ def dctp_rescore():
     @task
     def decide(started: dict) -> dict:
         """Re-decide the date from its stored scores with this run's thresholds (no model runs)."""
-        from dctp_common.runtime import permanent_errors, run_stage
+        from dctp_common.runtime import permanent_errors, run_stage, scored_by
         from dctp_tasks.quality.decide import decide_day, scored_stage
 
-        run = _ctx()
+        run, source = _ctx(), scored_by(get_current_context())
         with permanent_errors():
-            scored = scored_stage(run.storage, run.dag_id, run.dt)
-        return run_stage(run, started, decide_day, input_stage=scored)
+            scored = scored_stage(run.storage, source, run.dt)
+        return run_stage(run, started, decide_day, input_stage=scored, source_dag_id=source)
 
     @task
     def export(started: dict, decided: dict) -> dict:
-        """Commit the re-decided date as a new Delta version, replacing only that date."""
+        """Commit the re-decided date as a new Delta version replacing only that date; its ledger is the last
+        commit's with the quality stage's drops replaced by this run's."""
         from dctp_common.runtime import permanent_errors, run_stage
-        from dctp_tasks.export import export_day, ingested_count
+        from dctp_tasks.export import Staged, export_day, ingested_count
 
         run = _ctx()
         with permanent_errors():
             ingested = ingested_count(run.storage, run.config.export.dataset_name, run.dt)
-        result = run_stage(run, started, export_day, run_id=run.run_id, input_stage=decided["stage"],
-                           metadata={"mlflow_run_id": started["mlflow_run_id"] or "", "ingested": ingested,
-                                     "rescored_by": "dctp_rescore"})
+        rows = Staged(run.dag_id, decided["stage"], decided["version"])
+        result = run_stage(run, started, export_day, run_id=run.run_id, rows=rows, ledger=[rows], ingested=ingested,
+                           keep_committed_ledger=True, metadata={"mlflow_run_id": started["mlflow_run_id"] or "",
+                                                                 "rescored_by": "dctp_rescore"})
         return {**result, "ingested": ingested}
 
     @task(execution_timeout=timedelta(minutes=30))

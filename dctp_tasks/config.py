@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dctp_tasks.storage import NAME_PATTERN
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "include" / "config" / "dctp.yaml"
 
@@ -36,7 +39,13 @@ class PostgresSourceConfig(_Strict):
     conn_id: str = "dctp_source_pg"
     table: str
     timestamp_column: str = "created_at"
+    """Column whose value places a row in a day (the business timestamp). Rows where it is NULL, and rows inserted
+    after their day ran, are read by no run unless ``ingested_at_column`` is set."""
     schema_name: str = Field("public", alias="schema")
+    ingested_at_column: str | None = None
+    """Column the table fills at insert time (e.g. ``inserted_at timestamptz NOT NULL DEFAULT now()``). When set, a
+    run reads the rows that arrived in its interval instead of those timestamped in it, so late rows and rows with a
+    NULL ``timestamp_column`` are ingested by the run of the day they arrived. ``None``: select by timestamp."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -54,6 +63,9 @@ class SourceConfig(_Strict):
     join_with: str = "\n\n"
     postgres: PostgresSourceConfig | None = None
     enabled: bool = True
+    allow_empty: bool = False
+    """This source may have no data on a day: the run does not wait for it (``IngestConfig.wait_timeout_minutes``)
+    nor fail without it. Off, a day without its files (or table rows) waits, then fails naming the source."""
 
     @field_validator("fields")
     @classmethod
@@ -75,6 +87,11 @@ class IngestConfig(_Strict):
     """Largest share of a day's input rows that may be quarantined before ingest fails (0.05 = 5 %)."""
     include_sources: list[str] = Field(default_factory=list)
     """Only ingest these source folders / tables (empty: all). A DAG Param sets it per run."""
+    wait_timeout_minutes: int = Field(360, ge=0)
+    """Minutes after a run's data interval ends that it waits for every expected source's landing data before
+    failing (360 = until 06:00 the next day for a daily run); 0 fails at once. A source with ``allow_empty`` is
+    not waited for. A date far in the past (a backfill) is past its deadline, so it fails at once when data is
+    missing."""
 
     def source(self, name: str) -> SourceConfig:
         return self.sources.get(name, SourceConfig())
@@ -207,7 +224,14 @@ class SemanticDedupConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    dataset_name: str = "curated"
+    dataset_name: str = Field("curated", pattern=NAME_PATTERN)
+    """The Delta table's name: ``datasets/{dataset_name}`` under the data root (one path segment)."""
+    meta_fields: list[str] = Field(default_factory=lambda: ["_file", "_line"])
+    """Keys of each row's ``meta`` JSON that are exported; every other key is dropped. ``meta`` collects a source's
+    unmapped columns, which may hold personal data (an author's e-mail), so it is an allow-list. The default keeps
+    only the provenance ingest adds: the landing file and line."""
+    redact_meta: bool = True
+    """Redact PII (e-mails, phones, card numbers …) from the exported ``meta`` values' text."""
     validation_fraction: float = Field(0.05, ge=0.0, le=0.5)
     """Share of doc_ids hashed into ``validation``; stable across versions because it hashes the id."""
     test_fraction: float = Field(0.05, ge=0.0, le=0.5)
@@ -223,7 +247,7 @@ class TrackingConfig(_Strict):
 
 
 DEFAULT_SCORERS: dict[str, dict[str, Any]] = {
-    "heuristics": {}, "language": {}, "pii": {}, "credibility": {}, "perplexity": {}, "relevance": {},
+    "heuristics": {}, "language": {}, "pii": {}, "credibility": {}, "perplexity": {}, "relevance": {}, "toxicity": {},
 }
 
 
@@ -277,6 +301,33 @@ class PipelineConfig(_Strict):
         """Return the resolved settings as ``dotted.key -> value`` strings (MLflow params)."""
         return {key: json.dumps(value) if not isinstance(value, str) else value
                 for key, value in _flatten(self.model_dump(mode="json", by_alias=True)).items()}
+
+
+#: The settings a run's ``config_overrides`` may change: thresholds, budgets, sizes and switches of what runs.
+#: ``*`` stands for one name (a scorer). Sources, connections, model paths, the table name and tracking stay with
+#: whoever deploys the config file: anyone allowed to trigger a run could otherwise point it elsewhere.
+RUN_OVERRIDABLE: tuple[str, ...] = (
+    "batch_size",
+    "ingest.include_sources", "ingest.max_quarantine_ratio",
+    "normalize.min_chars", "normalize.max_chars", "normalize.fix_unicode", "normalize.uncurl_quotes",
+    "dedup_near.threshold", "dedup_near.domain_thresholds", "dedup_near.bucket_window",
+    "dedup_semantic.threshold", "dedup_semantic.domain_thresholds", "dedup_semantic.batch_size",
+    "dedup_semantic.history_batch_size", "dedup_semantic.nprobe",
+    "quality.enabled", "quality.thresholds", "quality.domain_thresholds", "quality.weights", "quality.min_quality",
+    "quality.review_below", "quality.scorers.*.enabled", "quality.scorers.*.batch_size",
+    "export.validation_fraction", "export.test_fraction",
+)
+
+
+def check_run_overrides(overrides: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming every key of ``overrides`` that a run may not change, with the keys it may."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"config_overrides must be an object of dotted keys, got {type(overrides).__name__}")
+    patterns = [re.compile("^" + re.escape(p).replace(r"\*", r"[^.]+") + "$") for p in RUN_OVERRIDABLE]
+    refused = sorted(k for k in overrides if not any(p.match(str(k)) for p in patterns))
+    if refused:
+        raise ValueError(f"config_overrides may not change {', '.join(map(repr, refused))}: a run may override only "
+                         f"{', '.join(RUN_OVERRIDABLE)} (change the rest in the config file, DCTP_CONFIG)")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

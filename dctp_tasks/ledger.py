@@ -1,7 +1,9 @@
-"""Row accounting: every input row ends exported, duplicate, filtered or quarantined (DESIGN §4).
+"""Row accounting: every input row ends exported, duplicate, filtered or quarantined.
 
-Stages write their dropped rows to ``{root}/rejects/dt=D/{stage}-NNNNN.parquet``; ``check_ledger``
-proves ``ingested = exported + duplicates + filtered + quarantined`` for a date from the data itself.
+Each stage writes the rows it drops (``REJECT_SCHEMA``: doc_id, stage, outcome, reason, detail, duplicate_of, and
+for malformed input its file and line) next to the rows it keeps; the export gathers one run's dropped rows into
+the date's ledger, which its Delta commit names. ``check_ledger`` proves
+``ingested = exported + duplicates + filtered + quarantined`` for a date from the data itself.
 """
 
 from __future__ import annotations
@@ -35,24 +37,20 @@ class LedgerImbalance(RuntimeError):
     """Rows went missing (or appeared) between ingest and export."""
 
 
-def rejects_dir(dt: str) -> str:
-    return f"rejects/dt={dt}"
-
-
 class RejectWriter:
-    """Buffer one stage's dropped rows and stream them to the date's rejects folder.
+    """Buffer one stage's dropped rows and stream them as Parquet into ``folder`` (relative to the root).
 
-    Opening it deletes only this stage's earlier reject files, so re-running a stage replaces its own
-    ledger entries and nothing else.
+    The stages write into the version of their output they are publishing, so a stage's dropped rows switch
+    together with its kept rows.
     """
 
-    def __init__(self, storage: Storage, dt: str, stage: str, flush_rows: int = 50_000) -> None:
+    def __init__(self, storage: Storage, folder: str, dt: str, stage: str, flush_rows: int = 50_000) -> None:
         self.dt = dt
         self.stage = stage
         self.counts: Counter[str] = Counter()
         self._rows: dict[str, list] = {name: [] for name in REJECT_SCHEMA.names}
         self._flush_rows = flush_rows
-        self._writer = PartWriter(storage, storage.path(rejects_dir(dt)), REJECT_SCHEMA, prefix=stage)
+        self._writer = PartWriter(storage, storage.path(folder), REJECT_SCHEMA)
 
     def __enter__(self) -> RejectWriter:
         self._writer.__enter__()
@@ -98,13 +96,6 @@ class RejectWriter:
         return sum(self.counts.values())
 
 
-def read_rejects(storage: Storage, dt: str) -> pa.Table:
-    """Return every dropped row of date ``dt`` (empty table when there are none)."""
-    if not storage.list_files(rejects_dir(dt)):
-        return REJECT_SCHEMA.empty_table()
-    return storage.read_table(rejects_dir(dt))
-
-
 @dataclass
 class LedgerReport:
     dt: str
@@ -140,9 +131,8 @@ class LedgerReport:
         return "\n".join(lines)
 
 
-def ledger_report(storage: Storage, dt: str, ingested: int, exported: int) -> LedgerReport:
-    """Count the date's rejects by outcome and reason against what was ingested and exported."""
-    rejects = read_rejects(storage, dt)
+def ledger_report(rejects: pa.Table, dt: str, ingested: int, exported: int) -> LedgerReport:
+    """Count a date's dropped rows by outcome and reason against what was ingested and exported."""
     by_outcome = {o: 0 for o in OUTCOMES}
     by_reason: dict[str, int] = {}
     if rejects.num_rows:

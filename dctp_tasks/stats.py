@@ -1,6 +1,7 @@
-"""What every stage returns: output URI, ``total / kept / dropped / dropped_<reason>``, seconds, rows/s.
+"""What every stage returns: output URI and version, ``total / kept / dropped / dropped_<reason>``, seconds, rows/s.
 
-The result is small and JSON-safe: it becomes the task's XCom and the stage's MLflow metrics.
+The result is small and JSON-safe: it becomes the task's XCom and the stage's MLflow metrics. ``output_stage`` and
+``version`` name the staged output the next stage reads (a stage with nothing to do passes its input on).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ class StageResult:
     dropped_by_reason: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     extra: dict[str, float | int | str] = field(default_factory=dict)
+    version: str | None = None
+    """The version of the staged output this run published (or reused, or passed on)."""
+    output_stage: str | None = None
+    """Whose staged output holds this result's rows: the stage itself unless it passed its input on."""
 
     @property
     def dropped(self) -> int:
@@ -37,6 +42,8 @@ class StageResult:
             "seconds": round(self.seconds, 3),
             "rows_per_s": round(self.total / self.seconds, 1) if self.seconds > 0 else 0.0,
             "code_version": dctp_tasks.__version__,
+            "output_stage": self.output_stage or self.stage,
+            "version": self.version,
         }
         out.update({f"dropped_{reason}": count for reason, count in sorted(self.dropped_by_reason.items())})
         out.update(self.extra)

@@ -1,13 +1,18 @@
 """One storage layer for ``file://`` and ``s3://`` data roots: paths, Parquet I/O and Delta options.
 
-Every stage goes through ``Storage``; nothing else knows whether the root is local or S3 (DESIGN §6).
+Every stage goes through ``Storage``; nothing else knows whether the root is local or S3. Every path it builds
+stays under the root: names that come from config or a trigger form (a DAG id, a dataset name) are checked
+against ``NAME_PATTERN`` and a resolved path outside the root is refused.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
+import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -41,14 +46,42 @@ class S3Options:
         )
 
 
+POINTER = "_CURRENT.json"
+"""The file naming a published folder's current version (see ``dctp_tasks.publish``)."""
+VERSION_PREFIX = "v-"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+"""What a name that becomes one path segment may look like (DAG ids, stage, state and dataset names)."""
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+
+
+class UnsafePath(ValueError):
+    """A name or path would leave the data root (``..``, a slash, an absolute path)."""
+
+
+def check_name(value: str, what: str) -> str:
+    """Return ``value`` if it is a safe single path segment, else raise ``UnsafePath`` naming ``what``."""
+    if not isinstance(value, str) or not re.match(NAME_PATTERN, value) or ".." in value:
+        raise UnsafePath(f"{what} {value!r} is not a valid name: use letters, digits, '_', '.', '-' "
+                         f"(pattern {NAME_PATTERN}, no '..')")
+    return value
+
+
+def check_date(value: str, what: str = "dt") -> str:
+    """Return ``value`` if it is a ``YYYY-MM-DD`` date, else raise ``UnsafePath``."""
+    if not isinstance(value, str) or not re.match(DATE_PATTERN, value):
+        raise UnsafePath(f"{what} {value!r} is not a date YYYY-MM-DD")
+    return value
+
+
 def staging_dir(dag_id: str, dt: str, stage: str) -> str:
     """Return the per-run intermediate folder of ``stage`` (relative to the root)."""
-    return f"staging/{dag_id}/dt={dt}/{stage}"
+    return f"staging/{check_name(dag_id, 'DAG id')}/dt={check_date(dt)}/{check_name(stage, 'stage')}"
 
 
 def state_dir(name: str, dt: str | None = None) -> str:
     """Return a cross-run index folder, or one date's partition of it."""
-    return f"state/{name}" if dt is None else f"state/{name}/dt={dt}"
+    check_name(name, "state name")
+    return f"state/{name}" if dt is None else f"state/{name}/dt={check_date(dt)}"
 
 
 class Storage:
@@ -78,8 +111,12 @@ class Storage:
 
     # paths -----------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
-        """Return the filesystem path of ``parts`` under the root."""
-        return posixpath.join(self.base, *[p.strip("/") for p in parts if p])
+        """Return the filesystem path of ``parts`` under the root; refuse one that resolves outside it."""
+        joined = posixpath.join(self.base, *[p.strip("/") for p in parts if p])
+        normal = posixpath.normpath(joined)
+        if normal != self.base and not normal.startswith(self.base.rstrip("/") + "/"):
+            raise UnsafePath(f"{'/'.join(parts)!r} resolves to {normal}, outside the data root {self.root}")
+        return joined if normal == joined else normal
 
     def uri(self, *parts: str) -> str:
         """Return the full URI (``file://`` or ``s3://``) of ``parts`` under the root."""
@@ -89,10 +126,26 @@ class Storage:
         return posixpath.relpath(path, self.base)
 
     # listing and files -----------------------------------------------------------------------
-    def list_files(self, *parts: str, recursive: bool = True) -> list[str]:
-        """Return the sorted file paths under ``parts`` (empty when the folder does not exist)."""
-        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True, recursive=recursive)
-        return sorted(info.path for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
+    def list_files(self, *parts: str, recursive: bool = True, published: bool = True) -> list[str]:
+        """Return the sorted file paths under ``parts`` (empty when the folder does not exist).
+
+        A published folder (one holding a ``_CURRENT.json`` pointer) lists as its current version's files only,
+        so a reader never mixes versions; ``published=False`` lists everything there is.
+        """
+        path = self.path(*parts)
+        selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
+        files = sorted(info.path for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
+        pointer = posixpath.join(path, POINTER)
+        if published and pointer in files:
+            try:
+                version = json.loads(self.read_bytes(pointer))["version"]
+            except FileNotFoundError:  # listed, then replaced: read the listing again
+                return self.list_files(*parts, recursive=recursive)
+            inside = posixpath.join(path, VERSION_PREFIX + version) + "/"
+            if not recursive:
+                return []
+            files = [f for f in files if f.startswith(inside)]
+        return files
 
     def list_dirs(self, *parts: str) -> list[str]:
         """Return the names of the folders directly under ``parts``."""
@@ -119,9 +172,17 @@ class Storage:
             return stream.read()
 
     def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a small file whole: readers see the old content or the new, never a part of it.
+
+        An S3 PUT replaces an object atomically; on a local disk the bytes go to a temporary file that is then
+        renamed over the target (``rename`` is atomic on POSIX).
+        """
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        with self.fs.open_output_stream(path, compression=None) as stream:
+        target = path if self.scheme == "s3" else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(target, compression=None) as stream:
             stream.write(data)
+        if target != path:
+            self.fs.move(target, path)
 
     # parquet ---------------------------------------------------------------------------------
     def writer(self, *parts: str, schema: pa.Schema, prefix: str = "part", compression: str | dict = "zstd",

@@ -1,4 +1,9 @@
-"""MLflow: one run per DAG run (experiment per DAG), per-stage metrics under the stage's prefix (DESIGN §9)."""
+"""MLflow: one run per DAG run (experiment per DAG), per-stage metrics under the stage's prefix.
+
+A re-run of a DAG run reopens its MLflow run while it runs with the same settings; MLflow params cannot change,
+so a re-run with other settings gets a fresh MLflow run (same run name, tagged ``dctp.supersedes``) and the old
+one is tagged ``dctp.superseded_by``: the run a DAG run points at always shows the config it actually ran with.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from dctp_tasks.config import TrackingConfig
 log = logging.getLogger(__name__)
 
 RUN_ID_TAG = "airflow.run_id"
+SUPERSEDES_TAG = "dctp.supersedes"
+SUPERSEDED_BY_TAG = "dctp.superseded_by"
 MAX_PARAM_LENGTH = 6000
 
 
@@ -36,30 +43,45 @@ def _client(config: TrackingConfig):
 
 def open_run(config: TrackingConfig, experiment: str, run_name: str, tags: dict[str, str],
              params: dict[str, str]) -> str:
-    """Return the MLflow run id for this DAG run, creating it, or reopening it when the run is re-run."""
+    """Return the MLflow run id for this DAG run: create it, or reopen it when the DAG run is re-run with the same
+    params; a re-run with changed params gets a new MLflow run that supersedes the old one."""
     client = _client(config)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(
         experiment, artifact_location=f"{artifact_root(config).rstrip('/')}/{experiment}")
     existing = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run_name}'",
                                   max_results=1, order_by=["attributes.start_time DESC"])
-    if existing:
+    fresh = {k: v[:MAX_PARAM_LENGTH] for k, v in params.items()}
+    if existing and _same_params(existing[0].data.params, fresh):
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        for key, value in tags.items():  # tags can change (e.g. a new config hash): show the current ones
+            client.set_tag(run_id, key, value)
         log.info("reopened MLflow run %s for %s", run_id, run_name)
     else:
-        run_id = client.create_run(experiment_id, run_name=run_name, tags={RUN_ID_TAG: run_name, **tags}).info.run_id
-        log.info("created MLflow run %s for %s", run_id, run_name)
-    _log_params(client, run_id, params)
+        extra = {SUPERSEDES_TAG: existing[0].info.run_id} if existing else {}
+        run_id = client.create_run(experiment_id, run_name=run_name,
+                                   tags={RUN_ID_TAG: run_name, **tags, **extra}).info.run_id
+        if existing:
+            client.set_tag(existing[0].info.run_id, SUPERSEDED_BY_TAG, run_id)
+            log.info("created MLflow run %s for %s: its settings differ from run %s's, which it supersedes",
+                     run_id, run_name, existing[0].info.run_id)
+        else:
+            log.info("created MLflow run %s for %s", run_id, run_name)
+    _log_params(client, run_id, fresh)
     return run_id
+
+
+def _same_params(logged: dict[str, str], params: dict[str, str]) -> bool:
+    """Return whether ``params`` equal what the run logged (a run that logged none yet matches anything)."""
+    return not logged or logged == params
 
 
 def _log_params(client, run_id: str, params: dict[str, str]) -> None:
     from mlflow.entities import Param
 
     current = client.get_run(run_id).data.params
-    # MLflow params are immutable: a re-run logs only the keys it has not logged yet.
-    fresh = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items()) if k not in current]
+    fresh = [Param(k, v) for k, v in sorted(params.items()) if k not in current]
     for start in range(0, len(fresh), 100):
         client.log_batch(run_id, params=fresh[start:start + 100])
 

@@ -139,6 +139,20 @@ def airflow_db():
     return _AIRFLOW_HOME
 
 
+def config_file(folder: Path, settings: dict) -> Path:
+    """Write the default config with ``settings`` (dotted keys) applied to ``folder/dctp.yaml``; return its path."""
+    import yaml
+
+    from dctp_tasks.config import DEFAULT_CONFIG_PATH, _set_dotted
+
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    for key, value in settings.items():
+        _set_dotted(data, key, value)
+    path = Path(folder) / "dctp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def make_table(texts: list[str], **columns):
     """Build a ``CORE_SCHEMA`` table from texts; keyword columns override defaults (lists of values)."""
     import pyarrow as pa
@@ -164,12 +178,39 @@ def make_table(texts: list[str], **columns):
     return pa.Table.from_arrays(arrays, schema=CORE_SCHEMA)
 
 
+def publish_stage(storage, dag_id: str, dt: str, stage: str, table, drops: list[tuple] = ()) -> str:
+    """Publish ``table`` as ``stage``'s staged rows for ``dt`` (as the stage would), and ``drops`` —
+    ``(doc_id, outcome, reason)`` — as the rows it dropped; return the version."""
+    from dctp_tasks.ledger import RejectWriter
+    from dctp_tasks.staging import REJECTS, ROWS, stage_output
+
+    with stage_output(storage, dag_id, dt, stage) as out, out.writer(ROWS, schema=table.schema) as writer, \
+            RejectWriter(storage, out.sub(REJECTS), dt, stage) as dropped:
+        writer.write(table)
+        for doc_id, outcome, reason in drops:
+            dropped.add(doc_id, outcome, reason)
+    return out.version
+
+
+def staged(storage, dag_id: str, dt: str, stage: str, columns: list[str] | None = None):
+    """Return the rows of ``stage``'s current staged output for ``dt``."""
+    from dctp_tasks.staging import stage_rows
+
+    return storage.read_table(stage_rows(storage, dag_id, dt, stage), columns=columns)
+
+
+def rejects(storage, dag_id: str, dt: str):
+    """Return every row the current versions of ``dag_id``'s stages dropped for ``dt``."""
+    from dctp_tasks.staging import staged_rejects
+
+    return staged_rejects(storage, dag_id, dt)
+
+
 def stage_dedup_input(storage, dag_id: str, dt: str, stage: str, rows: list[tuple]) -> None:
-    """Write ``stage``'s output for ``dt`` (a dedup stage's input) from ``(doc_id, text[, created_at[, domain]])``."""
+    """Publish ``stage``'s output for ``dt`` (a dedup stage's input): ``(doc_id, text[, created_at[, domain]])``."""
     import pyarrow as pa
 
     from dctp_tasks.records import DEDUPED_SCHEMA, content_hashes
-    from dctp_tasks.storage import staging_dir
 
     n = len(rows)
     texts = [r[1] for r in rows]
@@ -179,5 +220,4 @@ def stage_dedup_input(storage, dag_id: str, dt: str, stage: str, rows: list[tupl
     table = table.append_column("lang", pa.array(["en"] * n, pa.string()))
     table = table.append_column("lang_score", pa.array([0.9] * n, pa.float32()))
     table = table.append_column("content_hash", content_hashes(pa.array(texts, pa.string())))
-    with storage.writer(staging_dir(dag_id, dt, stage), schema=DEDUPED_SCHEMA) as writer:
-        writer.write(table)
+    publish_stage(storage, dag_id, dt, stage, table.cast(DEDUPED_SCHEMA))

@@ -1,20 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pyarrow as pa
 import pytest
 
-from dctp_tasks.ledger import (
-    REJECT_SCHEMA,
-    LedgerImbalance,
-    RejectWriter,
-    check_ledger,
-    ledger_report,
-    read_rejects,
-    rejects_dir,
-)
+from dctp_tasks.ledger import REJECT_SCHEMA, LedgerImbalance, RejectWriter, check_ledger, ledger_report
+from dctp_tasks.staging import REJECTS, stage_output, staged_rejects
 from dctp_tasks.storage import Storage
 
 DT = "2026-03-01"
+DAG = "dag"
 
 
 @pytest.fixture
@@ -22,12 +19,24 @@ def storage(tmp_path) -> Storage:
     return Storage(f"file://{tmp_path}")
 
 
+@contextmanager
+def writer(storage: Storage, stage: str, dt: str = DT, **kwargs) -> Iterator[RejectWriter]:
+    """Publish a new version of ``stage``'s output for ``dt`` whose dropped rows the yielded writer takes."""
+    with stage_output(storage, DAG, dt, stage) as out, \
+            RejectWriter(storage, out.sub(REJECTS), dt, stage, **kwargs) as rejects:
+        yield rejects
+
+
 def write(storage: Storage, stage: str, rows: list[tuple[str, str, str]], dt: str = DT) -> RejectWriter:
-    """Write ``(doc_id, outcome, reason)`` rejects for ``stage``."""
-    with RejectWriter(storage, dt, stage) as rejects:
+    """Publish ``(doc_id, outcome, reason)`` rejects as ``stage``'s drops."""
+    with writer(storage, stage, dt) as rejects:
         for doc_id, outcome, reason in rows:
             rejects.add(doc_id, outcome, reason, f"detail of {doc_id}")
     return rejects
+
+
+def read_rejects(storage: Storage, dt: str) -> pa.Table:
+    return staged_rejects(storage, DAG, dt)
 
 
 def by_stage(storage: Storage, dt: str = DT) -> dict[str, list[str]]:
@@ -38,7 +47,7 @@ def by_stage(storage: Storage, dt: str = DT) -> dict[str, list[str]]:
 
 
 def test_reject_rows_carry_every_field(storage):
-    with RejectWriter(storage, DT, "dedup_exact") as rejects:
+    with writer(storage, "dedup_exact") as rejects:
         rejects.add("w/2", "duplicate", "exact_duplicate", "same text", duplicate_of="w/1", source="w")
         rejects.add("w/q", "quarantined", "malformed_json", "bad", source="w", file="landing/w/a.jsonl", line=3)
 
@@ -56,11 +65,11 @@ def test_reject_rows_carry_every_field(storage):
 
 
 def test_unknown_outcome_is_refused(storage):
-    with RejectWriter(storage, DT, "normalize") as rejects, pytest.raises(ValueError, match="'lost'"):
+    with writer(storage, "normalize") as rejects, pytest.raises(ValueError, match="'lost'"):
         rejects.add("w/1", "lost", "whatever")
 
 
-def test_rerun_replaces_only_its_own_stages_files(storage):
+def test_a_rerun_replaces_only_its_own_stages_drops(storage):
     write(storage, "ingest", [("w/q1", "quarantined", "malformed_json")])
     write(storage, "normalize", [("w/s1", "filtered", "too_short"), ("w/s2", "filtered", "too_short")])
     write(storage, "dedup_exact", [("w/d1", "duplicate", "exact_duplicate")])
@@ -90,7 +99,7 @@ def test_stage_whose_name_prefixes_another_keeps_the_others_files(storage):
 
 
 def test_rows_flushed_in_several_writes_are_all_kept(storage):
-    with RejectWriter(storage, DT, "ingest", flush_rows=3) as rejects:
+    with writer(storage, "ingest", flush_rows=3) as rejects:
         for i in range(10):
             rejects.add(f"w/{i}", "quarantined", "malformed_json")
 
@@ -98,7 +107,7 @@ def test_rows_flushed_in_several_writes_are_all_kept(storage):
 
 
 def test_add_table_fills_stage_dt_and_missing_columns(storage):
-    with RejectWriter(storage, DT, "normalize") as rejects:
+    with writer(storage, "normalize") as rejects:
         rejects.add_table(pa.table({"doc_id": ["w/1", "w/2"], "outcome": ["filtered", "filtered"],
                                     "reason": ["too_short", "too_long"], "detail": ["chars=3<50", "chars=9>5"]}))
 
@@ -111,7 +120,6 @@ def test_add_table_fills_stage_dt_and_missing_columns(storage):
 def test_read_rejects_of_a_date_without_any_is_empty(storage):
     assert read_rejects(storage, DT).num_rows == 0
     assert read_rejects(storage, DT).schema == REJECT_SCHEMA
-    assert not storage.exists(rejects_dir(DT))
 
 
 def _three_outcomes(storage: Storage) -> None:
@@ -124,7 +132,7 @@ def _three_outcomes(storage: Storage) -> None:
 def test_ledger_report_balances(storage):
     _three_outcomes(storage)
 
-    report = check_ledger(ledger_report(storage, DT, ingested=16, exported=10))
+    report = check_ledger(ledger_report(read_rejects(storage, DT), DT, ingested=16, exported=10))
 
     assert report.balanced
     assert report.by_outcome == {"duplicate": 1, "filtered": 3, "quarantined": 2}
@@ -141,7 +149,7 @@ def test_ledger_report_balances(storage):
 @pytest.mark.parametrize(("ingested", "exported", "accounted"), [(17, 10, 16), (15, 10, 16), (16, 11, 17)])
 def test_unbalanced_ledger_raises_with_the_numbers(storage, ingested, exported, accounted):
     _three_outcomes(storage)
-    report = ledger_report(storage, DT, ingested=ingested, exported=exported)
+    report = ledger_report(read_rejects(storage, DT), DT, ingested=ingested, exported=exported)
 
     assert not report.balanced
     assert f"UNBALANCED: accounted {accounted}" in report.render()
@@ -156,6 +164,6 @@ def test_unbalanced_ledger_raises_with_the_numbers(storage, ingested, exported, 
 
 
 def test_empty_day_balances_at_zero(storage):
-    report = check_ledger(ledger_report(storage, DT, ingested=0, exported=0))
+    report = check_ledger(ledger_report(read_rejects(storage, DT), DT, ingested=0, exported=0))
 
     assert report.balanced and report.by_outcome == {"duplicate": 0, "filtered": 0, "quarantined": 0}

@@ -13,6 +13,10 @@ from airflow.sdk import Param
 # GPU-heavy tasks go to this Celery queue and Airflow pool (DESIGN §7); env vars, not config: no I/O at parse.
 GPU_QUEUE = os.environ.get("DCTP_GPU_QUEUE", "gpu")
 GPU_POOL = os.environ.get("DCTP_GPU_POOL", "gpu")
+#: How often the landing sensor looks again while a day's data is missing (seconds; it frees its slot meanwhile).
+LANDING_POKE_SECONDS = float(os.environ.get("DCTP_LANDING_POKE_SECONDS", "300"))
+#: Airflow's own limit on the landing sensor, a backstop: the config's ``ingest.wait_timeout_minutes`` decides.
+LANDING_SENSOR_TIMEOUT = timedelta(days=7)
 
 
 def _on_failure(context) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 
-from dctp_tasks.config import PipelineConfig, load_config
-from dctp_tasks.storage import S3Options, Storage
+from dctp_tasks.config import PipelineConfig, check_run_overrides, load_config
+from dctp_tasks.storage import S3Options, Storage, check_name
 from dctp_tasks.tracking import airflow_home
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,16 @@ def rescore_context(context: dict[str, Any]) -> RunContext:
             day = datetime.strptime(str(params.get("date")), "%Y-%m-%d").replace(tzinfo=UTC)
         except ValueError as exc:
             raise ValueError(f"Param date must be YYYY-MM-DD, got {params.get('date')!r}") from exc
+        check_name(params.get("source_dag_id") or "dctp_daily", "Param source_dag_id")
         config = resolve_config(params)
-    return RunContext(dag_id=params.get("source_dag_id") or "dctp_daily", run_id=context["dag_run"].run_id,
-                      dt=day.strftime("%Y-%m-%d"), interval=(day, day + timedelta(days=1)), config=config,
-                      storage=data_storage())
+    dag_run = context["dag_run"]
+    return RunContext(dag_id=dag_run.dag_id, run_id=dag_run.run_id, dt=day.strftime("%Y-%m-%d"),
+                      interval=(day, day + timedelta(days=1)), config=config, storage=data_storage())
+
+
+def scored_by(context: dict[str, Any]) -> str:
+    """Return the DAG whose staged scores a ``dctp_rescore`` run re-decides (Param ``source_dag_id``)."""
+    return (context.get("params") or {}).get("source_dag_id") or "dctp_daily"
 
 
 def start_tracking(run: RunContext, experiment: str) -> dict:
@@ -110,11 +116,14 @@ def track(run: RunContext, started: dict, result) -> dict:
 def finish(run: RunContext, started: dict, ingested: int, exported: dict) -> dict:
     """Prove the date's ledger balances against the committed Delta version; log it and close the MLflow run."""
     from dctp_tasks import tracking
-    from dctp_tasks.export import open_table, rows_for_dt
+    from dctp_tasks.export import committed_ledger, open_table, rows_for_dt
     from dctp_tasks.ledger import check_ledger, ledger_report
 
-    table = open_table(run.storage, run.config.export.dataset_name, exported["table_version"])
-    report = ledger_report(run.storage, run.dt, ingested, rows_for_dt(table, run.dt))
+    version = exported["table_version"]
+    table = open_table(run.storage, run.config.export.dataset_name, version)
+    with permanent_errors():
+        _, rejects = committed_ledger(run.storage, run.config.export.dataset_name, run.dt, version)
+    report = ledger_report(rejects, run.dt, ingested, rows_for_dt(table, run.dt))
     cfg, mlflow_run_id = run.config.tracking, started["mlflow_run_id"]
     if mlflow_run_id:
         tracking.log_dict(cfg, mlflow_run_id, "ledger.json", report.as_dict())
@@ -130,6 +139,12 @@ def finish(run: RunContext, started: dict, ingested: int, exported: dict) -> dic
 
 
 def resolve_config(params: dict[str, Any]) -> PipelineConfig:
+    """Return the config file's settings with this run's Params applied.
+
+    ``config_overrides`` may only change the tuning keys ``check_run_overrides`` allows: whoever may trigger a run
+    must not be able to point it at another database, model or tracking server.
+    """
+    check_run_overrides(params.get("config_overrides") or {})
     overrides = {key: params.get(name) for name, key in PARAM_OVERRIDES.items()}
     if overrides.get("ingest.include_sources") == []:
         overrides["ingest.include_sources"] = None  # empty list in the form means "the config's choice"
@@ -173,6 +188,23 @@ def s3_options(aws_conn_id: str) -> S3Options:
     )
 
 
+def landing_ready(run: RunContext, connect: Callable[[str], object]):
+    """Poke the landing data of the run's date: done when every expected source has data; a missing source past
+    its deadline fails the task at once, naming the source, where it looked and how to fix it."""
+    from airflow.sdk import PokeReturnValue
+
+    from dctp_tasks.ingest.landing import check_landing
+
+    with permanent_errors():
+        check = check_landing(run.storage, run.config, run.dt, run.interval, connect=connect)
+        check.raise_if_overdue()
+    if not check.ready:
+        log.info("dt=%s: waiting for %s (until %s)", run.dt, "; ".join(map(str, check.missing)),
+                 check.deadline.isoformat())
+    return PokeReturnValue(is_done=check.ready, xcom_value={"expected": list(check.expected),
+                                                           "missing": [m.name for m in check.missing]})
+
+
 def postgres_connector() -> Callable[[str], object]:
     """Return ``conn_id -> psycopg2 connection`` through the postgres provider's hook."""
 
@@ -187,22 +219,37 @@ def postgres_connector() -> Callable[[str], object]:
 #: Storage errors no retry can fix: the bucket is missing or the credentials are refused (S3 codes, pyarrow texts).
 PERMANENT_STORAGE_ERRORS = re.compile(r"NoSuchBucket|[Bb]ucket .*(does not exist|not found)|AccessDenied|"
                                       r"InvalidAccessKeyId|SignatureDoesNotMatch")
+#: MLflow error codes of a tracking server that is down, overloaded or restarting.
+TRANSIENT_MLFLOW_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
+                          "ABORTED", "SERVICE_UNDER_MAINTENANCE"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Return whether a retry may fix ``exc``: the network, a storage service, a database or a tracking server
+    failed (S3 5xx and timeouts surface as ``OSError``), another writer won a Delta commit, the GPU was busy."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return False  # a missing input or a forbidden path stays so until someone acts
+    if isinstance(exc, OSError):  # ConnectionError and TimeoutError included
+        return PERMANENT_STORAGE_ERRORS.search(str(exc)) is None
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    modules = {cls.__module__.split(".")[0] for cls in type(exc).__mro__}
+    if names & {"OperationalError", "InterfaceError", "DisconnectionError"} and \
+            modules & {"psycopg2", "psycopg", "sqlalchemy", "sqlite3"}:
+        return True  # a database restarting, a dropped connection, a locked SQLite file
+    if "CommitFailedError" in names or "OutOfMemoryError" in names:
+        return True  # a Delta commit race the export's own retries did not win; a GPU shared with another task
+    if "MlflowException" in names:
+        return getattr(exc, "error_code", None) in TRANSIENT_MLFLOW_CODES
+    return False
 
 
 def is_permanent(exc: BaseException) -> bool:
-    """Return whether a retry cannot fix ``exc``: bad config or input, a schema mismatch, a missing bucket or
-    connection, an unbalanced ledger. Network errors, S3 5xx and timeouts, and database restarts are transient."""
-    import pyarrow as pa
-    from airflow.sdk.exceptions import AirflowNotFoundException
-    from pydantic import ValidationError
+    """Return whether a retry cannot fix ``exc``: everything not known to be transient (``is_transient``).
 
-    from dctp_tasks.ingest import QuarantineRatioExceeded
-    from dctp_tasks.ledger import LedgerImbalance
-
-    if isinstance(exc, (QuarantineRatioExceeded, LedgerImbalance, ValidationError, ValueError, FileNotFoundError,
-                        AirflowNotFoundException, pa.ArrowTypeError)):
-        return True  # ValueError includes pyarrow's ArrowInvalid: a schema or type mismatch
-    return isinstance(exc, OSError) and PERMANENT_STORAGE_ERRORS.search(str(exc)) is not None
+    That includes bad config or input, a schema mismatch, a missing column, bucket or connection, an unbalanced
+    ledger, and programming errors (``KeyError``, ``TypeError`` …): retrying those only delays the failure.
+    """
+    return not is_transient(exc)
 
 
 @contextmanager
@@ -211,16 +258,35 @@ def permanent_errors() -> Iterator[None]:
 
     Anything else propagates unchanged, so Airflow retries it with backoff.
     """
+    from airflow.sdk.exceptions import (
+        AirflowRescheduleException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        AirflowTaskTimeout,
+        TaskDeferred,
+    )
+
+    control = (AirflowFailException, AirflowSkipException, AirflowRescheduleException, AirflowSensorTimeout,
+               AirflowTaskTimeout, TaskDeferred)
     try:
         yield
+    except control:  # Airflow's own signals, already saying what to do
+        raise
     except Exception as exc:
         if is_permanent(exc):
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         raise
 
 
-def run_stage(run: RunContext, started: dict, stage: Callable, *args: Any, **kwargs: Any) -> dict:
-    """Run ``stage(storage, config, dag_id, dt, *args, **kwargs)`` classifying its errors, then ``track`` it."""
+def run_stage(run: RunContext, started: dict, stage: Callable, *args: Any, upstream: dict | None = None,
+              **kwargs: Any) -> dict:
+    """Run ``stage(storage, config, dag_id, dt, *args, **kwargs)`` classifying its errors, then ``track`` it.
+
+    ``upstream`` is the XCom of the task whose output this stage reads: the stage reads exactly the version that
+    task published in this run, never one another run of the same date published meanwhile.
+    """
+    if upstream is not None:
+        kwargs.update(input_stage=upstream["output_stage"], input_version=upstream["version"])
     with permanent_errors():
         result = stage(run.storage, run.config, run.dag_id, run.dt, *args, **kwargs)
     return track(run, started, result)

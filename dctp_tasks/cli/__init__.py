@@ -16,10 +16,13 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dctp_tasks.cli.score import add_parser as add_score_parser
+from dctp_tasks.cli.score import score_file
 from dctp_tasks.config import load_config
-from dctp_tasks.export import METADATA_PREFIX, open_table
-from dctp_tasks.ledger import ledger_report, read_rejects
-from dctp_tasks.storage import Storage
+from dctp_tasks.export import METADATA_PREFIX, committed_ledger, open_table
+from dctp_tasks.ledger import ledger_report
+from dctp_tasks.staging import staged_rejects
+from dctp_tasks.storage import Storage, check_date, check_name
 from dctp_tasks.tracking import airflow_home
 
 
@@ -41,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     ledger = sub.add_parser("ledger", help="where every input row of a date ended up")
     ledger.add_argument("dt", help="partition date YYYY-MM-DD")
     ledger.add_argument("--rows", type=int, default=10, help="example rejects to show per reason")
+    ledger.add_argument("--version", type=int, default=None,
+                        help="the ledger of the date's latest commit up to this table version (default: latest)")
+    ledger.add_argument("--dag-id", default="dctp_daily",
+                        help="before the date's first export: whose staged drops to show")
     report = sub.add_parser("report", help="a date's quality score report (verdicts, rules, histograms by domain)")
     report.add_argument("dt", help="partition date YYYY-MM-DD")
     rescore = sub.add_parser("rescore", help="re-decide a date from its stored scores with new thresholds "
@@ -58,12 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--text-column", default="text")
     train.add_argument("--label-column", default="label")
     train.add_argument("--positive-label", default=None, help="the label value that means positive (default: 1/true)")
+    add_score_parser(sub)
     args = parser.parse_args(argv)
 
     root = args.root or os.environ.get("DCTP_DATA_ROOT") or (airflow_home() / "dctp-data").as_uri()
-    storage = Storage(root)
-    dataset = args.dataset or load_config().export.dataset_name
     try:
+        storage = Storage(root)
+        dataset = check_name(args.dataset or load_config().export.dataset_name, "--dataset")
+        for name in ("dt",):
+            if getattr(args, name, None) is not None:
+                check_date(getattr(args, name), name)
+        if getattr(args, "dag_id", None) is not None:
+            check_name(args.dag_id, "--dag-id")
         out = COMMANDS[args.command](storage, dataset, args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"dctp: {exc}", file=sys.stderr)
@@ -126,13 +139,15 @@ def diff(storage: Storage, dataset: str, args) -> dict:
 
 
 def ledger(storage: Storage, dataset: str, args) -> dict:
-    history = [c for c in open_table(storage, dataset).history()
-               if c.get(f"{METADATA_PREFIX}dt") == args.dt]
-    latest = max(history, key=lambda c: c["version"]) if history else {}
+    try:
+        latest, rejects = committed_ledger(storage, dataset, args.dt, args.version)
+    except FileNotFoundError:
+        if args.version is not None:
+            raise
+        latest, rejects = {}, staged_rejects(storage, args.dag_id, args.dt)
     ingested = int(latest.get(f"{METADATA_PREFIX}ingested", 0))
     exported = int(latest.get(f"{METADATA_PREFIX}exported", 0))
-    report = ledger_report(storage, args.dt, ingested, exported)
-    rejects = read_rejects(storage, args.dt)
+    report = ledger_report(rejects, args.dt, ingested, exported)
     examples: dict[str, list[dict]] = {}
     for row in rejects.sort_by([("outcome", "ascending"), ("reason", "ascending"), ("file", "ascending"),
                                 ("line", "ascending"), ("doc_id", "ascending")]).to_pylist():
@@ -141,7 +156,8 @@ def ledger(storage: Storage, dataset: str, args) -> dict:
             bucket.append({k: row[k] for k in ("doc_id", "detail", "duplicate_of", "file", "line") if row[k]})
     text = report.render()
     if not latest:
-        text += f"\n  (no export of dt={args.dt} yet: the ingested count is unknown, only the rejects are shown)"
+        text += (f"\n  (no export of dt={args.dt} yet: the ingested count is unknown; shown are the rows the current "
+                 f"stages of {args.dag_id} dropped)")
     return {**report.as_dict(), "version": latest.get("version"), "examples": examples, "text": text}
 
 
@@ -154,26 +170,34 @@ def report(storage: Storage, dataset: str, args) -> dict:
     return {"dt": args.dt, "path": storage.uri(path), "text": storage.read_bytes(storage.path(path)).decode()}
 
 
+RESCORE_DAG_ID = "dctp_rescore"
+"""Whose staging re-decisions are published under (the ``dctp_rescore`` DAG's), never the scoring DAG's own."""
+
+
 def rescore(storage: Storage, dataset: str, args) -> dict:
     """Re-run only the decide step of a date: stored scores, new thresholds; optionally commit and check the ledger."""
-    from dctp_tasks.export import export_day, ingested_count, rows_for_dt
+    from dctp_tasks.export import Staged, export_day, ingested_count, rows_for_dt
     from dctp_tasks.ledger import check_ledger
     from dctp_tasks.quality.decide import STAGE, decide_day, scored_stage
 
     overrides = quality_overrides(args.settings)
     config = load_config(overrides=overrides)
-    result = decide_day(storage, config, args.dag_id, args.dt,
+    result = decide_day(storage, config, RESCORE_DAG_ID, args.dt, source_dag_id=args.dag_id,
                         input_stage=scored_stage(storage, args.dag_id, args.dt))
     out = {"dt": args.dt, "settings": overrides, **result.as_dict(),
            "text": storage.read_bytes(storage.path(str(result.extra["report"]))).decode()}
     if args.export:
         ingested = ingested_count(storage, dataset, args.dt)
+        decided = Staged(RESCORE_DAG_ID, STAGE, result.version)
         run_id = "rescore__" + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        exported = export_day(storage, config, args.dag_id, args.dt, run_id=run_id, input_stage=STAGE,
-                              metadata={"ingested": ingested, "rescored_with": json.dumps(overrides, sort_keys=True)})
-        table = open_table(storage, dataset, int(exported.extra["table_version"]))
-        ledger_ = check_ledger(ledger_report(storage, args.dt, ingested, rows_for_dt(table, args.dt)))
-        out.update(table_version=exported.extra["table_version"], ledger=ledger_.render())
+        exported = export_day(storage, config, RESCORE_DAG_ID, args.dt, run_id=run_id, rows=decided, ledger=[decided],
+                              ingested=ingested, keep_committed_ledger=True,
+                              metadata={"rescored_with": json.dumps(overrides, sort_keys=True)})
+        version = int(exported.extra["table_version"])
+        commit, rejects = committed_ledger(storage, dataset, args.dt, version)
+        ledger_ = check_ledger(ledger_report(rejects, args.dt, ingested, rows_for_dt(open_table(storage, dataset,
+                                                                                                 version), args.dt)))
+        out.update(table_version=version, ledger=ledger_.render())
     return out
 
 
@@ -248,6 +272,8 @@ def _render(command: str, out) -> str:
         return "\n".join(lines)
     if command == "train-scorer":
         return json.dumps(out, indent=2, default=str)
+    if command == "score":
+        return out["summary"]
     if command == "ledger":
         lines = [out["text"], f"  (export version {out['version']})"]
         for reason, rows in out["examples"].items():
@@ -258,5 +284,5 @@ def _render(command: str, out) -> str:
 
 
 COMMANDS = {"versions": versions, "show": show, "files": files, "diff": diff, "ledger": ledger, "report": report,
-            "rescore": rescore, "train-scorer": train_scorer}
+            "rescore": rescore, "train-scorer": train_scorer, "score": score_file}
 

@@ -18,9 +18,11 @@ import pyarrow.compute as pc
 import dctp_tasks
 from dctp_tasks.config import PipelineConfig
 from dctp_tasks.ledger import RejectWriter
+from dctp_tasks.publish import earlier_partitions, publish
 from dctp_tasks.records import DEDUPED_SCHEMA, append_step, content_hashes, params_hash, with_column
+from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rows
 from dctp_tasks.stats import StageResult, Timer
-from dctp_tasks.storage import Storage, staging_dir, state_dir
+from dctp_tasks.storage import Storage, state_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +34,28 @@ _STEP_PARAMS = params_hash({"key": "blake2b-128(normalized text)", "survivor": "
 _LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
 
 
-def dedup_exact_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
-                    input_stage: str = INPUT_STAGE) -> StageResult:
+def dedup_exact_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *,
+                    input_stage: str = INPUT_STAGE, input_version: str | None = None) -> StageResult:
     """Drop exact duplicates of date ``dt``; return counts (``dropped_exact_duplicate``)."""
-    in_dir = staging_dir(dag_id, dt, input_stage)
-    out_dir = staging_dir(dag_id, dt, STAGE)
-    result = StageResult(STAGE, storage.uri(out_dir))
+    in_dir = stage_rows(storage, dag_id, dt, input_stage, input_version)
+    total = 0
     with Timer() as timer:
         keys = _day_keys(storage, in_dir, config.batch_size)
         history = _history_matches(storage, dt, keys.column("content_hash"), config.batch_size)
         survivors, verdicts = _classify(keys, history)
-        with storage.writer(state_dir(STATE, dt), schema=STATE_SCHEMA) as state:
-            state.write(survivors.append_column("dt", pa.array([dt] * survivors.num_rows, pa.string())))
+        with publish(storage, state_dir(STATE, dt)) as state, state.writer(schema=STATE_SCHEMA) as writer:
+            writer.write(survivors.append_column("dt", pa.array([dt] * survivors.num_rows, pa.string())))
         hashes = keys.column("content_hash")
         del keys
-        with storage.writer(out_dir, schema=DEDUPED_SCHEMA) as writer, \
-                RejectWriter(storage, dt, STAGE) as rejects:
+        with stage_output(storage, dag_id, dt, STAGE) as out, out.writer(ROWS, schema=DEDUPED_SCHEMA) as writer, \
+                RejectWriter(storage, out.sub(REJECTS), dt, STAGE) as rejects:
             offset = 0
             for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
                 n = batch.num_rows
                 is_dup, duplicate_of, detail = verdicts.rejects(offset, n)
                 table = pa.Table.from_batches([batch]).append_column("content_hash", hashes.slice(offset, n))
                 offset += n
-                result.total += n
+                total += n
                 mask = pa.array(is_dup)
                 dups = table.filter(mask).select(["doc_id", "source"])
                 dups = dups.append_column("duplicate_of", duplicate_of).append_column("detail", detail)
@@ -65,7 +66,7 @@ def dedup_exact_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: s
                 kept = with_column(kept, DEDUPED_SCHEMA.field("lineage"),
                                    append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, _STEP_PARAMS))
                 writer.write(kept)
-    result.kept = writer.rows
+    result = StageResult(STAGE, storage.uri(out.sub(ROWS)), total=total, kept=writer.rows, version=out.version)
     result.seconds = timer.seconds
     result.dropped_by_reason = Counter(rejects.counts)
     of_history = verdicts.of_history
@@ -95,10 +96,8 @@ def _history_matches(storage: Storage, dt: str, hashes: pa.ChunkedArray, batch_s
     """Scan the history of dates before ``dt``; return the earliest doc per hash seen today."""
     wanted = pc.unique(hashes)
     found = []
-    for partition in storage.list_dirs(state_dir(STATE)):
-        if not partition.startswith("dt=") or partition[3:] >= dt:
-            continue
-        for batch in storage.iter_batches(state_dir(STATE, partition[3:]), batch_size=batch_size * 10):
+    for _, folder in earlier_partitions(storage, state_dir(STATE), dt):
+        for batch in storage.iter_batches(folder, batch_size=batch_size * 10):
             hit = pc.is_in(batch.column("content_hash"), value_set=wanted)
             if pc.any(hit).as_py():
                 found.append(pa.Table.from_batches([batch]).filter(hit))

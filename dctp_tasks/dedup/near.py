@@ -1,11 +1,12 @@
 """Near-duplicate dedup: MinHash LSH over word n-grams, within the day and against every earlier date's history.
 
-Reads ``dedup_exact``, writes ``dedup_near`` and this date's history ``state/minhash/dt=D/{bands,signatures}`` (the
-day's survivors). Candidates share an LSH band and have estimated Jaccard >= threshold; clusters are their connected
-components. History beats today; within the day the earliest ``created_at``, then the smallest ``doc_id`` survives
-(or the longest text). Only dates before D are read, so dates can re-run in any order. Banding follows the global
-threshold; a candidate pair is verified against the stricter (higher) of its two docs' domain thresholds. The run's
-report (``reports/dt=D/dedup_near.md``) shows pairs just above and just below those thresholds.
+Reads ``dedup_exact``, publishes ``dedup_near`` and this date's history ``state/minhash/dt=D/{bands,signatures}``
+(the day's survivors; both files switch together). Candidates share an LSH band and have estimated Jaccard >=
+threshold; clusters are their connected components. History beats today; within the day the earliest
+``created_at``, then the smallest ``doc_id`` survives (or the longest text). Only dates before D are read, so
+dates can re-run in any order. Banding follows the global threshold; a candidate pair is verified against the
+stricter (higher) of its two docs' domain thresholds. The run's report (``reports/dt=D/dedup_near.md``) shows
+pairs just above and just below those thresholds.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from dctp_tasks.config import NearDedupConfig, PipelineConfig
 from dctp_tasks.dedup import minhash
 from dctp_tasks.dedup.report import SAMPLE_PAIRS, SamplePair, stage_report
 from dctp_tasks.dedup.verdicts import apply_verdicts, row_thresholds, survivor_rank
+from dctp_tasks.publish import earlier_partitions, publish
 from dctp_tasks.records import params_hash
+from dctp_tasks.staging import ROWS, stage_output, stage_rows
 from dctp_tasks.stats import StageResult, Timer
-from dctp_tasks.storage import Storage, staging_dir, state_dir
+from dctp_tasks.storage import Storage, state_dir
 from dctp_tasks.workers import process_pool, worker_count
 
 log = logging.getLogger(__name__)
@@ -61,15 +64,14 @@ def lsh_params(cfg: NearDedupConfig) -> tuple[int, int]:
     return minhash.optimal_bands(cfg.threshold, cfg.num_perm, cfg.false_positive_weight, cfg.false_negative_weight)
 
 
-def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
-                   input_stage: str = INPUT_STAGE) -> StageResult:
+def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *,
+                   input_stage: str = INPUT_STAGE, input_version: str | None = None) -> StageResult:
     """Drop near duplicates of date ``dt``; return counts (``dropped_near_duplicate``)."""
     cfg = config.dedup_near
     bands, rows = lsh_params(cfg)
     log.info("dedup_near dt=%s: threshold %.2f, %d-word shingles, %d perms (%s, seed %d) -> LSH %d bands x %d rows",
              dt, cfg.threshold, cfg.ngram, cfg.num_perm, cfg.scheme, cfg.seed, bands, rows)
-    in_dir, out_dir = staging_dir(dag_id, dt, input_stage), staging_dir(dag_id, dt, STAGE)
-    result = StageResult(STAGE, storage.uri(out_dir))
+    in_dir = stage_rows(storage, dag_id, dt, input_stage, input_version)
     step_params = params_hash({**cfg.model_dump(mode="json"), "bands": bands, "rows": rows})
     with Timer() as timer:
         doc_ids, rank, sigs, domains = _day_signatures(storage, in_dir, cfg, config.batch_size)
@@ -79,16 +81,18 @@ def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: st
         verdicts = _cluster(doc_ids, rank, sigs, keys, has_shingles, history, cfg, _thresholds(domains, cfg))
         survives = (verdicts["position"] < 0) & has_shingles
         _write_state(storage, dt, doc_ids, domains, sigs, keys, survives, cfg)
-        applied = apply_verdicts(storage, dt, STAGE, "near_duplicate", in_dir, out_dir, position=verdicts["position"],
-                                 duplicate_of=verdicts["duplicate_of"], detail=verdicts["detail"],
-                                 step_params=step_params, batch_size=config.batch_size)
+        with stage_output(storage, dag_id, dt, STAGE) as out:
+            applied = apply_verdicts(storage, dt, STAGE, "near_duplicate", in_dir, out,
+                                     position=verdicts["position"], duplicate_of=verdicts["duplicate_of"],
+                                     detail=verdicts["detail"], step_params=step_params, batch_size=config.batch_size)
         report = stage_report(
-            storage, STAGE, dt, in_dir, lambda day: staging_dir(dag_id, day, STAGE),
+            storage, STAGE, dt, in_dir, lambda day: stage_rows(storage, dag_id, day, STAGE),
             method=f"MinHash LSH over {cfg.ngram}-word shingles, {cfg.num_perm} permutations, {bands} bands x {rows} "
                    "rows (banded at the global threshold)",
             measure="estimated Jaccard", thresholds=_describe(cfg), clusters=verdicts["clusters"], rates=applied.rates,
             pairs=verdicts["samples"])
-    result.total, result.kept = applied.total, applied.kept
+    result = StageResult(STAGE, storage.uri(out.sub(ROWS)), total=applied.total, kept=applied.kept,
+                         version=out.version)
     result.seconds = timer.seconds
     result.dropped_by_reason = applied.dropped_by_reason
     result.extra = {"duplicates_of_history": verdicts["of_history"], "candidate_pairs": verdicts["candidates"],
@@ -145,13 +149,10 @@ def _history_matches(storage: Storage, dt: str, keys: np.ndarray, cfg: NearDedup
     """
     wanted = np.unique(keys.ravel())
     found = []
-    for partition in sorted(storage.list_dirs(state_dir(STATE))):
-        day = partition[3:]
-        if not partition.startswith("dt=") or day >= dt:
-            continue
-        _check_layout(storage, day, cfg)
+    for day, folder in earlier_partitions(storage, state_dir(STATE), dt):
+        _check_layout(storage, day, folder, cfg)
         hashes, docs = [], []
-        for batch in storage.iter_batches(state_dir(STATE, day), "bands", batch_size=_SCAN_ROWS):
+        for batch in storage.iter_batches(folder, "bands", batch_size=_SCAN_ROWS):
             hit_hashes, hit_docs = _match_sorted(wanted, batch.column("band_hash").to_numpy(),
                                                  batch.column("doc").to_numpy())
             hashes.append(hit_hashes)
@@ -160,7 +161,7 @@ def _history_matches(storage: Storage, dt: str, keys: np.ndarray, cfg: NearDedup
         if not len(docs):
             continue
         needed, row = np.unique(docs, return_inverse=True)
-        signatures = storage.take_rows(state_dir(STATE, day), "signatures", rows=needed.astype(np.int64),
+        signatures = storage.take_rows(folder, "signatures", rows=needed.astype(np.int64),
                                        columns=["doc_id", "signature", "domain"]).take(pa.array(row))
         found.append(_with_dt(signatures.add_column(1, "band_hash", pa.array(np.concatenate(hashes))), day))
     if not found:
@@ -170,15 +171,15 @@ def _history_matches(storage: Storage, dt: str, keys: np.ndarray, cfg: NearDedup
     return pa.concat_tables(found)
 
 
-def _check_layout(storage: Storage, day: str, cfg: NearDedupConfig) -> None:
+def _check_layout(storage: Storage, day: str, folder: str, cfg: NearDedupConfig) -> None:
     """Refuse history that cannot be matched: silently matching nothing would hide every duplicate."""
-    schema = storage.parquet_schema(state_dir(STATE, day), "signatures")
+    schema = storage.parquet_schema(folder, "signatures")
     stored = schema.field("signature").type
     if stored != pa.binary(4 * cfg.num_perm):
         raise ValueError(f"history state/{STATE}/dt={day} holds {stored} signatures; "
                          f"dedup_near.num_perm={cfg.num_perm} needs fixed_size_binary[{4 * cfg.num_perm}]")
     recorded = (schema.metadata or {}).get(_SIGNING_KEY.encode())
-    if recorded is None or storage.parquet_schema(state_dir(STATE, day), "bands").names != BANDS_SCHEMA.names:
+    if recorded is None or storage.parquet_schema(folder, "bands").names != BANDS_SCHEMA.names:
         raise ValueError(f"history state/{STATE}/dt={day} has an older layout; re-run dedup_near for {day} "
                          "to rewrite it")
     changed = {k: (v, getattr(cfg, k)) for k, v in json.loads(recorded).items() if v != getattr(cfg, k)}
@@ -318,13 +319,13 @@ def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, domains: pa.Array
     signature = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * cfg.num_perm), count,
                                                      [None, pa.py_buffer(kept_sigs.tobytes())])
     schema = signatures_schema(cfg)
-    with storage.writer(state_dir(STATE, dt), "signatures", schema=schema, row_group_size=_SIGNATURE_GROUP,
-                        compression={"doc_id": "zstd", "signature": "none", "domain": "zstd"}) as writer:
-        writer.write(pa.table({"doc_id": ids, "signature": signature, "domain": domains.filter(pa.array(survives))},
-                              schema=schema))
     flat = keys[survives].ravel()
     order = np.argsort(flat, kind="stable")
     docs = (order // bands).astype(np.uint32)
-    with storage.writer(state_dir(STATE, dt), "bands", schema=BANDS_SCHEMA, row_group_size=_SCAN_ROWS,
-                        compression="none") as writer:
-        writer.write(pa.table({"band_hash": pa.array(flat[order]), "doc": pa.array(docs)}, schema=BANDS_SCHEMA))
+    with publish(storage, state_dir(STATE, dt)) as state:
+        with state.writer("signatures", schema=schema, row_group_size=_SIGNATURE_GROUP,
+                          compression={"doc_id": "zstd", "signature": "none", "domain": "zstd"}) as writer:
+            writer.write(pa.table({"doc_id": ids, "signature": signature,
+                                   "domain": domains.filter(pa.array(survives))}, schema=schema))
+        with state.writer("bands", schema=BANDS_SCHEMA, row_group_size=_SCAN_ROWS, compression="none") as writer:
+            writer.write(pa.table({"band_hash": pa.array(flat[order]), "doc": pa.array(docs)}, schema=BANDS_SCHEMA))

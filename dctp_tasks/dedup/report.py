@@ -2,6 +2,8 @@
 
 A dedup stage counts its input with :class:`DuplicateRates`, samples :class:`SamplePair` s around its threshold,
 renders Markdown with :func:`render_report` and stores it as ``reports/dt=D/{stage}.md`` (:func:`write_report`).
+The report goes to the task log and MLflow too, before any later stage has redacted the data, so the sample texts
+it shows are redacted here (``dctp_tasks.pii``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dctp_tasks.pii import redact_text
+from dctp_tasks.publish import NotPublished
 from dctp_tasks.storage import Storage
 
 SAMPLE_PAIRS = 5
@@ -75,7 +79,7 @@ def lookup_texts(storage: Storage, folder: str, doc_ids: set[str]) -> dict[str, 
 def _short(text: str | None) -> str:
     if text is None:
         return "*(text not available)*"
-    flat = " ".join(text.split())
+    flat = " ".join(redact_text(text).split())
     return flat if len(flat) <= TEXT_CHARS else flat[:TEXT_CHARS - 1] + "…"
 
 
@@ -131,7 +135,8 @@ def stage_report(storage: Storage, stage: str, dt: str, today_dir: str, history_
                  pairs: list[SamplePair]) -> str:
     """Sample pairs around the threshold, fetch their texts, render and store the report; return its path.
 
-    ``history_dir(dt)`` is the folder holding an earlier date's texts (its staged output, while it exists).
+    ``history_dir(dt)`` is the folder holding an earlier date's texts (its staged output); an earlier date whose
+    staged output is gone shows no texts.
     """
     above, below = closest(pairs, True), closest(pairs, False)
     shown = above + below
@@ -140,7 +145,11 @@ def stage_report(storage: Storage, stage: str, dt: str, today_dir: str, history_
                                                                          if p.other_dt is None})
     texts.update({(None, doc): text for doc, text in today.items()})
     for day in sorted({p.other_dt for p in shown if p.other_dt}):
-        found = lookup_texts(storage, history_dir(day), {p.other_id for p in shown if p.other_dt == day})
+        try:
+            folder = history_dir(day)
+        except NotPublished:
+            continue
+        found = lookup_texts(storage, folder, {p.other_id for p in shown if p.other_dt == day})
         texts.update({(day, doc): text for doc, text in found.items()})
     text = render_report(stage, dt, method=method, measure=measure, thresholds=thresholds, clusters=clusters,
                          rates=rates, above=above, below=below, texts=texts)

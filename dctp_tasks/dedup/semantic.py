@@ -1,9 +1,11 @@
 """Semantic dedup (SemDeDup-style): drop docs whose normalized embedding has cosine >= threshold to a kept doc.
 
-Reads ``dedup_near``, writes ``dedup_semantic`` and ``state/embeddings/dt=D/part-*.parquet``: the day's survivors as
+Reads ``dedup_near``, publishes ``dedup_semantic`` and ``state/embeddings/dt=D``: the day's survivors as
 ``doc_id: string, embedding: fixed_size_list<float16|float32>[dim]`` (L2-normalized; later stages reuse them instead
-of encoding twice). History (dates < D only, so dates re-run in any order) beats today; within the day the earliest
-``created_at``, then the smallest ``doc_id`` survives (or the longest text). A doc is judged by its domain's threshold.
+of encoding twice), with the encoder that made them (name, weights fingerprint, width) in the file metadata: history
+made by another encoder is refused, since its vectors live in another space. History (dates < D only, so dates
+re-run in any order) beats today; within the day the earliest ``created_at``, then the smallest ``doc_id`` survives
+(or the longest text). A doc is judged by its domain's threshold.
 The search reaches ``REPORT_MARGIN`` below the lowest threshold, so the run's report
 (``reports/dt=D/dedup_semantic.md``) can show the pairs just below each threshold next to those just above.
 
@@ -27,15 +29,25 @@ import pyarrow.compute as pc
 from dctp_tasks.config import PipelineConfig, SemanticDedupConfig
 from dctp_tasks.dedup.report import SAMPLE_PAIRS, SamplePair, stage_report
 from dctp_tasks.dedup.verdicts import apply_verdicts, row_thresholds, survivor_rank
+from dctp_tasks.embeddings import (
+    STATE,
+    embed_texts,
+    embeddings_schema,
+    encoder_identity,
+    encoder_mismatch,
+    stored_encoder,
+    vectors_matrix,
+)
+from dctp_tasks.publish import earlier_partitions, publish
 from dctp_tasks.records import params_hash
+from dctp_tasks.staging import ROWS, stage_output, stage_rows
 from dctp_tasks.stats import StageResult, Timer
-from dctp_tasks.storage import Storage, staging_dir, state_dir
+from dctp_tasks.storage import Storage, state_dir
 
 log = logging.getLogger(__name__)
 
 STAGE = "dedup_semantic"
 INPUT_STAGE = "dedup_near"
-STATE = "embeddings"
 REASON = "semantic_duplicate"
 _LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
 _QUERY_ROWS = 8_192  # queries per range search: bounds the result buffers faiss allocates
@@ -43,47 +55,33 @@ _EPS = 1e-6  # faiss range search is strict (>); widen the radius so ">= thresho
 REPORT_MARGIN = 0.05  # pairs this far below their threshold are found too, and sampled for the report
 
 
-def embeddings_schema(dim: int, dtype: str = "float16") -> pa.Schema:
-    """Return the schema of ``state/embeddings``: one L2-normalized vector per surviving ``doc_id``."""
-    value = pa.float16() if dtype == "float16" else pa.float32()
-    return pa.schema([("doc_id", pa.string()), ("embedding", pa.list_(value, dim))])
-
-
-def embed_texts(texts: list[str], cfg: SemanticDedupConfig) -> np.ndarray:
-    """Return the texts' L2-normalized embeddings as a float32 ``(len(texts), dim)`` matrix."""
-    from dctp_tasks.models import sentence_encoder
-
-    model = sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length)
-    vectors = model.encode(texts, batch_size=cfg.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                           show_progress_bar=False)
-    return np.asarray(vectors, dtype=np.float32)
-
-
-def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
-                       input_stage: str = INPUT_STAGE) -> StageResult:
+def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *,
+                       input_stage: str = INPUT_STAGE, input_version: str | None = None) -> StageResult:
     """Drop semantic duplicates of date ``dt``; return counts (``dropped_semantic_duplicate``)."""
     cfg = config.dedup_semantic
-    in_dir, out_dir = staging_dir(dag_id, dt, input_stage), staging_dir(dag_id, dt, STAGE)
-    result = StageResult(STAGE, storage.uri(out_dir))
+    in_dir = stage_rows(storage, dag_id, dt, input_stage, input_version)
     step_params = params_hash(cfg.model_dump(mode="json", exclude={"device", "batch_size"}))
     with Timer() as timer:
         doc_ids, rank, thresholds, vectors, embed_seconds = _day_embeddings(storage, in_dir, cfg, config.batch_size)
         lowest = min([cfg.threshold, *cfg.domain_thresholds.values()])
         radius = lowest - REPORT_MARGIN - _EPS
+        encoder = encoder_identity(cfg, vectors.shape[1])
         index = _build_index(vectors, cfg)
-        history = _history_best(storage, dt, index, len(rank), vectors.shape[1], radius, cfg.history_batch_size)
+        history = _history_best(storage, dt, index, len(rank), encoder, radius, cfg.history_batch_size)
         verdicts = _decide(doc_ids, rank, thresholds, _day_pairs(index, vectors, rank, radius), history)
         _write_state(storage, dt, doc_ids.filter(pa.array(verdicts["position"] < 0)),
-                     vectors[verdicts["position"] < 0], cfg.storage_dtype)
-        applied = apply_verdicts(storage, dt, STAGE, REASON, in_dir, out_dir, position=verdicts["position"],
-                                 duplicate_of=verdicts["duplicate_of"], detail=verdicts["detail"],
-                                 step_params=step_params, batch_size=config.batch_size)
+                     vectors[verdicts["position"] < 0], cfg.storage_dtype, encoder)
+        with stage_output(storage, dag_id, dt, STAGE) as out:
+            applied = apply_verdicts(storage, dt, STAGE, REASON, in_dir, out, position=verdicts["position"],
+                                     duplicate_of=verdicts["duplicate_of"], detail=verdicts["detail"],
+                                     step_params=step_params, batch_size=config.batch_size)
         report = stage_report(
-            storage, STAGE, dt, in_dir, lambda day: staging_dir(dag_id, day, STAGE),
+            storage, STAGE, dt, in_dir, lambda day: stage_rows(storage, dag_id, day, STAGE),
             method=f"cosine of normalized {cfg.model or 'all-MiniLM-L6-v2'} embeddings, {cfg.survivor} survives",
             measure="cosine", thresholds=_describe(cfg), clusters=verdicts["clusters"], rates=applied.rates,
             pairs=verdicts["samples"])
-    result.total, result.kept = applied.total, applied.kept
+    result = StageResult(STAGE, storage.uri(out.sub(ROWS)), total=applied.total, kept=applied.kept,
+                         version=out.version)
     result.seconds = timer.seconds
     result.dropped_by_reason = applied.dropped_by_reason
     result.extra = {"duplicates_of_history": verdicts["of_history"], "candidate_pairs": verdicts["pairs"],
@@ -161,26 +159,24 @@ def _range_search(index, queries: np.ndarray, radius: float) -> tuple[np.ndarray
     return np.concatenate(rows), np.concatenate(hits), np.concatenate(sims)
 
 
-def _history_best(storage: Storage, dt: str, index, n: int, dim: int, radius: float,
+def _history_best(storage: Storage, dt: str, index, n: int, encoder: dict, radius: float,
                   batch_size: int) -> dict[str, np.ndarray]:
     """Scan history before ``dt`` in batches; return each of today's rows' best match (cosine, doc_id, dt)."""
     best = {"cosine": np.full(n, -np.inf, dtype=np.float32), "doc_id": np.full(n, None, dtype=object),
             "dt": np.full(n, None, dtype=object)}
-    if n == 0:
-        return best
-    for partition in sorted(storage.list_dirs(state_dir(STATE))):
-        day = partition[3:]
-        if not partition.startswith("dt=") or day >= dt:
+    for day, folder in earlier_partitions(storage, state_dir(STATE), dt):
+        # Another encoder's vectors live in another space: comparing them would match nothing, or anything.
+        mismatch = encoder_mismatch(stored_encoder(storage.parquet_schema(folder)), encoder)
+        if mismatch:
+            raise ValueError(f"history state/{STATE}/dt={day} cannot be compared with today's embeddings: {mismatch}. "
+                             f"Set dedup_semantic.model back to the encoder that made it, or re-run dedup_semantic "
+                             f"for every date from the first one in order to rebuild the history")
+        if n == 0:
             continue
-        stored = storage.parquet_schema(state_dir(STATE, day)).field("embedding").type
-        if stored.list_size != dim:
-            # Another model's vectors live in another space: comparing them would be meaningless.
-            raise ValueError(f"history state/{STATE}/dt={day} holds {stored.list_size}-d embeddings; "
-                             f"the configured model makes {dim}-d ones")
-        for batch in storage.iter_batches(state_dir(STATE, day), batch_size=batch_size):
+        for batch in storage.iter_batches(folder, batch_size=batch_size):
             if batch.num_rows == 0:
                 continue
-            hist_rows, today, sims = _range_search(index, _matrix(batch.column("embedding")), radius)
+            hist_rows, today, sims = _range_search(index, vectors_matrix(batch.column("embedding")), radius)
             if not len(today):
                 continue
             # Best per today's row: highest cosine, ties to the earlier history row (scan order is dt, file order).
@@ -268,18 +264,14 @@ def _samples(ids: list[str], thresholds: np.ndarray, pairs: tuple[np.ndarray, ..
     return out
 
 
-def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Return a fixed-size-list column of vectors as a float32 ``(rows, dim)`` matrix."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(arr), arr.type.list_size)
-
-
-def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, vectors: np.ndarray, dtype: str) -> None:
-    """Write the day's surviving embeddings: the history later dates deduplicate against, and reusable vectors."""
+def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, vectors: np.ndarray, dtype: str,
+                 encoder: dict) -> None:
+    """Publish the day's surviving embeddings: the history later dates deduplicate against, and reusable vectors."""
     dim = vectors.shape[1]
-    schema = embeddings_schema(dim, dtype)
+    schema = embeddings_schema(dim, dtype, encoder)
     flat = pa.array(np.ascontiguousarray(vectors, dtype=dtype).ravel())
     # Row groups of 10k vectors: quality scorers read back single batches' vectors by row number.
-    with storage.writer(state_dir(STATE, dt), schema=schema, row_group_size=10_000) as writer:
+    with publish(storage, state_dir(STATE, dt), meta={"encoder": encoder}) as state, \
+            state.writer(schema=schema, row_group_size=10_000) as writer:
         writer.write(pa.table({"doc_id": doc_ids, "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
                               schema=schema))

@@ -16,7 +16,9 @@ import pyarrow.compute as pc
 import dctp_tasks
 from dctp_tasks.dedup.report import DuplicateRates
 from dctp_tasks.ledger import RejectWriter
+from dctp_tasks.publish import Publication
 from dctp_tasks.records import append_step, with_column
+from dctp_tasks.staging import REJECTS, ROWS
 from dctp_tasks.storage import Storage
 
 
@@ -50,14 +52,15 @@ class Applied:
     rates: DuplicateRates
 
 
-def apply_verdicts(storage: Storage, dt: str, stage: str, reason: str, in_dir: str, out_dir: str, *,
+def apply_verdicts(storage: Storage, dt: str, stage: str, reason: str, in_dir: str, out: Publication, *,
                    position: np.ndarray, duplicate_of: pa.Array, detail: pa.Array, step_params: str,
                    batch_size: int) -> Applied:
-    """Write the survivors of ``in_dir`` to ``out_dir`` (lineage gets ``stage``) and the duplicates to the ledger."""
+    """Write the survivors of ``in_dir`` to ``out``'s rows (lineage gets ``stage``) and the duplicates to its
+    rejects."""
     rates = DuplicateRates()
     total = 0
-    with storage.writer(out_dir, schema=storage.parquet_schema(in_dir)) as writer, \
-            RejectWriter(storage, dt, stage) as rejects:
+    with out.writer(ROWS, schema=storage.parquet_schema(in_dir)) as writer, \
+            RejectWriter(storage, out.sub(REJECTS), dt, stage) as rejects:
         for batch in storage.iter_batches(in_dir, batch_size=batch_size):
             rows = position[total:total + batch.num_rows]
             total += batch.num_rows

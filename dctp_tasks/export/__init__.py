@@ -1,14 +1,18 @@
-"""Export: commit a date's curated rows to the Delta Lake table as one new version (``delta``)."""
+"""Export: commit a date's curated rows to the Delta Lake table as one new version (``delta``), together with the
+ledger that version balances against (``ledger``)."""
 
 from dctp_tasks.export.delta import (
     METADATA_PREFIX,
     PARTITION,
+    Staged,
     dataset_dir,
     export_day,
     ingested_count,
+    latest_commit,
     open_table,
     rows_for_dt,
 )
+from dctp_tasks.export.ledger import committed_ledger, read_ledger, rejects_dir
 
-__all__ = ["METADATA_PREFIX", "PARTITION", "dataset_dir", "export_day", "ingested_count", "open_table",
-           "rows_for_dt"]
+__all__ = ["METADATA_PREFIX", "PARTITION", "Staged", "committed_ledger", "dataset_dir", "export_day",
+           "ingested_count", "latest_commit", "open_table", "read_ledger", "rejects_dir", "rows_for_dt"]

@@ -1,89 +1,163 @@
 """Export: commit the date's surviving records to the Delta Lake table ``datasets/{name}``, one version per run.
 
-The commit replaces only partition ``dt=D``, adds ``split`` from a hash of ``doc_id``, and carries the run's
-metadata (dag_id, run_id, dt, config hash, code version, MLflow run id, row counts). The Parquet files are
-streamed with pyarrow, one batch at a time, then committed in one Delta transaction: memory stays flat however
-large the day (``write_deltalake`` buffers about 1 KB per row before writing).
+The commit replaces only partition ``dt=D``, adds ``split`` from a hash of ``doc_id``, keeps only the allowed
+``meta`` keys (PII redacted), and carries the run's metadata (dag_id, run_id, dt, config hash, code version, MLflow
+run id, row counts) and the version of the date's ledger it balances against. The Parquet files are streamed with
+pyarrow, one batch at a time, then committed in one Delta transaction: memory stays flat however large the day.
+
+Writers of one table never overwrite each other: every writer's files have their own names, and Delta's log admits
+one commit per version. A commit that loses the race to another writer (a re-run and a rescore of the same date)
+is retried against the new table state, up to ``COMMIT_ATTEMPTS`` times; the last commit of a date wins.
 """
 
 from __future__ import annotations
 
 import logging
 import posixpath
+import random
 import time
 import uuid
+from dataclasses import dataclass
 
 import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable
+from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 import dctp_tasks
-from dctp_tasks.config import PipelineConfig
+from dctp_tasks.config import ExportConfig, PipelineConfig
+from dctp_tasks.export.ledger import collect_ledgers, ledger_for_run, write_ledger
+from dctp_tasks.pii import redact_pii
 from dctp_tasks.records import EXPORT_SCHEMA, conform, split_for, with_column
+from dctp_tasks.staging import stage_rows
 from dctp_tasks.stats import StageResult, Timer
-from dctp_tasks.storage import Storage, staging_dir
+from dctp_tasks.storage import Storage, check_name
 
 log = logging.getLogger(__name__)
 
 STAGE = "export"
-INPUT_STAGE = "dedup_exact"
 METADATA_PREFIX = "dctp."
 PARTITION = "dt"
 ROWS_PER_FILE = 500_000
+COMMIT_ATTEMPTS = 8
+"""Commits tried when other writers keep winning the race for the next version (with a growing random wait)."""
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One stage's staged output of one run: ``stage`` of ``dag_id``, at ``version`` (``None``: the current one)."""
+
+    dag_id: str
+    stage: str
+    version: str | None = None
 
 
 def dataset_dir(name: str) -> str:
-    return f"datasets/{name}"
+    return f"datasets/{check_name(name, 'export.dataset_name')}"
 
 
-def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, run_id: str,
-               input_stage: str = INPUT_STAGE, metadata: dict[str, str | int] | None = None) -> StageResult:
-    """Commit date ``dt`` to the Delta table as one new version; return counts and the version number."""
+def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, run_id: str, rows: Staged,
+               ledger: list[Staged], ingested: int, keep_committed_ledger: bool = False,
+               metadata: dict[str, str | int] | None = None) -> StageResult:
+    """Commit ``rows`` as partition ``dt`` of the Delta table, one new version; return counts and the version.
+
+    The date's ledger is the rows the ``ledger`` stages dropped (with ``keep_committed_ledger``, the latest commit's
+    ledger with those stages' rows replaced: a re-decision changes one stage's drops, not the others'). It is
+    written first and named by the commit, so every version's ledger balances against that very version.
+    """
     cfg = config.export
-    in_dir = staging_dir(dag_id, dt, input_stage)
+    in_dir = stage_rows(storage, rows.dag_id, dt, rows.stage, rows.version)
     table_dir = dataset_dir(cfg.dataset_name)
     uri = storage.uri(table_dir)
     options = storage.delta_storage_options()
-    result = StageResult(STAGE, uri)
     token = uuid.uuid4().hex[:16]
-    custom = {
-        f"{METADATA_PREFIX}dag_id": dag_id,
-        f"{METADATA_PREFIX}run_id": run_id,
-        f"{METADATA_PREFIX}dt": dt,
-        f"{METADATA_PREFIX}config_hash": config.config_hash(),
-        f"{METADATA_PREFIX}code_version": dctp_tasks.__version__,
-        f"{METADATA_PREFIX}exported": str(storage.count_rows(in_dir)),
-        f"{METADATA_PREFIX}commit_token": token,
-        **{f"{METADATA_PREFIX}{k}": str(v) for k, v in (metadata or {}).items()},
-    }
     with Timer() as timer:
-        existing = _existing(uri, options)
-        schema = _table_schema(storage.parquet_schema(in_dir), existing)
+        rejects = ledger_for_run(storage, dt, ledger, base=_latest_ledger(storage, cfg.dataset_name, dt)
+                                 if keep_committed_ledger else None)
+        ledger_version = write_ledger(storage, dt, rejects)
+        custom = {
+            f"{METADATA_PREFIX}dag_id": dag_id,
+            f"{METADATA_PREFIX}run_id": run_id,
+            f"{METADATA_PREFIX}dt": dt,
+            f"{METADATA_PREFIX}config_hash": config.config_hash(),
+            f"{METADATA_PREFIX}code_version": dctp_tasks.__version__,
+            f"{METADATA_PREFIX}exported": str(storage.count_rows(in_dir)),
+            f"{METADATA_PREFIX}ingested": str(ingested),
+            f"{METADATA_PREFIX}ledger_version": ledger_version,
+            f"{METADATA_PREFIX}commit_token": token,
+            **{f"{METADATA_PREFIX}{k}": str(v) for k, v in (metadata or {}).items()},
+        }
+        upstream = storage.parquet_schema(in_dir)
+        schema = _table_schema(upstream, _existing(uri, options))
         files = _FileWriter(storage, table_dir, dt, schema, f"part-{token}")
+        meta = MetaFilter(cfg)
         for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
             table = with_column(batch, pa.field("split", pa.string()),
                                 split_for(batch.column("doc_id"), cfg.validation_fraction, cfg.test_fraction))
-            files.write(conform(table, schema))
+            files.write(conform(meta.apply(table), schema))
         actions = files.close()
-        commit = CommitProperties(custom_metadata=custom)
-        if existing is None:
-            create_table_with_add_actions(uri, DeltaSchema.from_arrow(schema), actions, mode="append",
-                                          partition_by=[PARTITION], storage_options=options, commit_properties=commit)
-        else:
+        version, attempts = _commit(storage, table_dir, upstream, actions, dt, custom, token)
+    collect_ledgers(storage, cfg.dataset_name, dt)
+    result = StageResult(STAGE, uri, total=files.rows, kept=files.rows)
+    result.seconds = timer.seconds
+    result.extra = {"table_version": version, "files": len(actions), "commit_attempts": attempts,
+                    "ledger_version": ledger_version, "meta_keys_dropped": meta.dropped}
+    log.info("export dt=%s: %d rows in %d files committed as version %d of %s (attempt %d)", dt, files.rows,
+             len(actions), version, uri, attempts)
+    return result
+
+
+def _commit(storage: Storage, table_dir: str, upstream: pa.Schema, actions: list[AddAction], dt: str,
+            custom: dict[str, str], token: str) -> tuple[int, int]:
+    """Commit ``actions`` as the new content of partition ``dt``; retry when another writer got there first.
+
+    Each commit also records an application transaction for its date (``dctp.export.dt=D``). Without it, two
+    writers that both found the date's partition empty would each commit a plain append, which Delta never checks
+    for conflicts, and the date would hold both writers' rows; with it, the second commit fails and is retried.
+    """
+    uri, options = storage.uri(table_dir), storage.delta_storage_options()
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        commit = CommitProperties(custom_metadata=custom, app_transactions=[
+            Transaction(f"dctp.export.dt={dt}", time.time_ns() // 1000)])
+        try:
+            existing = _existing(uri, options) or _create(uri, options, _table_schema(upstream, None))
+            schema = _table_schema(upstream, existing)  # another writer may have added columns meanwhile
             existing.create_write_transaction(actions, "overwrite", schema, partition_by=[PARTITION],
                                               partition_filters=[(PARTITION, "=", dt)], commit_properties=commit)
-        version = _committed_version(DeltaTable(uri, storage_options=options), token)
-    result.total = result.kept = files.rows
-    result.seconds = timer.seconds
-    result.extra = {"table_version": version, "files": len(actions)}
-    log.info("export dt=%s: %d rows in %d files committed as version %d of %s", dt, files.rows, len(actions),
-             version, uri)
-    return result
+        except (CommitFailedError, DeltaError) as exc:
+            if not _lost_race(exc) or attempt == COMMIT_ATTEMPTS:
+                raise
+            wait = random.uniform(0.1, 0.5) * attempt
+            log.info("export dt=%s: another writer committed first (%s); retrying in %.1f s", dt, exc, wait)
+            time.sleep(wait)
+            continue
+        return _committed_version(storage, table_dir, token), attempt
+    raise AssertionError("unreachable")
+
+
+def _create(uri: str, options: dict[str, str], schema: pa.Schema) -> DeltaTable:
+    """Create the table empty (version 0), so every date's rows arrive by a checked overwrite of their partition.
+
+    Creating it together with the first date's rows is not safe: when two writers create it at once, deltalake
+    lets the second creation land as version 1, holding both writers' rows for that date.
+    """
+    create_table_with_add_actions(uri, DeltaSchema.from_arrow(schema), [], mode="ignore", partition_by=[PARTITION],
+                                  storage_options=options,
+                                  commit_properties=CommitProperties(custom_metadata={
+                                      f"{METADATA_PREFIX}operation": "create"}))
+    return DeltaTable(uri, storage_options=options)
+
+
+def _lost_race(exc: Exception) -> bool:
+    """Return whether a failed commit lost to a concurrent writer (retry) rather than being wrong (fail)."""
+    if isinstance(exc, CommitFailedError):
+        return True
+    text = str(exc).lower()
+    return "already exists" in text or "version" in text and "exists" in text or "concurrent" in text
 
 
 def _existing(uri: str, options: dict[str, str]) -> DeltaTable | None:
@@ -105,11 +179,30 @@ def _table_schema(upstream: pa.Schema, existing: DeltaTable | None) -> pa.Schema
     return pa.schema(fields)
 
 
-def _committed_version(table: DeltaTable, token: str) -> int:
-    for commit in table.history(limit=50):
-        if commit.get(f"{METADATA_PREFIX}commit_token") == token:
-            return commit["version"]
-    raise RuntimeError(f"commit {token} not found in the last 50 versions of {table.table_uri}")
+def _committed_version(storage: Storage, table_dir: str, token: str) -> int:
+    """Return the version our commit (``token``) became, read from the log itself."""
+    latest = DeltaTable(storage.uri(table_dir), storage_options=storage.delta_storage_options()).version()
+    for version in range(latest, max(latest - 50, -1), -1):
+        if (commit_info(storage, table_dir, version) or {}).get(f"{METADATA_PREFIX}commit_token") == token:
+            return version
+    raise RuntimeError(f"commit {token} not found in the last 50 versions of {storage.uri(table_dir)}")
+
+
+def commit_info(storage: Storage, table_dir: str, version: int) -> dict | None:
+    """Return the ``commitInfo`` of one version, read from its log file (``None`` once the log was cleaned up).
+
+    Not ``DeltaTable.history()``: it numbers commits by counting down from the version it loaded, so a commit
+    another writer adds while it lists the log shifts every number by one.
+    """
+    try:
+        raw = storage.read_bytes(storage.path(table_dir, "_delta_log", f"{version:020d}.json"))
+    except FileNotFoundError:
+        return None
+    for line in raw.splitlines():
+        action = orjson.loads(line) if line.strip() else {}
+        if "commitInfo" in action:
+            return {**action["commitInfo"], "version": version}
+    return {"version": version}
 
 
 class _FileWriter:
@@ -170,14 +263,91 @@ def open_table(storage: Storage, name: str, version: int | None = None) -> Delta
     return DeltaTable(storage.uri(dataset_dir(name)), version=version, storage_options=storage.delta_storage_options())
 
 
+def latest_commit(storage: Storage, name: str, dt: str, version: int | None = None) -> dict | None:
+    """Return the metadata of the latest commit that wrote partition ``dt`` (at or before ``version``), or None.
+
+    ``history()`` finds the candidates; each one's version is then confirmed from its own log file, since
+    ``history()`` may number them off by one while another writer commits.
+    """
+    try:
+        history = open_table(storage, name).history()
+    except TableNotFoundError:
+        return None
+    table_dir = dataset_dir(name)
+    token_key = f"{METADATA_PREFIX}commit_token"
+    for candidate in sorted((c for c in history if c.get(f"{METADATA_PREFIX}dt") == dt),
+                            key=lambda c: c["version"], reverse=True):
+        claimed = candidate["version"]
+        for shift in (0, -1, 1, -2, 2, -3, 3):
+            info = commit_info(storage, table_dir, claimed + shift) if claimed + shift >= 0 else None
+            if info is not None and info.get(token_key) == candidate.get(token_key):
+                if version is None or info["version"] <= version:
+                    return info
+                break
+    return None
+
+
 def ingested_count(storage: Storage, name: str, dt: str) -> int:
     """Return the ingested row count recorded by the latest commit of partition ``dt`` (the ledger's total)."""
-    history = [c for c in open_table(storage, name).history() if c.get(f"{METADATA_PREFIX}dt") == dt]
-    if not history:
+    commit = latest_commit(storage, name, dt)
+    if commit is None:
         raise ValueError(f"dt={dt} was never exported, so its ingested count is unknown: run the daily DAG first")
-    return int(max(history, key=lambda c: c["version"])[f"{METADATA_PREFIX}ingested"])
+    return int(commit[f"{METADATA_PREFIX}ingested"])
+
+
+def _latest_ledger(storage: Storage, name: str, dt: str) -> pa.Table:
+    from dctp_tasks.export.ledger import read_ledger
+
+    commit = latest_commit(storage, name, dt)
+    if commit is None:
+        raise ValueError(f"dt={dt} was never exported, so there is no ledger to amend: run the daily DAG first")
+    return read_ledger(storage, dt, commit.get(f"{METADATA_PREFIX}ledger_version"))
+
+
+class MetaFilter:
+    """Keep only the ``export.meta_fields`` keys of each row's ``meta`` JSON, with PII redacted from their text.
+
+    Unmapped input columns land in ``meta`` at ingest; a source's columns are not all fit to publish (an e-mail
+    column, a user id), so only the allow-listed keys leave the pipeline.
+    """
+
+    def __init__(self, cfg: ExportConfig) -> None:
+        self.allowed = set(cfg.meta_fields)
+        self.redact = cfg.redact_meta
+        self.dropped = 0
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        if "meta" not in table.column_names or table.num_rows == 0:
+            return table
+        rows = [orjson.loads(m) if m else None for m in table.column("meta").to_pylist()]
+        kept = []
+        for row in rows:
+            if not isinstance(row, dict):
+                kept.append(row)
+                continue
+            selected = {k: v for k, v in row.items() if k in self.allowed}
+            self.dropped += len(row) - len(selected)
+            kept.append(selected)
+        if self.redact:
+            kept = self._redacted(kept)
+        meta = pa.array([None if m is None else orjson.dumps(m, option=orjson.OPT_SORT_KEYS).decode() for m in kept],
+                        pa.string())
+        return with_column(table, table.schema.field("meta"), meta)
+
+    @staticmethod
+    def _redacted(rows: list) -> list:
+        """Redact every string value of the kept keys in one vectorised pass."""
+        places = [(i, k) for i, row in enumerate(rows) if isinstance(row, dict)
+                  for k, v in row.items() if isinstance(v, str)]
+        if not places:
+            return rows
+        redacted, _ = redact_pii(pa.array([rows[i][k] for i, k in places], pa.string()))
+        for (i, k), value in zip(places, redacted.to_pylist(), strict=True):
+            rows[i][k] = value
+        return rows
 
 
 def rows_for_dt(table: DeltaTable, dt: str) -> int:
     """Count the rows of partition ``dt`` in the table's loaded version."""
     return table.to_pyarrow_dataset().count_rows(filter=ds.field(PARTITION) == dt)
+

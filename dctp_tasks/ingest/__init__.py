@@ -1,7 +1,7 @@
 """Ingest: every landing file (and configured PostgreSQL table) of one date into records; bad rows quarantined.
 
-Reads ``landing/{source}/dt=D/*`` and tables rows in the run's data interval; writes the staging
-``ingest`` dataset and the ``ingest`` rejects. Fails after writing them when too much was quarantined.
+Reads ``landing/{source}/dt=D/*`` and tables rows in the run's data interval; publishes the staged ``ingest`` rows
+and the quarantined rows together. Fails after publishing them when too much was quarantined.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import pyarrow as pa
 import dctp_tasks
 from dctp_tasks.config import PipelineConfig
 from dctp_tasks.ingest.mapping import Mapper, RowError
-from dctp_tasks.ingest.readers import BadRow, Event, read_file, read_postgres
+from dctp_tasks.ingest.readers import BadRow, Event, null_timestamp_rows, read_file, read_postgres
 from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.records import CORE_SCHEMA, append_step, empty_lineage, params_hash
+from dctp_tasks.staging import REJECTS, ROWS, stage_output
 from dctp_tasks.stats import StageResult, Timer
-from dctp_tasks.storage import Storage, staging_dir
+from dctp_tasks.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,15 @@ def ingest_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
                interval: tuple[datetime, datetime] | None = None,
                connect: ConnectionFactory | None = None) -> StageResult:
     """Ingest every source of date ``dt``; return counts. ``interval`` bounds PostgreSQL sources."""
-    out_dir = staging_dir(dag_id, dt, STAGE)
-    result = StageResult(STAGE, storage.uri(out_dir))
     per_file: dict[str, Counter[str]] = {}
     step = params_hash(config.ingest.model_dump(mode="json"))
     seen_ids: set[int] = set()
-    with Timer() as timer, storage.writer(out_dir, schema=CORE_SCHEMA) as writer, \
-            RejectWriter(storage, dt, STAGE) as rejects:
+    unplaced: Counter[str] = Counter()
+    with Timer() as timer, stage_output(storage, dag_id, dt, STAGE) as out, \
+            out.writer(ROWS, schema=CORE_SCHEMA) as writer, \
+            RejectWriter(storage, out.sub(REJECTS), dt, STAGE) as rejects:
         builder = _BatchBuilder(dt, step)
-        for source, file, events in _sources(storage, config, dt, interval, connect):
+        for source, file, events in _sources(storage, config, dt, interval, connect, unplaced):
             mapper = Mapper.for_source(source, config.ingest.source(source))
             counts = per_file.setdefault(file, Counter())
             for event in events:
@@ -77,11 +78,14 @@ def ingest_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
                 if builder.size >= config.batch_size:
                     writer.write(builder.flush())
         writer.write(builder.flush())
+    result = StageResult(STAGE, storage.uri(out.sub(ROWS)), version=out.version)
     result.seconds = timer.seconds
     result.total = sum(c["rows"] for c in per_file.values())
     result.kept = writer.rows
     result.dropped_by_reason = Counter(rejects.counts)
-    result.extra = {"files": len(per_file), "quarantined": rejects.total}
+    # Rows of a table source that no date reads (NULL timestamp): counted here so they show in the run's metrics.
+    result.extra = {"files": len(per_file), "quarantined": rejects.total,
+                    "null_timestamp_rows": sum(unplaced.values())}
     log.info("ingest dt=%s: %d rows from %d files, %d kept, %d quarantined", dt, result.total, len(per_file),
              result.kept, rejects.total)
     _check_quarantine_ratio(config.ingest.max_quarantine_ratio, result.total, rejects.total, per_file)
@@ -89,7 +93,7 @@ def ingest_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
 
 
 def _sources(storage: Storage, config: PipelineConfig, dt: str, interval: tuple[datetime, datetime] | None,
-             connect: ConnectionFactory | None) -> Iterator[tuple[str, str, Iterator[Event]]]:
+             connect: ConnectionFactory | None, unplaced: Counter[str]) -> Iterator[tuple[str, str, Iterator[Event]]]:
     wanted = set(config.ingest.include_sources)
     for source in storage.list_dirs("landing"):
         if (wanted and source not in wanted) or not config.ingest.source(source).enabled:
@@ -104,8 +108,10 @@ def _sources(storage: Storage, config: PipelineConfig, dt: str, interval: tuple[
             raise ValueError(f"source {source!r} reads PostgreSQL but no connection factory or interval was given")
         connection = connect(pg.conn_id)
         try:
+            unplaced[source] = null_timestamp_rows(connection, pg)
             yield source, f"postgresql:{pg.schema_name}.{pg.table}", read_postgres(
-                connection, pg.schema_name, pg.table, pg.timestamp_column, interval[0], interval[1], config.batch_size
+                connection, pg.schema_name, pg.table, pg.timestamp_column, interval[0], interval[1], config.batch_size,
+                ingested_at_column=pg.ingested_at_column,
             )
         finally:
             connection.close()

@@ -1,7 +1,8 @@
 """Turn one landing file (JSONL, JSONL.gz, CSV, Parquet) or a PostgreSQL query into raw rows or errors.
 
 A reader yields ``RawRow(line, data)`` for each row it could parse and ``BadRow(line, reason, detail)``
-for each it could not; it never raises for bad input, so one broken file cannot stop a day.
+for each it could not; it never raises for bad input, so one broken file cannot stop a day. It does raise when
+the storage fails (a file that cannot be opened or read to its end), so the task is retried instead.
 """
 
 from __future__ import annotations
@@ -9,18 +10,22 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import logging
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dctp_tasks.config import PostgresSourceConfig
 from dctp_tasks.storage import Storage
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz", ".csv", ".csv.gz",
                       ".parquet")
@@ -59,22 +64,122 @@ def file_format(path: str) -> str | None:
 
 
 def read_file(storage: Storage, path: str, batch_size: int) -> Iterator[Event]:
+    """Yield the rows of the landing file ``path`` and, for what cannot be a row, ``BadRow``s naming why.
+
+    Bad content (a malformed line, a truncated gzip stream, a corrupt Parquet file) becomes ``BadRow``s. An error
+    of the storage itself (opening, reading, seeking or sizing the file: an S3 5xx, a connection reset) is raised
+    unchanged, so the task is retried; the rows yielded before it are then not a complete file.
+    """
     fmt = file_format(path)
     if fmt is None:
         yield BadRow(0, "unsupported_format", f"no reader for {path.rsplit('/', 1)[-1]!r}; "
                                                 f"expected one of {', '.join(SUPPORTED_SUFFIXES)}")
         return
+    if fmt == "parquet":
+        stream = storage.fs.open_input_file(path)
+    else:
+        stream = storage.fs.open_input_stream(path, compression=None)
+    yield from read_stream(stream, path, batch_size)
+
+
+def read_stream(stream: pa.NativeFile, name: str, batch_size: int) -> Iterator[Event]:
+    """Yield the events of one open file (``read_file``'s work after opening); closes ``stream``.
+
+    ``name`` picks the format by its suffix. An error raised by ``stream`` is re-raised as it was, and no event
+    is yielded after it: whatever the format reader made of the failed read is not the file's fault.
+    """
+    fmt = file_format(name)
+    if fmt is None:
+        raise ValueError(f"no reader for {name!r}; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
     reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[fmt]
-    try:
-        if fmt == "parquet":
-            stream = storage.fs.open_input_file(path)
-        else:
-            stream = storage.fs.open_input_stream(path, compression=None)
-    except OSError as exc:
-        yield BadRow(0, "unreadable_file", f"cannot open: {exc}")
-        return
-    with stream:
-        yield from reader(stream, path.lower().endswith(".gz"), batch_size)
+    with _GuardedStream(stream) as guard:
+        # Parquet reads whole column chunks at known offsets; the text formats read forwards, and a 1 MiB buffer
+        # turns their small reads (8 KiB for CSV) into few large ones, which matters on S3 (one GET per read).
+        source = guard if fmt == "parquet" else io.BufferedReader(guard, buffer_size=_CHUNK)
+        events = reader(source, name.lower().endswith(".gz"), batch_size)
+        try:
+            for event in events:
+                if guard.failure is not None:
+                    break
+                yield event
+        except _StorageFailed:
+            pass  # the original error is raised below
+        finally:
+            events.close()
+        if guard.failure is not None:
+            raise guard.failure
+
+
+class _StorageFailed(Exception):
+    """The storage stream under a reader failed. Not an ``OSError``, so no format reader mistakes it for bad data."""
+
+
+_T = TypeVar("_T")
+
+
+class _GuardedStream(io.RawIOBase):
+    """A read-only view of a storage stream that remembers the first error the stream raised.
+
+    gzip, zlib and pyarrow's Parquet reader raise ``OSError`` for corrupt data, which is also what pyarrow raises
+    for a failed S3 read; keeping the storage's own error here, raised onwards as ``_StorageFailed``, is what lets
+    ``read_stream`` tell the two apart. After a failure every call fails again.
+    """
+
+    def __init__(self, stream: pa.NativeFile) -> None:
+        super().__init__()
+        self._stream = stream
+        self.failure: Exception | None = None
+
+    def _call(self, method: Callable[..., _T], *args: Any) -> _T:
+        if self.failure is not None:
+            raise _StorageFailed(str(self.failure)) from self.failure
+        try:
+            return method(*args)
+        except Exception as exc:
+            self.failure = exc
+            raise _StorageFailed(str(exc)) from exc
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._stream.seekable()
+
+    def _require_seekable(self) -> None:
+        # A capability answer, not a storage failure: BufferedReader asks tell() and ignores the refusal.
+        if not self._stream.seekable():
+            raise io.UnsupportedOperation("the storage stream is not seekable")
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._require_seekable()
+        return self._call(self._stream.seek, offset, whence)
+
+    def tell(self) -> int:
+        self._require_seekable()
+        return self._call(self._stream.tell)
+
+    def size(self) -> int:
+        return self._call(self._stream.size)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._call(self._stream.read, None if size is None or size < 0 else size)
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def readinto(self, buffer) -> int:
+        return self._call(self._stream.readinto, buffer)
+
+    def read_buffer(self, size: int) -> pa.Buffer:
+        """Read without a copy; pyarrow's Parquet reader uses this when a Python file has it."""
+        return self._call(self._stream.read_buffer, size)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._stream.close()
+            finally:
+                super().close()
 
 
 def _decompressed(stream, gz: bool):
@@ -98,7 +203,8 @@ def _lines(fileobj) -> Iterator[bytes]:
         yield pending
 
 
-_TRUNCATION_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, OSError)
+# What a cut or corrupt gzip stream raises (BadGzipFile is an OSError; a failed storage read is not caught here).
+_TRUNCATION_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 def _read_jsonl(stream, gz: bool, batch_size: int) -> Iterator[Event]:
@@ -200,28 +306,37 @@ def _read_parquet(stream, gz: bool, batch_size: int) -> Iterator[Event]:
         return
     row = 0
     try:
-        for batch in parquet.iter_batches(batch_size=batch_size):
-            for data in batch.to_pylist():
-                row += 1
-                yield RawRow(row, data)
+        # One row group per call: with pre_buffer (on by default) a single call would cache the whole file.
+        for group in range(parquet.num_row_groups):
+            for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group]):
+                for data in batch.to_pylist():
+                    row += 1
+                    yield RawRow(row, data)
     except (pa.ArrowException, OSError) as exc:
         yield BadRow(row + 1, "truncated_file", f"Parquet data ends early after row {row}: {exc}")
 
 
-def read_postgres(connection, schema: str, table: str, timestamp_column: str, start: datetime, end: datetime,
-                  batch_size: int) -> Iterator[Event]:
-    """Yield the rows of ``schema.table`` whose ``timestamp_column`` lies in ``[start, end)``, in a stable order.
-
-    ``connection`` is a psycopg2 or psycopg connection; a server-side cursor keeps memory bounded.
-    """
+def _sql_module(connection):
     # The postgres provider hands out psycopg2 or psycopg (3) connections; each needs its own sql module.
     if type(connection).__module__.startswith("psycopg2"):
         from psycopg2 import sql
     else:
         from psycopg import sql
+    return sql
 
+
+def read_postgres(connection, schema: str, table: str, timestamp_column: str, start: datetime, end: datetime,
+                  batch_size: int, *, ingested_at_column: str | None = None) -> Iterator[Event]:
+    """Yield the rows of ``schema.table`` whose ``timestamp_column`` lies in ``[start, end)``, in a stable order.
+
+    With ``ingested_at_column`` (a column the table fills at insert time) the rows whose ingestion time lies in
+    the interval are yielded instead, whatever their ``timestamp_column`` says: a row inserted after its day ran,
+    or one with a NULL timestamp, is then read by the run of the day it arrived.
+    ``connection`` is a psycopg2 or psycopg connection; a server-side cursor keeps memory bounded.
+    """
+    sql = _sql_module(connection)
     query = sql.SQL("SELECT * FROM {}.{} WHERE {ts} >= %s AND {ts} < %s ORDER BY {ts}, 1").format(
-        sql.Identifier(schema), sql.Identifier(table), ts=sql.Identifier(timestamp_column)
+        sql.Identifier(schema), sql.Identifier(table), ts=sql.Identifier(ingested_at_column or timestamp_column)
     )
     with connection.cursor(name=f"dctp_ingest_{table}") as cursor:
         cursor.itersize = batch_size
@@ -231,3 +346,39 @@ def read_postgres(connection, schema: str, table: str, timestamp_column: str, st
             if columns is None:
                 columns = [d[0] for d in cursor.description]
             yield RawRow(line, dict(zip(columns, values, strict=True)))
+
+
+def table_has_rows(connection, pg: PostgresSourceConfig, start: datetime, end: datetime) -> bool:
+    """Return whether ``pg``'s table has a row a run of ``[start, end)`` would read (one indexed ``LIMIT 1``)."""
+    sql = _sql_module(connection)
+    query = sql.SQL("SELECT 1 FROM {}.{} WHERE {ts} >= %s AND {ts} < %s LIMIT 1").format(
+        sql.Identifier(pg.schema_name), sql.Identifier(pg.table),
+        ts=sql.Identifier(pg.ingested_at_column or pg.timestamp_column)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(query, (start, end))
+        return cursor.fetchone() is not None
+
+
+def null_timestamp_rows(connection, pg: PostgresSourceConfig) -> int:
+    """Count the rows of ``pg``'s table that no run reads because the column that places them in a day is NULL.
+
+    That column is ``ingested_at_column`` when set, else ``timestamp_column``. Logs a warning naming the count
+    and the fix when there are any. One ``COUNT(*)``; an index on the column answers it without a table scan.
+    """
+    sql = _sql_module(connection)
+    column = pg.ingested_at_column or pg.timestamp_column
+    query = sql.SQL("SELECT count(*) FROM {}.{} WHERE {} IS NULL").format(
+        sql.Identifier(pg.schema_name), sql.Identifier(pg.table), sql.Identifier(column)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(query)
+        count = int(cursor.fetchone()[0])
+    if count and pg.ingested_at_column is None:
+        log.warning("%d rows of %s.%s have a NULL %s, so no run ingests them; set ingested_at_column (a column "
+                    "the table fills at insert time) on this source to ingest them on the day they arrive",
+                    count, pg.schema_name, pg.table, column)
+    elif count:
+        log.warning("%d rows of %s.%s have a NULL %s (ingested_at_column), so no run ingests them; give the "
+                    "column a default such as now() and NOT NULL", count, pg.schema_name, pg.table, column)
+    return count

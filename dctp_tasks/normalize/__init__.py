@@ -1,6 +1,6 @@
 """Normalize: ftfy repair, NFC, control characters out, whitespace collapsed, length filter, language ID.
 
-Reads the ``ingest`` staging dataset, writes ``normalize`` (adds ``lang``, ``lang_score``); rows outside
+Reads the staged ``ingest`` rows, publishes ``normalize`` (adds ``lang``, ``lang_score``); rows outside
 ``[min_chars, max_chars]`` go to the ledger as ``filtered`` (``too_short`` / ``too_long``).
 """
 
@@ -23,8 +23,9 @@ from dctp_tasks.config import NormalizeConfig, PipelineConfig
 from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.normalize.text_repair import repair
 from dctp_tasks.records import NORMALIZED_SCHEMA, append_step, params_hash, with_column
+from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rows
 from dctp_tasks.stats import StageResult, Timer
-from dctp_tasks.storage import Storage, staging_dir
+from dctp_tasks.storage import Storage
 from dctp_tasks.workers import process_pool, worker_count
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,17 @@ _HSPACE = f"{_BLANK_NOT_SPACE}{_BLANK}*| {_BLANK}+"
 _LANG_CHARS = 1000  # fastText needs no more than a paragraph to be confident; cuts cost on long docs
 
 
-def normalize_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str) -> StageResult:
-    """Normalize the date's ingested records; return counts."""
+def normalize_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, input_stage: str = INPUT_STAGE,
+                  input_version: str | None = None) -> StageResult:
+    """Normalize the date's ingested records (``input_version`` of ``input_stage``, or its current one)."""
     cfg = config.normalize
-    out_dir = staging_dir(dag_id, dt, STAGE)
-    result = StageResult(STAGE, storage.uri(out_dir))
     step = params_hash(cfg.model_dump(mode="json", exclude={"workers"}))  # workers do not change the output
-    batches = storage.iter_batches(staging_dir(dag_id, dt, INPUT_STAGE), batch_size=config.batch_size)
-    with Timer() as timer, storage.writer(out_dir, schema=NORMALIZED_SCHEMA) as writer, \
-            RejectWriter(storage, dt, STAGE) as rejects:
+    in_dir = stage_rows(storage, dag_id, dt, input_stage, input_version)
+    batches = storage.iter_batches(in_dir, batch_size=config.batch_size)
+    total = 0
+    with Timer() as timer, stage_output(storage, dag_id, dt, STAGE) as out, \
+            out.writer(ROWS, schema=NORMALIZED_SCHEMA) as writer, \
+            RejectWriter(storage, out.sub(REJECTS), dt, STAGE) as rejects:
         for batch, (texts, langs, scores) in _map_texts(batches, cfg):
             table = with_column(batch, pa.field("text", pa.string()), texts)
             table = table.append_column("lang", langs).append_column("lang_score", scores)
@@ -60,7 +63,8 @@ def normalize_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str
             kept = with_column(kept, NORMALIZED_SCHEMA.field("lineage"),
                                append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, step))
             writer.write(kept)
-            result.total += table.num_rows
+            total += table.num_rows
+    result = StageResult(STAGE, storage.uri(out.sub(ROWS)), total=total, version=out.version)
     result.kept = writer.rows
     result.seconds = timer.seconds
     result.dropped_by_reason = Counter(rejects.counts)

@@ -64,10 +64,6 @@ def train_classifier(storage: Storage, name: str, data_path: str | Path, text_co
     Rows with no label are skipped; ``positive_label`` may be left out for boolean or 0/1 labels. ROC-AUC is
     measured on a stratified ``test_size`` hold-out; the stored model is the one measured (fit on the rest).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import average_precision_score, roc_auc_score
-    from sklearn.model_selection import train_test_split
-
     if not re.match(NAME_PATTERN, name):
         raise ValueError(f"classifier name {name!r} must match {NAME_PATTERN} (it names a scorer and a folder)")
     embedding = embedding or EmbeddingConfig()
@@ -81,15 +77,8 @@ def train_classifier(storage: Storage, name: str, data_path: str | Path, text_co
     start = time.perf_counter()
     vectors = encode(texts, embedding)
     embed_seconds = time.perf_counter() - start
-    rows = np.arange(len(y))
-    train, test = train_test_split(rows, test_size=test_size, random_state=seed, stratify=y)
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
-    model.fit(vectors[train], y[train])
-    stored = StoredClassifier(name, model.coef_[0].astype(np.float64), float(model.intercept_[0]), {})
-    held_out = stored.probability(vectors[test])
-    metrics = {"roc_auc": round(float(roc_auc_score(y[test], held_out)), 6),
-               "average_precision": round(float(average_precision_score(y[test], held_out)), 6),
-               "accuracy_at_0_5": round(float(((held_out > 0.5) == y[test]).mean()), 6)}
+    fitted = fit_classifier(name, vectors, y, test_size=test_size, seed=seed, c=c)
+    stored, train, test, metrics = fitted.model, fitted.train, fitted.test, fitted.metrics
     import sklearn
 
     meta = {
@@ -107,6 +96,40 @@ def train_classifier(storage: Storage, name: str, data_path: str | Path, text_co
     log.info("classifier %s: %d rows (%d positive), hold-out ROC-AUC %.4f, stored in %s", name, len(y),
              counts[1], metrics["roc_auc"], storage.uri(classifier_dir(name)))
     return {**meta, "path": storage.uri(classifier_dir(name))}
+
+
+@dataclass(frozen=True)
+class FittedClassifier:
+    """A classifier fitted on the ``train`` rows and measured on the ``test`` rows (indices into the input)."""
+
+    model: StoredClassifier
+    train: np.ndarray
+    test: np.ndarray
+    held_out: np.ndarray
+    """P(positive) of the ``test`` rows, in their order."""
+    metrics: dict
+
+
+def fit_classifier(name: str, vectors: np.ndarray, y: np.ndarray, test_size: float = 0.2, seed: int = 0,
+                   c: float = DEFAULT_C) -> FittedClassifier:
+    """Fit the logistic regression on a stratified split of ``vectors`` / 0-1 ``y``; measure it on the hold-out.
+
+    The one place the model's settings live (balanced class weights, L2 strength ``c``): ``train_classifier`` and
+    the shipped toxicity model's training script both fit here.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=y)
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+    model.fit(vectors[train], y[train])
+    stored = StoredClassifier(name, model.coef_[0].astype(np.float64), float(model.intercept_[0]), {})
+    held_out = stored.probability(vectors[test])
+    metrics = {"roc_auc": round(float(roc_auc_score(y[test], held_out)), 6),
+               "average_precision": round(float(average_precision_score(y[test], held_out)), 6),
+               "accuracy_at_0_5": round(float(((held_out > 0.5) == y[test]).mean()), 6)}
+    return FittedClassifier(stored, train, test, held_out, metrics)
 
 
 def read_labeled(path: Path, text_column: str, label_column: str) -> pa.Table:
@@ -174,10 +197,48 @@ def load_classifier(storage: Storage, name: str) -> StoredClassifier:
         raise FileNotFoundError(f"no trained classifier {name!r} at {storage.uri(folder)}: train it with "
                                 f"`dctp train-scorer {name} --data FILE`")
     meta = json.loads(storage.read_bytes(storage.path(folder, "model.json")))
-    table = storage.read_table(folder, columns=["dimension", "coef"]).sort_by("dimension")
-    coef = table.column("coef").to_numpy()
+    table = storage.read_table(folder, columns=["dimension", "coef"])
+    return _from_parts(name, meta, table, storage.uri(folder))
+
+
+def write_classifier_dir(folder: str | Path, model: StoredClassifier, meta: dict) -> None:
+    """Write ``model`` to a local folder as ``coef.parquet`` and ``model.json`` (``meta`` plus dim and intercept).
+
+    Same format as a trained scorer's state folder, so ``read_classifier_dir`` and ``load_classifier`` agree;
+    no timestamps are added, so retraining on the same data gives the same bytes.
+    """
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.json").unlink(missing_ok=True)
+    schema = pa.schema([("dimension", pa.int32()), ("coef", pa.float64())])
+    pq.write_table(pa.table({"dimension": pa.array(np.arange(len(model.coef)), pa.int32()),
+                             "coef": pa.array(model.coef, pa.float64())}, schema=schema), folder / "coef.parquet")
+    meta = {**meta, "dim": len(model.coef), "intercept": model.intercept}
+    # Written last: a folder without model.json is an interrupted training, never a loadable model.
+    (folder / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def read_classifier_dir(folder: str | Path, name: str | None = None) -> StoredClassifier:
+    """Return the classifier stored in a local folder (``coef*.parquet`` + ``model.json``); ``name``: the folder's."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    if not (folder / "model.json").is_file():
+        raise FileNotFoundError(f"no classifier at {folder}: the folder has no model.json")
+    meta = json.loads((folder / "model.json").read_text())
+    parts = sorted(folder.glob("coef*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"classifier {folder} has model.json but no coef*.parquet")
+    table = pa.concat_tables([pq.read_table(p, columns=["dimension", "coef"]) for p in parts])
+    return _from_parts(name or folder.name, meta, table, str(folder))
+
+
+def _from_parts(name: str, meta: dict, table: pa.Table, where: str) -> StoredClassifier:
+    coef = table.sort_by("dimension").column("coef").to_numpy()
     if len(coef) != meta["dim"]:
-        raise ValueError(f"{storage.uri(folder)}: {len(coef)} coefficients for a {meta['dim']}-d embedding")
+        raise ValueError(f"{where}: {len(coef)} coefficients for a {meta['dim']}-d embedding")
     return StoredClassifier(name, coef, float(meta["intercept"]), meta)
 
 

@@ -1,9 +1,10 @@
 """Decide: apply the rules and the composite to stored scores; filter, mark for review, redact PII. No model runs.
 
-Reads the scored rows (``score_models``), writes ``quality`` (adds ``quality`` in [0, 1] and ``quality_verdict``:
+Reads the scored rows (``score_models``), publishes ``quality`` (adds ``quality`` in [0, 1] and ``quality_verdict``:
 ``pass`` or ``review``) and sends failing rows to the ledger as ``filtered`` with the first rule that removed them
 (``too_few_words``, detail ``heuristics.word_count=12<50``; ``low_quality`` below ``quality.min_quality``). PII is
-redacted from kept rows when the ``pii`` scorer runs with ``redact``. Writes the score report.
+redacted from kept rows when the ``pii`` scorer's ``redact`` is on (also with ``quality.enabled: false``, which
+keeps every row unjudged: ``quality`` and ``quality_verdict`` null). Writes the score report.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import pyarrow.compute as pc
 import dctp_tasks
 from dctp_tasks.config import PipelineConfig, QualityConfig
 from dctp_tasks.ledger import RejectWriter
+from dctp_tasks.publish import NotPublished
 from dctp_tasks.quality.base import Rule, Scorer
-from dctp_tasks.quality.registry import LOW_QUALITY, build_scorers
+from dctp_tasks.quality.registry import LOW_QUALITY, build_scorers, scorer_settings
 from dctp_tasks.quality.report import write_report
 from dctp_tasks.records import append_step, params_hash, with_column
+from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rows
 from dctp_tasks.stats import StageResult, Timer
-from dctp_tasks.storage import Storage, staging_dir
+from dctp_tasks.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +49,26 @@ class Decisions:
     domains: np.ndarray
 
 
-def decide_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
-               input_stage: str = INPUT_STAGE) -> StageResult:
-    """Filter and mark date ``dt`` from its stored scores; return counts (``dropped_<rule>``) and the report."""
+def decide_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, input_stage: str = INPUT_STAGE,
+               input_version: str | None = None, source_dag_id: str | None = None) -> StageResult:
+    """Filter and mark date ``dt`` from its stored scores; return counts (``dropped_<rule>``) and the report.
+
+    The scores are ``input_stage``'s staged output of ``source_dag_id`` (default: this DAG): ``dctp_rescore``
+    re-decides what ``dctp_daily`` scored and publishes under its own DAG id.
+    """
     q = config.quality
-    in_dir, out_dir = staging_dir(dag_id, dt, input_stage), staging_dir(dag_id, dt, STAGE)
-    result = StageResult(STAGE, storage.uri(out_dir))
+    in_dir = stage_rows(storage, source_dag_id or dag_id, dt, input_stage, input_version)
     scorers = build_scorers(q) if q.enabled else []
     step = params_hash({k: v for k, v in q.model_dump(mode="json").items() if k != "scorers"})
     with Timer() as timer:
-        decisions = decide_scores(storage, in_dir, q, scorers, config.batch_size)
-        redact = _redactor(scorers)
+        decisions = decide_scores(storage, in_dir, q, scorers, config.batch_size) if q.enabled \
+            else unjudged(storage, in_dir)
+        redact = _redactor(q)
         schema = storage.parquet_schema(in_dir)
         schema = pa.schema([*schema, *[f for f in QUALITY_FIELDS if f.name not in schema.names]])
         offset = 0
-        with storage.writer(out_dir, schema=schema) as writer, RejectWriter(storage, dt, STAGE) as rejects:
+        with stage_output(storage, dag_id, dt, STAGE) as out, out.writer(ROWS, schema=schema) as writer, \
+                RejectWriter(storage, out.sub(REJECTS), dt, STAGE) as rejects:
             for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
                 rows = slice(offset, offset + batch.num_rows)
                 offset += batch.num_rows
@@ -75,7 +83,7 @@ def decide_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
                 }))
                 kept = table.filter(pa.array(~failed))
                 quality = decisions.quality[rows][~failed]
-                verdicts = np.asarray(VERDICTS, dtype=object)[decisions.verdict[rows][~failed]]
+                verdicts = np.asarray((*VERDICTS, None), dtype=object)[decisions.verdict[rows][~failed]]
                 for name, values in (("quality", pa.array(quality, pa.float32(), mask=np.isnan(quality))),
                                      ("quality_verdict", pa.array(verdicts, pa.string()))):
                     kept = with_column(kept, schema.field(name), values)
@@ -84,10 +92,11 @@ def decide_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
                 kept = with_column(kept, schema.field("lineage"),
                                    append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, step))
                 writer.write(kept)
-        centroids = _update_centroids(storage, dt, out_dir, scorers, config.batch_size)
-        counts = Counter(VERDICTS[v] for v in decisions.verdict.tolist())
+        centroids = _update_centroids(storage, dt, out.sub(ROWS), scorers, config.batch_size)
+        counts = Counter(VERDICTS[v] for v in decisions.verdict.tolist() if v < len(VERDICTS))
         report = write_report(storage, dt, decisions, scorers, q, counts)
-    result.total, result.kept = len(decisions.verdict), writer.rows
+    result = StageResult(STAGE, storage.uri(out.sub(ROWS)), total=len(decisions.verdict), kept=writer.rows,
+                         version=out.version)
     result.seconds = timer.seconds
     result.dropped_by_reason = Counter(r for r in decisions.reason.tolist() if r is not None)
     result.extra = {"pass": counts["pass"], "review": counts["review"], "fail": counts["fail"],
@@ -102,10 +111,21 @@ def decide_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
 def scored_stage(storage: Storage, dag_id: str, dt: str) -> str:
     """Return the last stage that holds the date's scores: ``score_models``, else ``score`` (no GPU scorer ran)."""
     for stage in (INPUT_STAGE, "score"):
-        if any(p.endswith(".parquet") for p in storage.list_files(staging_dir(dag_id, dt, stage))):
+        try:
+            folder = stage_rows(storage, dag_id, dt, stage)
+        except NotPublished:
+            continue
+        if "scores" in storage.parquet_schema(folder).names:
             return stage
-    raise FileNotFoundError(f"no scores for dt={dt} under {storage.uri(staging_dir(dag_id, dt, ''))}: "
-                            f"run {dag_id} for that date first")
+    raise NotPublished(f"no scores of dt={dt} staged by {dag_id}: run {dag_id} for that date first (with "
+                       "quality.enabled)")
+
+
+def unjudged(storage: Storage, in_dir: str) -> Decisions:
+    """Return the decisions of a day nobody judged (``quality.enabled: false``): every row kept, no verdict."""
+    n = storage.count_rows(in_dir)
+    return Decisions(np.full(n, np.nan), np.full(n, len(VERDICTS), dtype=np.int8), np.full(n, None, dtype=object),
+                     np.full(n, None, dtype=object), {}, np.full(n, None, dtype=object))
 
 
 def decide_scores(storage: Storage, in_dir: str, q: QualityConfig, scorers: list[Scorer],
@@ -172,6 +192,9 @@ def _read_scores(storage: Storage, in_dir: str, scorers: list[Scorer],
                  batch_size: int) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
     parts: dict[str, dict[str, list]] = {s.name: {f.name: [] for f in s.fields} for s in scorers}
     domains = []
+    if "scores" not in storage.parquet_schema(in_dir).names:
+        raise ValueError(f"{storage.uri(in_dir)} holds no scores: the score tasks did not run on it (were they "
+                         "skipped, or quality.enabled false when it was scored?)")
     for batch in storage.iter_batches(in_dir, batch_size=batch_size, columns=["domain", "scores"]):
         struct = batch.column("scores")
         present = {f.name for f in struct.type}
@@ -211,17 +234,26 @@ def _update_centroids(storage: Storage, dt: str, out_dir: str, scorers: list[Sco
     return {"centroid_vectors_reused": lookup.reused, "centroid_vectors_encoded": lookup.encoded}
 
 
-def _redactor(scorers: list[Scorer]):
-    """Return a function redacting PII in a table's text columns, or ``None`` when PII is not redacted."""
-    pii = next((s for s in scorers if s.name == "pii"), None)
-    if pii is None or not getattr(pii.config, "redact", False):
+def _redactor(q: QualityConfig):
+    """Return a function redacting PII in a table's text columns, or ``None`` when PII is not redacted.
+
+    The ``pii`` scorer's settings decide, whether or not quality is judged at all: switching scoring off must not
+    switch redaction off with it.
+    """
+    pii_settings = next((settings for name, _, settings in scorer_settings(q) if name == "pii"), None)
+    if pii_settings is None:
         return None
-    from dctp_tasks.quality.pii import redact_pii
+    from dctp_tasks.quality.pii import PiiConfig
+
+    pii = PiiConfig.model_validate(pii_settings)
+    if not pii.redact:
+        return None
+    from dctp_tasks.pii import redact_pii
 
     def redact(table: pa.Table) -> pa.Table:
         for name in ("text", "prompt", "response"):
             if name in table.column_names and table.num_rows:
-                redacted, _ = redact_pii(table.column(name).combine_chunks(), pii.config.types)
+                redacted, _ = redact_pii(table.column(name).combine_chunks(), pii.types)
                 table = with_column(table, table.schema.field(name), redacted)
         return table
 

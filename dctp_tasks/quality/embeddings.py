@@ -16,16 +16,21 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from dctp_tasks.config import SemanticDedupConfig
-from dctp_tasks.dedup.semantic import STATE, embed_texts
+from dctp_tasks.embeddings import (
+    STATE,
+    embed_texts,
+    encoder_identity,
+    encoder_mismatch,
+    model_dim,
+    stored_encoder,
+    vectors_matrix,
+)
+from dctp_tasks.publish import NotPublished, resolve
 from dctp_tasks.quality.base import ScoringContext
 from dctp_tasks.storage import Storage, state_dir
 
 log = logging.getLogger(__name__)
 
-#: Width of the default model's vectors (all-MiniLM-L6-v2), known without loading it.
-MINILM_DIM = 384
-#: Parquet schema metadata key naming the model that wrote stored vectors (checked when present).
-MODEL_METADATA_KEY = b"dctp.embedding_model"
 
 
 class EmbeddingConfig(BaseModel):
@@ -37,7 +42,7 @@ class EmbeddingConfig(BaseModel):
     """sentence-transformers model (Hugging Face id or local folder); ``None`` is the shipped all-MiniLM-L6-v2,
     the same default as ``dedup_semantic.model``."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to encode; ``auto`` picks CUDA (half precision) when present, else the CPU (DESIGN §7)."""
+    """Where to encode; ``auto`` picks CUDA (half precision) when present, else the CPU."""
     batch_size: int = Field(64, ge=1)
     """Texts per forward pass; 64 suits MiniLM on CPU (as ``dedup_semantic.batch_size``), raise it on a GPU."""
     max_seq_length: int | None = Field(None, ge=8)
@@ -61,15 +66,6 @@ def encode(texts: list[str], cfg: EmbeddingConfig) -> np.ndarray:
     return embed_texts(texts, cfg.as_dedup())
 
 
-def model_dim(cfg: EmbeddingConfig) -> int:
-    """Return the width of the model's vectors; the default MiniLM's is known without loading it."""
-    if cfg.model is None:
-        return MINILM_DIM
-    from dctp_tasks.models import sentence_encoder
-
-    return int(sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length).get_sentence_embedding_dimension())
-
-
 class EmbeddingLookup:
     """The day's vectors by ``doc_id``: stored ones are read back, missing ones encoded, each counted.
 
@@ -85,6 +81,7 @@ class EmbeddingLookup:
         self.reused = 0
         self.encoded = 0
         self._index: pa.Array | None = None
+        self._folder: str | None = None
         self._last: tuple[pa.Array, np.ndarray] | None = None
 
     @classmethod
@@ -109,22 +106,18 @@ class EmbeddingLookup:
         return self._index
 
     def _load_index(self) -> pa.Array:
-        folder = state_dir(STATE, self.dt)
-        if not self.storage.list_files(folder):
-            log.info("no stored embeddings in %s: every row will be encoded", folder)
+        try:
+            # Resolved once: the row numbers of the index and the vectors read later come from one version.
+            folder = resolve(self.storage, state_dir(STATE, self.dt))
+        except NotPublished:
+            log.info("no stored embeddings for dt=%s: every row will be encoded", self.dt)
             return pa.array([], pa.string())
-        schema = self.storage.parquet_schema(folder)
-        stored_dim = schema.field("embedding").type.list_size
-        made_by = (schema.metadata or {}).get(MODEL_METADATA_KEY)
-        wanted = self.cfg.model or "all-MiniLM-L6-v2"
-        # Vectors of another model live in another space: scoring them against this model's would be meaningless.
-        if made_by is not None and made_by.decode() != wanted:
-            log.warning("%s holds %s embeddings, not %s: not reused", folder, made_by.decode(), wanted)
+        # Vectors of another encoder live in another space: scoring them against this model's would be meaningless.
+        mismatch = encoder_mismatch(stored_encoder(self.storage.parquet_schema(folder)), encoder_identity(self.cfg))
+        if mismatch:
+            log.warning("stored embeddings of dt=%s not reused: %s", self.dt, mismatch)
             return pa.array([], pa.string())
-        if stored_dim != model_dim(self.cfg):
-            log.warning("%s holds %d-d embeddings; %s makes %d-d ones: not reused", folder, stored_dim, wanted,
-                        model_dim(self.cfg))
-            return pa.array([], pa.string())
+        self._folder = folder
         ids = self.storage.read_table(folder, columns=["doc_id"]).column("doc_id").combine_chunks()
         log.info("reusing %d stored embeddings of dt=%s", len(ids), self.dt)
         return ids
@@ -143,8 +136,8 @@ class EmbeddingLookup:
             rows = where[found].astype(np.int64)
             order = np.argsort(rows, kind="stable")
             unique, inverse = np.unique(rows[order], return_inverse=True)
-            table = self.storage.take_rows(state_dir(STATE, self.dt), rows=unique, columns=["embedding"])
-            read = _matrix(table.column("embedding"))[inverse]
+            table = self.storage.take_rows(self._folder, rows=unique, columns=["embedding"])
+            read = vectors_matrix(table.column("embedding"))[inverse]
             out = np.empty((len(ids), read.shape[1]), dtype=np.float32)
             positions = np.flatnonzero(found)[order]
             out[positions] = read
@@ -162,9 +155,3 @@ class EmbeddingLookup:
         self.encoded += len(missing)
         self._last = (ids, out)
         return out
-
-
-def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Return a fixed-size-list column of vectors as a float32 ``(rows, dim)`` matrix."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(arr), arr.type.list_size)

@@ -1,7 +1,8 @@
 """Domain relevance: cosine of a doc's embedding to its domain's centroid (configured examples and/or kept docs).
 
-Kept docs' per-domain vector sums go to ``state/centroids/dt=D/`` (``update_centroids``, called after deciding);
-date D reads only dates < D, so re-running dates in any order gives the same centroids (DESIGN §5).
+Kept docs' per-domain vector sums go to ``state/centroids/dt=D/`` (``update_centroids``, called after deciding),
+with the encoder that made them; date D reads only dates < D, so re-running dates in any order gives the same
+centroids, and only sums made by its own encoder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dctp_tasks.embeddings import encoder_identity, encoder_mismatch, encoder_name
+from dctp_tasks.publish import current, earlier_partitions, publish
 from dctp_tasks.quality.base import Field as ScoreField
 from dctp_tasks.quality.base import Rule, Scorer, ScoringContext
 from dctp_tasks.quality.embeddings import EmbeddingConfig, EmbeddingLookup, encode
@@ -80,7 +83,8 @@ class RelevanceScorer(Scorer):
 
     def prepare(self, context: ScoringContext) -> None:
         self._lookup = EmbeddingLookup.shared(context, self.config.embedding)
-        accepted = (accepted_centroids(context.storage, context.dt, min_docs=self.config.min_accepted)
+        accepted = (accepted_centroids(context.storage, context.dt, min_docs=self.config.min_accepted,
+                                       encoder=encoder_name(self.config.embedding))
                     if self.config.from_accepted else {})
         names, rows = [], []
         for domain in sorted(set(self.reference_centroids()) | set(accepted)):
@@ -92,14 +96,11 @@ class RelevanceScorer(Scorer):
         log.info("relevance dt=%s: centroids for %d domains (%s)", context.dt, len(names), ", ".join(names))
 
     def cache_token(self, context: ScoringContext) -> str:
-        """Scores depend on the accepted centroids of earlier dates: their files, by name and size."""
+        """Scores depend on the accepted centroids of earlier dates: the version each date has published."""
         if not self.config.from_accepted:
             return ""
-        earlier = [p for p in sorted(context.storage.list_dirs(state_dir(STATE)))
-                   if p.startswith("dt=") and p[3:] < context.dt]
-        files = context.storage.fs.get_file_info([f for p in earlier for f in context.storage.list_files(
-            state_dir(STATE, p[3:]))])
-        return ";".join(f"{f.path.rsplit('/', 2)[-2]}/{f.size}" for f in files)
+        return ";".join(f"{day}/{folder.rsplit('/', 1)[-1]}"
+                        for day, folder in earlier_partitions(context.storage, state_dir(STATE), context.dt))
 
     def reference_centroids(self) -> dict[str, np.ndarray]:
         """Return the unit mean vector of each domain's configured examples (embedded once per scorer)."""
@@ -164,14 +165,15 @@ class CentroidSums:
                 self.sums[name] = self.sums.get(name, 0.0) + sums[i]
                 self.counts[name] = self.counts.get(name, 0) + int(counts[i])
 
-    def write(self, storage: Storage, dt: str, dim: int) -> None:
-        """Replace ``state/centroids/dt={dt}`` with these sums (sorted by domain: same input, same bytes)."""
+    def write(self, storage: Storage, dt: str, dim: int, encoder: dict | None = None) -> None:
+        """Publish these sums as ``state/centroids/dt={dt}`` (sorted by domain: same input, same bytes)."""
         names = sorted(self.sums)
         flat = pa.array(np.concatenate([self.sums[n] for n in names]) if names else np.zeros(0), pa.float64())
         table = pa.table({"domain": pa.array(names, pa.string()),
                           "count": pa.array([self.counts[n] for n in names], pa.int64()),
                           "sum": pa.FixedSizeListArray.from_arrays(flat, dim)}, schema=centroids_schema(dim))
-        with storage.writer(state_dir(STATE, dt), schema=centroids_schema(dim)) as writer:
+        with publish(storage, state_dir(STATE, dt), meta={"encoder": encoder}) as state, \
+                state.writer(schema=centroids_schema(dim)) as writer:
             writer.write(table)
 
 
@@ -191,27 +193,28 @@ def update_centroids(storage: Storage, dt: str, kept: Iterable[pa.RecordBatch], 
         from dctp_tasks.quality.embeddings import model_dim
 
         dim = model_dim(lookup.cfg)
-    sums.write(storage, dt, dim)
+    sums.write(storage, dt, dim, encoder_identity(lookup.cfg, dim))
     log.info("centroids dt=%s: kept docs per domain %s", dt, sums.counts)
     return dict(sums.counts)
 
 
-def accepted_centroids(storage: Storage, dt: str, min_docs: int = 1) -> dict[str, np.ndarray]:
+def accepted_centroids(storage: Storage, dt: str, min_docs: int = 1,
+                       encoder: dict | None = None) -> dict[str, np.ndarray]:
     """Return each domain's unit mean vector over the kept docs of dates strictly before ``dt``.
 
-    Domains with fewer than ``min_docs`` kept docs are left out.
+    Domains with fewer than ``min_docs`` kept docs are left out. With ``encoder``, only the dates whose sums that
+    encoder made count: another encoder's vectors live in another space (those dates are skipped with a warning).
     """
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    dims = set()
-    for partition in storage.list_dirs(state_dir(STATE)):
-        if not partition.startswith("dt=") or partition[3:] >= dt:
-            continue
-        table = storage.read_table(state_dir(STATE, partition[3:]))
-        dims.add(table.schema.field("sum").type.list_size)
-        if len(dims) > 1:
-            raise ValueError(f"state/{STATE} mixes {sorted(dims)}-d sums: another model's vectors live in another "
-                             f"space; delete state/{STATE} after changing the embedding model")
+    for day, folder in earlier_partitions(storage, state_dir(STATE), dt):
+        if encoder is not None:
+            made_by = (current(storage, state_dir(STATE, day)) or {}).get("encoder")
+            mismatch = encoder_mismatch(made_by, encoder, keys=("model", "revision"))
+            if mismatch:
+                log.warning("relevance: centroids of dt=%s not used: %s", day, mismatch)
+                continue
+        table = storage.read_table(folder)
         matrix = table.column("sum").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
         for name, count, row in zip(table.column("domain").to_pylist(), table.column("count").to_pylist(), matrix,
                                     strict=True):

@@ -1,17 +1,20 @@
 """Score a day: run the enabled CPU scorers (stage ``score``) or GPU scorers (stage ``score_models``) batch by batch.
 
 Each writes its input rows plus ``scores``: a struct with one sub-struct per scorer (``scores.{scorer}.{field}``),
-keeping the sub-structs earlier stages wrote. Scoring removes no row. A stage whose input and scorer settings are
-unchanged since its last run is not recomputed (``_manifest.json``), so re-deciding with new thresholds never
-re-runs a model.
+keeping the sub-structs earlier stages wrote. Scoring removes no row. A stage whose output would not change is not
+recomputed (``_manifest.json`` in its published version records what the scores depend on: the input files, the
+scorers' settings, a fingerprint of each scorer's code, the models' own versions and the history they read), so
+re-deciding with new thresholds never re-runs a model, and new code or a retrained model always does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import time
+from functools import cache
 from typing import Literal
 
 import pyarrow as pa
@@ -19,9 +22,11 @@ import pyarrow.parquet as pq
 
 import dctp_tasks
 from dctp_tasks.config import PipelineConfig
+from dctp_tasks.publish import NotPublished, current
 from dctp_tasks.quality.base import Scorer, ScoringContext
 from dctp_tasks.quality.registry import build_scorers, scorer_settings
 from dctp_tasks.records import append_step, with_column
+from dctp_tasks.staging import ROWS, stage_output, stage_rows, stage_version
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir
 
@@ -32,34 +37,36 @@ INPUT_STAGES = {"cpu": "dedup_semantic", "gpu": "score"}
 MANIFEST = "_manifest.json"
 
 
-def score_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, device: Literal["cpu", "gpu"],
-              input_stage: str | None = None) -> StageResult:
+def score_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, device: Literal["cpu", "gpu"], *,
+              input_stage: str | None = None, input_version: str | None = None) -> StageResult:
     """Add the ``cpu`` or ``gpu`` scorers' scores to every row of date ``dt``; return counts and per-scorer speed.
 
-    With no scorer of that kind enabled nothing is written and ``extra["output_stage"]`` names the input.
+    With no scorer of that kind enabled nothing is written: the result's ``output_stage`` and ``version`` name the
+    input, which passes on unchanged.
     """
     stage = STAGES[device]
     in_stage = input_stage or INPUT_STAGES[device]
-    in_dir, out_dir = staging_dir(dag_id, dt, in_stage), staging_dir(dag_id, dt, stage)
+    in_version = input_version or current_version(storage, dag_id, dt, in_stage)
+    in_dir = stage_rows(storage, dag_id, dt, in_stage, in_version)
     scorers = [s for s in build_scorers(config.quality) if s.gpu == (device == "gpu")] if config.quality.enabled \
         else []
-    result = StageResult(stage, storage.uri(out_dir))
     if not scorers:
+        result = StageResult(stage, storage.uri(in_dir), version=in_version, output_stage=in_stage)
         result.total = result.kept = storage.count_rows(in_dir)
-        result.output_uri = storage.uri(in_dir)
-        result.extra = {"output_stage": in_stage, "scorers": ""}
+        result.extra = {"scorers": ""}
         log.info("%s dt=%s: no %s scorer enabled; %s passes through", stage, dt, device, in_stage)
         return result
     context = ScoringContext(storage, dt)
     key = _cache_key(storage, in_dir, config, device, scorers, context)
-    cached = _read_manifest(storage, out_dir)
-    if cached and cached.get("key") == key:
-        log.info("%s dt=%s: input and scorer settings unchanged since %s; scores reused, no model run",
-                 stage, dt, cached["written_at"])
-        result.total = result.kept = cached["rows"]
-        result.extra = {**cached["extra"], "output_stage": stage, "cached": 1}
+    cached = _cached(storage, dag_id, dt, stage, key)
+    if cached is not None:
+        manifest, version = cached
+        log.info("%s dt=%s: input, scorers, code and models unchanged since %s; scores reused, no model run",
+                 stage, dt, manifest["written_at"])
+        result = StageResult(stage, storage.uri(stage_rows(storage, dag_id, dt, stage, version)), version=version)
+        result.total = result.kept = manifest["rows"]
+        result.extra = {**manifest["extra"], "cached": 1}
         return result
-    storage.delete_files([p for p in storage.list_files(out_dir) if p.endswith(MANIFEST)])
     names = ",".join(s.name for s in scorers)
     log.info("%s dt=%s: scoring with %s", stage, dt, names)
     seconds = {s.name: 0.0 for s in scorers}
@@ -70,22 +77,25 @@ def score_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, de
             seconds[scorer.name] += time.perf_counter() - start
         schema = _output_schema(storage.parquet_schema(in_dir), scorers)
         params = hashlib.sha256(key.encode()).hexdigest()[:16]
-        with storage.writer(out_dir, schema=schema) as writer:
-            for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
-                table = _score_batch(batch, scorers, seconds)
-                table = with_column(table, table.schema.field("lineage"),
-                                    append_step(table.column("lineage"), stage, dctp_tasks.__version__, params))
-                writer.write(table)
-    result.total = result.kept = writer.rows
+        with stage_output(storage, dag_id, dt, stage, meta={"key": key}) as out:
+            with out.writer(ROWS, schema=schema) as writer:
+                for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
+                    table = _score_batch(batch, scorers, seconds)
+                    table = with_column(table, table.schema.field("lineage"),
+                                        append_step(table.column("lineage"), stage, dctp_tasks.__version__, params))
+                    writer.write(table)
+            embedded = [lookup.stats for lookup in context.extra.get("embeddings", {}).values()]
+            extra = {"scorers": names, "cached": 0,
+                     "embeddings_reused": sum(e["reused"] for e in embedded),
+                     "embeddings_encoded": sum(e["encoded"] for e in embedded),
+                     **{f"{name}_docs_per_s": round(writer.rows / s, 1) if s > 0 else 0.0
+                        for name, s in seconds.items()}}
+            out.write_bytes(MANIFEST, json.dumps({
+                "key": key, "rows": writer.rows, "extra": extra,
+                "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2).encode())
+    result = StageResult(stage, storage.uri(out.sub(ROWS)), total=writer.rows, kept=writer.rows, version=out.version)
     result.seconds = timer.seconds
-    embedded = [lookup.stats for lookup in context.extra.get("embeddings", {}).values()]
-    result.extra = {"output_stage": stage, "scorers": names, "cached": 0,
-                    "embeddings_reused": sum(e["reused"] for e in embedded),
-                    "embeddings_encoded": sum(e["encoded"] for e in embedded),
-                    **{f"{name}_docs_per_s": round(writer.rows / s, 1) if s > 0 else 0.0
-                       for name, s in seconds.items()}}
-    _write_manifest(storage, out_dir, {"key": key, "rows": writer.rows, "extra": result.extra,
-                                       "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    result.extra = extra
     log.info("%s dt=%s: %d rows scored by %s in %.1fs (%s)", stage, dt, writer.rows, names, timer.seconds,
              ", ".join(f"{n} {s:.1f}s" for n, s in seconds.items()))
     return result
@@ -135,16 +145,42 @@ def _cache_key(storage: Storage, in_dir: str, config: PipelineConfig, device: st
     mine = {s.name for s in scorers}
     settings = [(name, settings) for name, _, settings in scorer_settings(config.quality) if name in mine]
     payload = {"files": files, "scorers": settings, "device": device, "batch_size": config.batch_size,
-               "code": dctp_tasks.__version__, "tokens": [s.cache_token(context) for s in scorers]}
+               "code": dctp_tasks.__version__,
+               "code_fingerprints": {s.name: code_fingerprint(type(s)) for s in scorers},
+               "tokens": [s.cache_token(context) for s in scorers]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _read_manifest(storage: Storage, out_dir: str) -> dict | None:
-    path = storage.path(out_dir, MANIFEST)
-    if not storage.exists(out_dir, MANIFEST):
+@cache
+def code_fingerprint(scorer: type) -> str:
+    """Return a hash of the source of the scorer's module and of the modules every score goes through.
+
+    A scorer fixed or changed between two runs (same package version) gets new stored scores.
+    """
+    import dctp_tasks.embeddings
+    import dctp_tasks.quality.base
+    import dctp_tasks.quality.embeddings
+
+    modules = {inspect.getmodule(scorer), dctp_tasks.quality.base, dctp_tasks.quality.embeddings,
+               dctp_tasks.embeddings, inspect.getmodule(code_fingerprint)}
+    digest = hashlib.sha256()
+    for module in sorted(modules, key=lambda m: m.__name__):
+        digest.update(module.__name__.encode() + b"\0" + inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]
+
+
+def current_version(storage: Storage, dag_id: str, dt: str, stage: str) -> str | None:
+    """Return the version of ``stage``'s staged output that is current for ``dt`` (``None``: an older layout)."""
+    return (current(storage, staging_dir(dag_id, dt, stage)) or {}).get("version")
+
+
+def _cached(storage: Storage, dag_id: str, dt: str, stage: str, key: str) -> tuple[dict, str] | None:
+    """Return the manifest and version of the current output when it was computed for ``key``."""
+    pointer = current(storage, staging_dir(dag_id, dt, stage))
+    if pointer is None or pointer.get("key") != key:
         return None
-    return json.loads(storage.read_bytes(path))
-
-
-def _write_manifest(storage: Storage, out_dir: str, manifest: dict) -> None:
-    storage.write_bytes(storage.path(out_dir, MANIFEST), json.dumps(manifest, indent=2).encode())
+    try:
+        folder = stage_version(storage, dag_id, dt, stage, pointer["version"])
+        return json.loads(storage.read_bytes(storage.path(folder, MANIFEST))), pointer["version"]
+    except (NotPublished, FileNotFoundError):
+        return None

@@ -1,8 +1,10 @@
 """A TCP proxy on loopback that can make the service behind it fail, then heal.
 
 ``fail("reset")`` aborts every open connection and answers new ones with a TCP reset; ``fail("503")`` answers
-every new request with ``503 Service Unavailable`` (S3's ``SlowDown`` error) and closes. ``heal()`` passes
-traffic through again. Counts what it refused, so a test can prove the fault was seen.
+every new request with ``503 Service Unavailable`` (S3's ``SlowDown`` error) and closes; ``fail("cut-reads",
+path=b"/landing/")`` lets every request through but cuts the response to each GET whose path holds ``path`` after
+its first bytes: the object starts to download, then the connection is reset. ``heal()`` passes traffic through
+again. Counts what it refused or cut, so a test can prove the fault was seen.
 """
 
 from __future__ import annotations
@@ -18,13 +20,20 @@ _UNAVAILABLE = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown<
                 b"<Message>Please reduce your request rate.</Message></Error>")
 _503 = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nConnection: close\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(_UNAVAILABLE), _UNAVAILABLE))
-MODES = ("reset", "503")
+MODES = ("reset", "503", "cut-reads")
+CUT_AFTER = 200
+"""Response bytes of a matched GET passed before the cut: the status line and part of the headers."""
 
 
 def _abort(sock: socket.socket) -> None:
-    """Close with a TCP RST (linger 0), as a crashed server or a dropped load balancer would."""
+    """Close with a TCP RST (linger 0), as a crashed server or a dropped load balancer would.
+
+    ``shutdown`` first: closing a socket another thread is blocked reading neither wakes that thread nor sends the
+    reset, so the client would wait for its request timeout instead.
+    """
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
     sock.close()
@@ -38,6 +47,7 @@ class FaultyProxy:
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._server.getsockname()[1]
         self._mode: str | None = None
+        self._cut_path = b""
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._closed = False
@@ -50,13 +60,14 @@ class FaultyProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def fail(self, mode: str = "reset") -> None:
-        """Start failing: drop the open connections and refuse new ones the ``mode`` way."""
+    def fail(self, mode: str = "reset", path: bytes = b"") -> None:
+        """Start failing: drop the open connections and refuse new ones the ``mode`` way (``cut-reads``: cut the
+        responses to GETs of ``path``, on open and new connections alike)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         with self._lock:
-            self._mode = mode
-            doomed, self._open = self._open, set()
+            self._mode, self._cut_path = mode, path
+            doomed, self._open = (set(), self._open) if mode == "cut-reads" else (self._open, set())
         for sock in doomed:
             _abort(sock)
         log.info("proxy :%s failing (%s)", self.port, mode)
@@ -68,6 +79,10 @@ class FaultyProxy:
 
     def close(self) -> None:
         self._closed = True
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone leaves blocked
+        except OSError:
+            pass
         self._server.close()
         self.fail("reset")
         self._thread.join(timeout=5)
@@ -80,7 +95,7 @@ class FaultyProxy:
                 return
             with self._lock:
                 mode = self._mode
-            if mode is not None:
+            if mode is not None and mode != "cut-reads":
                 self.refused += 1
                 threading.Thread(target=self._refuse, args=(client, mode), daemon=True).start()
                 continue
@@ -93,8 +108,14 @@ class FaultyProxy:
             self.forwarded += 1
             with self._lock:
                 self._open.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+            doomed = threading.Event()  # set by the request side when the response to it must be cut
+            threading.Thread(target=self._pipe, args=(client, upstream, doomed, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, doomed, False), daemon=True).start()
+
+    def _matches(self, head: bytes) -> bool:
+        """Return whether ``head`` starts a GET of a path holding the configured marker (query string aside)."""
+        line = head.split(b"\r\n", 1)[0].split()
+        return len(line) >= 2 and line[0] == b"GET" and self._cut_path in line[1].split(b"?", 1)[0]
 
     @staticmethod
     def _refuse(client: socket.socket, mode: str) -> None:
@@ -112,9 +133,18 @@ class FaultyProxy:
                 pass
         _abort(client)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, doomed: threading.Event, request: bool) -> None:
         try:
             while chunk := src.recv(65536):
+                if request and self._mode == "cut-reads" and self._matches(chunk):
+                    doomed.set()
+                elif not request and doomed.is_set():
+                    dst.sendall(chunk[:CUT_AFTER])
+                    with self._lock:
+                        self.refused += 1
+                    _abort(dst)
+                    _abort(src)
+                    return
                 dst.sendall(chunk)
         except OSError:
             pass

@@ -2,7 +2,10 @@
 
 A backfill over three dates must succeed with every GPU-marked task on the GPU worker (queue ``gpu``) and every
 other task on the CPU worker (queue ``default``), one Delta version and one MLflow run per date. Then a fourth
-date runs while the S3 endpoint resets every connection: the hit task is retried and the run still balances.
+date runs while S3 fails twice: landing-file downloads are cut mid-response while ``ingest`` reads them, then every
+connection is reset while ``normalize`` runs. Both tasks are retried, nothing is quarantined for it, and the day's
+exported and dropped rows add up to the rows really in its landing files. Last, ``dctp_rescore`` re-decides a date
+while ``dctp_daily`` re-runs the same date: both commit, and every version balances against its own ledger.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from tests.conftest import REPO
 DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
 FAULT_DATE = "2026-01-04"
 DAG_ID = "dctp_daily"
-#: The task that runs while S3 fails: CPU-bound between a read and a write of S3 data.
+#: The tasks that run while S3 fails: ingest while it downloads landing files, normalize between a read and a write.
+READ_FAULT_TASK = "ingest"
 FAULT_TASK = "normalize"
 BACKFILL_TIMEOUT = 900.0
 FAULT_RUN_TIMEOUT = 600.0
@@ -101,16 +105,51 @@ def assert_routing(cluster: Cluster, run_id: str, gpu_tasks: set[str]) -> None:
                     f"{run_id} {task_id} try {attempt['try_number']} ran on {where}"
 
 
-def commits(cluster: Cluster) -> list[dict]:
-    from dctp_tasks.export import open_table
+def retried(cluster: Cluster, run_id: str, task: str) -> bool:
+    """Whether ``task``'s first attempt failed and a retry is due or running (an outcome now fails the test)."""
+    ti = task_instances(cluster, run_id)[task]
+    assert ti["state"] not in {"failed", "success", "upstream_failed"}, \
+        f"{task} ended {ti['state']} during the outage (try {ti['try_number']})"
+    return ti["state"] == "up_for_retry" or ti["try_number"] >= 2
 
-    return sorted(open_table(cluster.storage(), "curated").history(), key=lambda c: c["version"])
+
+def landing_rows(cluster: Cluster, dt: str) -> int:
+    """Count the rows of the date's landing files with plain Python readers (a CSV row may span lines)."""
+    import csv
+    import gzip
+    import io
+
+    import pyarrow.parquet as pq
+
+    storage = cluster.storage()
+    total = 0
+    for path in storage.list_files("landing"):
+        if f"/dt={dt}/" not in path:
+            continue
+        data = storage.read_bytes(path)
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
+        if ".parquet" in path:
+            total += pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        elif ".csv" in path:
+            total += sum(1 for _ in csv.reader(io.StringIO(data.decode("utf-8", "replace")))) - 1
+        else:
+            total += sum(1 for line in data.splitlines() if line.strip())
+    return total
+
+
+def commits(cluster: Cluster) -> list[dict]:
+    from dctp_tasks.export import METADATA_PREFIX, open_table
+
+    # version 0 created the table, empty: the commits of dates follow
+    return sorted((c for c in open_table(cluster.storage(), "curated").history() if c.get(f"{METADATA_PREFIX}dt")),
+                  key=lambda c: c["version"])
 
 
 def assert_partition_balances(cluster: Cluster, commit: dict) -> None:
     """The date's Delta partition matches its commit and the ledger; no doc_id is exported or dropped twice."""
-    from dctp_tasks.export import METADATA_PREFIX, open_table
-    from dctp_tasks.ledger import ledger_report, read_rejects
+    from dctp_tasks.export import METADATA_PREFIX, committed_ledger, open_table
+    from dctp_tasks.ledger import ledger_report
 
     storage = cluster.storage()
     dt = commit[f"{METADATA_PREFIX}dt"]
@@ -118,11 +157,11 @@ def assert_partition_balances(cluster: Cluster, commit: dict) -> None:
         filter=ds.field("dt") == dt, columns=["doc_id"])
     assert table.num_rows == int(commit[f"{METADATA_PREFIX}exported"]), f"{dt}: partition vs commit metadata"
     ingested = int(commit[f"{METADATA_PREFIX}ingested"])
-    report = ledger_report(storage, dt, ingested, table.num_rows)
+    _, rejects = committed_ledger(storage, "curated", dt, commit["version"])
+    report = ledger_report(rejects, dt, ingested, table.num_rows)
     assert report.balanced, report.render()
     exported = table.column("doc_id").to_pylist()
     assert len(set(exported)) == len(exported), f"{dt}: duplicate doc_ids in the Delta partition"
-    rejects = read_rejects(storage, dt)
     dropped = [d for d in rejects.column("doc_id").to_pylist() if d is not None]
     assert len(set(dropped)) == len(dropped), f"{dt}: a rejected row was recorded twice"
     assert set(dropped).isdisjoint(exported), f"{dt}: rows both exported and rejected"
@@ -179,12 +218,22 @@ def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     if not backfilled:
         pytest.skip("needs the three dates backfilled by test_backfill_through_rest_api_routes_gpu_tasks")
     started = time.monotonic()
-    created = backfill(cluster, [FAULT_DATE])
+    # Landing-file downloads are cut from the start: listing still works, so wait_for_landing finds the files, and
+    # ingest's first attempt meets the cut in the middle of its reads.
+    cluster.proxy.fail("cut-reads", path=b"/landing/")
+    try:
+        created = backfill(cluster, [FAULT_DATE])
 
-    def run_id():
-        return dag_runs(cluster).get(FAULT_DATE, {}).get("dag_run_id")
+        def run_id():
+            return dag_runs(cluster).get(FAULT_DATE, {}).get("dag_run_id")
 
-    fault_run = cluster.wait(f"the {FAULT_DATE} run to be created", run_id, 120)
+        fault_run = cluster.wait(f"the {FAULT_DATE} run to be created", run_id, 120)
+        cluster.wait(f"{READ_FAULT_TASK} to fail its attempt while its reads are cut and be up for retry",
+                     lambda: retried(cluster, fault_run, READ_FAULT_TASK), 240, interval=1)
+    finally:
+        cluster.proxy.heal()
+    cut = cluster.proxy.refused
+    assert cut > 0, "no landing download was cut"
     # S3 goes down as soon as the task before the target is done, so the target's first attempt meets the outage
     upstream = "ingest"
     cluster.wait(f"{upstream} of {FAULT_DATE} to succeed",
@@ -192,27 +241,22 @@ def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     cluster.proxy.fail("reset")
     fault_started = time.monotonic()
     try:
-        def retried():
-            ti = task_instances(cluster, fault_run)[FAULT_TASK]
-            assert ti["state"] not in {"failed", "success", "upstream_failed"}, \
-                f"{FAULT_TASK} ended {ti['state']} during the outage (try {ti['try_number']})"
-            return ti["state"] == "up_for_retry" or ti["try_number"] >= 2
-
-        cluster.wait(f"{FAULT_TASK} to fail its attempt during the S3 outage and be up for retry", retried, 240,
-                     interval=1)
+        cluster.wait(f"{FAULT_TASK} to fail its attempt during the S3 outage and be up for retry",
+                     lambda: retried(cluster, fault_run, FAULT_TASK), 240, interval=1)
     finally:
         cluster.proxy.heal()
     outage = time.monotonic() - fault_started
-    assert cluster.proxy.refused > 0, "the outage never met an S3 request"
+    assert cluster.proxy.refused > cut, "the outage never met an S3 request"
 
     runs = wait_for_runs(cluster, created["id"], [FAULT_DATE], FAULT_RUN_TIMEOUT)
     print(f"fault run took {time.monotonic() - started:.0f} s (S3 down {outage:.0f} s, "
           f"{cluster.proxy.refused} connections refused)")
     tis = task_instances(cluster, runs[FAULT_DATE]["dag_run_id"])
-    assert tis[FAULT_TASK]["try_number"] >= 2, f"{FAULT_TASK} was not retried: {tis[FAULT_TASK]}"
-    tries = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{fault_run}/taskInstances/{FAULT_TASK}/tries")
-    states = {t["try_number"]: t["state"] for t in tries["task_instances"]}
-    assert states.get(1) in {"failed", "up_for_retry"} and states[max(states)] == "success", states
+    for task in (READ_FAULT_TASK, FAULT_TASK):
+        assert tis[task]["try_number"] >= 2, f"{task} was not retried: {tis[task]}"
+        tries = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{fault_run}/taskInstances/{task}/tries")
+        states = {t["try_number"]: t["state"] for t in tries["task_instances"]}
+        assert states.get(1) in {"failed", "up_for_retry"} and states[max(states)] == "success", (task, states)
     assert_routing(cluster, fault_run, gpu_task_ids(cluster))
 
     history = commits(cluster)
@@ -220,6 +264,16 @@ def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     assert history[-1][f"{METADATA_PREFIX}run_id"] == fault_run
     for commit in history:
         assert_partition_balances(cluster, commit)
+    # Every row really in the day's landing files, counted here without the pipeline's readers, was ingested and
+    # ended exported or dropped: the cut downloads were retried, never turned into quarantine.
+    from dctp_tasks.export import committed_ledger
+
+    in_files = landing_rows(cluster, FAULT_DATE)
+    commit, rejects = committed_ledger(cluster.storage(), "curated", FAULT_DATE)
+    assert int(commit[f"{METADATA_PREFIX}ingested"]) == in_files
+    assert int(commit[f"{METADATA_PREFIX}exported"]) + rejects.num_rows == in_files
+    reasons = set(rejects.column("reason").to_pylist())
+    assert not reasons & {"truncated_file", "unreadable_file"}, f"an outage became quarantine: {reasons}"
     client = MlflowClient(tracking_uri=cluster.mlflow_uri)
     [tracked] = client.search_runs([client.get_experiment_by_name(DAG_ID).experiment_id],
                                    filter_string=f"tags.run_id = '{fault_run}'")
@@ -227,3 +281,47 @@ def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     table = open_table(cluster.storage(), "curated").to_pyarrow_dataset().to_table(columns=["doc_id", "dt"])
     assert pc.count_distinct(table.column("doc_id")).as_py() == table.num_rows, "duplicate doc_ids in the table"
     assert set(table.column("dt").to_pylist()) == {*DATES, FAULT_DATE}
+
+
+def test_rescore_while_the_daily_dag_reruns_the_same_date(landed: Cluster):
+    from dctp_tasks.export import METADATA_PREFIX, committed_ledger
+
+    cluster = landed
+    try:
+        done = {c[f"{METADATA_PREFIX}dt"] for c in commits(cluster)} >= set(DATES)
+    except Exception:  # no table yet
+        done = False
+    if not done:
+        pytest.skip("needs the dates backfilled by test_backfill_through_rest_api_routes_gpu_tasks")
+    dt = DATES[0]
+    before = len(commits(cluster))
+    assert cluster.api("PATCH", "/dags/dctp_rescore", json={"is_paused": False})["is_paused"] is False
+    body = {"dag_id": DAG_ID, "from_date": f"{dt}T00:00:00Z", "to_date": f"{dt}T00:00:00Z",
+            "reprocess_behavior": "completed", "max_active_runs": 1}
+    created = cluster.api("POST", "/backfills", json=body)
+    daily = cluster.wait(f"the re-run of {dt} to be queued", lambda: dag_runs(cluster)[dt]["dag_run_id"], 120)
+    # The rescore starts while the daily run scores, so their decide and export tasks overlap.
+    cluster.wait(f"the re-run of {dt} to score",
+                 lambda: task_instances(cluster, daily)["score"]["state"] in {"running", "success"}, 300, interval=1)
+    rescore = cluster.api("POST", "/dags/dctp_rescore/dagRuns", json={
+        "logical_date": None, "conf": {"date": dt, "quality_thresholds": {"heuristics.too_few_words": 60}}})
+
+    def rescored():
+        run = cluster.api("GET", f"/dags/dctp_rescore/dagRuns/{rescore['dag_run_id']}")
+        assert run["state"] != "failed", f"dctp_rescore failed:\n{cluster.logs()}"
+        return run["state"] == "success"
+
+    cluster.wait("dctp_rescore to succeed", rescored, 600)
+    wait_for_runs(cluster, created["id"], [dt], FAULT_RUN_TIMEOUT)
+
+    history = commits(cluster)
+    mine = [c for c in history[before:] if c[f"{METADATA_PREFIX}dt"] == dt]
+    assert {c[f"{METADATA_PREFIX}dag_id"] for c in mine} == {"dctp_daily", "dctp_rescore"}, mine
+    for commit in history:
+        assert_partition_balances(cluster, commit)
+    # The last commit of the date wins, with the ledger of the run that made it.
+    last = mine[-1]
+    _, rejects = committed_ledger(cluster.storage(), "curated", dt)
+    strict = [d for d, r in zip(rejects.column("detail").to_pylist(), rejects.column("reason").to_pylist(),
+                                strict=True) if r == "too_few_words" and d.endswith("<60")]
+    assert bool(strict) == (last[f"{METADATA_PREFIX}dag_id"] == "dctp_rescore"), last

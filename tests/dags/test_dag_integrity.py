@@ -12,10 +12,10 @@ import pytest
 
 from tests.conftest import REPO
 
-EXPECTED_TASKS = ["start_run", "ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "score",
-                  "score_models", "decide", "export", "finish_run"]
+EXPECTED_TASKS = ["start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
+                  "dedup_semantic", "score", "score_models", "decide", "export", "finish_run"]
 HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "export"}
-GPU_TASKS = {"dedup_semantic", "score_models"}  # model inference (DESIGN §7)
+GPU_TASKS = {"dedup_semantic", "score_models"}  # model inference
 RESCORE_TASKS = ["start_run", "decide", "export", "finish_run"]
 
 
@@ -77,11 +77,14 @@ def test_dag_shape(dagbag):
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
-    chain = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "score", "score_models", "decide",
-             "export", "finish_run"]
+    chain = ["start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic",
+             "score", "score_models", "decide", "export", "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
+    # the landing sensor frees its worker slot while it waits
+    sensor = dag.get_task("wait_for_landing")
+    assert sensor.mode == "reschedule" and sensor.poke_interval > 0
 
 
 @pytest.mark.parametrize("task_id", EXPECTED_TASKS)
@@ -154,13 +157,18 @@ def test_rescore_context_takes_the_date_from_params():
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    from dctp_common.runtime import rescore_context
+    from dctp_common.runtime import rescore_context, scored_by
 
     context = {"params": {"date": "2026-03-04", "source_dag_id": "dctp_daily",
                           "quality_thresholds": {"heuristics.too_few_words": 10}},
-               "dag_run": SimpleNamespace(run_id="manual__1")}
+               "dag_run": SimpleNamespace(dag_id="dctp_rescore", run_id="manual__1")}
     run = rescore_context(context)
-    assert (run.dag_id, run.dt, run.run_id) == ("dctp_daily", "2026-03-04", "manual__1")
+    # it publishes under its own DAG id and reads the scores of the DAG named by the Param
+    assert (run.dag_id, run.dt, run.run_id, scored_by(context)) == ("dctp_rescore", "2026-03-04", "manual__1",
+                                                                     "dctp_daily")
     assert run.config.quality.thresholds["heuristics.too_few_words"] == 10
     with pytest.raises(AirflowFailException, match="Param date must be YYYY-MM-DD"):
         rescore_context({**context, "params": {"date": "March 4"}})
+    for escape in ("../../etc", "dctp_daily/../../x", "/abs"):
+        with pytest.raises(AirflowFailException, match="source_dag_id"):
+            rescore_context({**context, "params": {**context["params"], "source_dag_id": escape}})

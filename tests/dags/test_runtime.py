@@ -10,8 +10,8 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from dctp_common.runtime import is_permanent, on_failure, permanent_errors
-from dctp_tasks.config import load_config
-from dctp_tasks.ledger import LedgerImbalance, check_ledger, ledger_report
+from dctp_tasks.config import check_run_overrides, load_config
+from dctp_tasks.ledger import REJECT_SCHEMA, LedgerImbalance, check_ledger, ledger_report
 from dctp_tasks.storage import S3Options, Storage
 
 
@@ -46,8 +46,13 @@ def test_an_unreachable_endpoint_is_retried():
 @pytest.mark.parametrize("call", [
     pytest.param(lambda: load_config(overrides={"batch_size": -1}), id="invalid_config"),
     pytest.param(lambda: pa.table({"a": ["x"]}).cast(pa.schema([("a", pa.int64())])), id="schema_mismatch"),
-    pytest.param(lambda: check_ledger(ledger_report(Storage("file:///nonexistent-dctp-root"), "2026-01-01", 5, 3)),
+    pytest.param(lambda: check_ledger(ledger_report(REJECT_SCHEMA.empty_table(), "2026-01-01", 5, 3)),
                  id="unbalanced_ledger"),
+    pytest.param(lambda: pa.table({"a": [1]}).column("scores"), id="missing_column"),
+    pytest.param(lambda: {}["scores"], id="key_error"),
+    pytest.param(lambda: None.field("x"), id="attribute_error"),
+    pytest.param(lambda: Storage("file:///tmp/dctp-root").path("..", "etc"), id="path_outside_root"),
+    pytest.param(lambda: check_run_overrides({"tracking.tracking_uri": "http://evil"}), id="refused_override"),
     pytest.param(lambda: load_config(overrides={"quality.thresholds": {"nope.rule": 1}}), id="unknown_rule"),
 ])
 def test_errors_a_retry_cannot_fix_fail_at_once(call):
@@ -58,11 +63,40 @@ def test_errors_a_retry_cannot_fix_fail_at_once(call):
             call()
 
 
-def test_ordinary_errors_propagate_unchanged():
+def test_transient_errors_propagate_unchanged():
     assert not is_permanent(ConnectionResetError("reset by peer"))
     assert not is_permanent(TimeoutError("read timed out"))
-    assert not is_permanent(RuntimeError("a deltalake commit conflict"))
+    assert not is_permanent(OSError("AWS Error NETWORK_CONNECTION during GetObject operation"))
+    assert is_permanent(FileNotFoundError("no such staged output"))
     assert is_permanent(LedgerImbalance("rows went missing"))
+    assert is_permanent(RuntimeError("an unexpected state"))
+
+
+def test_a_lost_delta_commit_race_is_retried(tmp_path):
+    from deltalake import DeltaTable, write_deltalake
+
+    write_deltalake(str(tmp_path), pa.table({"x": [1], "dt": ["a"]}), partition_by=["dt"])
+    first, second = DeltaTable(str(tmp_path)), DeltaTable(str(tmp_path))
+    write_deltalake(first, pa.table({"x": [2], "dt": ["a"]}), mode="overwrite", predicate="dt = 'a'")
+    exc = raised(lambda: write_deltalake(second, pa.table({"x": [3], "dt": ["a"]}), mode="overwrite",
+                                         predicate="dt = 'a'"))
+    assert type(exc).__name__ == "CommitFailedError" and not is_permanent(exc)
+
+
+def test_a_restarting_database_is_retried(pg_dsn):
+    import psycopg2
+
+    exc = raised(lambda: psycopg2.connect(pg_dsn.replace("127.0.0.1:5432", "127.0.0.1:9"), connect_timeout=2))
+    assert isinstance(exc, psycopg2.OperationalError) and not is_permanent(exc)
+
+
+def test_airflow_signals_pass_through_untouched():
+    from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
+
+    for signal in (AirflowSkipException("nothing to do"), AirflowRescheduleException(reschedule_date=None)):
+        with pytest.raises(type(signal)):
+            with permanent_errors():
+                raise signal
 
 
 def test_failure_callback_logs_one_line_and_calls_the_configured_notifier(tmp_path, monkeypatch, caplog):

@@ -7,10 +7,10 @@ import pytest
 
 from dctp_tasks.config import load_config
 from dctp_tasks.dedup.exact import STATE, STATE_SCHEMA, dedup_exact_day
-from dctp_tasks.ledger import read_rejects
 from dctp_tasks.records import DEDUPED_SCHEMA, NORMALIZED_SCHEMA, content_hashes
-from dctp_tasks.storage import Storage, staging_dir, state_dir
-from tests.conftest import make_table
+from dctp_tasks.storage import Storage, state_dir
+from tests.conftest import make_table, publish_stage, staged
+from tests.conftest import rejects as staged_drops
 
 DAG = "dag"
 D1, D2, D3 = "2026-03-01", "2026-03-02", "2026-03-03"
@@ -33,8 +33,7 @@ def stage(storage: Storage, dt: str, rows: list[tuple[str, str] | tuple[str, str
                        source=[r[0].split("/")[0] for r in rows])
     table = table.append_column("lang", pa.array(["en"] * n, pa.string()))
     table = table.append_column("lang_score", pa.array([0.9] * n, pa.float32()))
-    with storage.writer(staging_dir(DAG, dt, "normalize"), schema=NORMALIZED_SCHEMA) as writer:
-        writer.write(table)
+    publish_stage(storage, DAG, dt, "normalize", table.cast(NORMALIZED_SCHEMA))
 
 
 def run(storage: Storage, dt: str, **overrides):
@@ -42,11 +41,11 @@ def run(storage: Storage, dt: str, **overrides):
 
 
 def kept_ids(storage: Storage, dt: str) -> list[str]:
-    return sorted(storage.read_table(staging_dir(DAG, dt, "dedup_exact")).column("doc_id").to_pylist())
+    return sorted(staged(storage, DAG, dt, "dedup_exact").column("doc_id").to_pylist())
 
 
 def dup_rows(storage: Storage, dt: str) -> list[tuple[str, str, str]]:
-    rows = read_rejects(storage, dt).to_pylist()
+    rows = staged_drops(storage, DAG, dt).to_pylist()
     return sorted((r["doc_id"], r["duplicate_of"], r["detail"]) for r in rows)
 
 
@@ -85,7 +84,7 @@ def test_duplicates_go_to_rejects_with_duplicate_of_and_detail(storage):
 
     run(storage, D1)
 
-    rejects = read_rejects(storage, D1).to_pylist()
+    rejects = staged_drops(storage, DAG, D1).to_pylist()
     detail = f"exact content_hash={hash_of('hello world')} (same day)"
     assert sorted((r["doc_id"], r["duplicate_of"], r["detail"], r["source"]) for r in rejects) == [
         ("f/3", "w/1", detail, "f"), ("w/2", "w/1", detail, "w")]
@@ -99,7 +98,7 @@ def test_different_texts_are_all_kept_with_content_hash_and_lineage(storage):
 
     result = run(storage, D1)
 
-    table = storage.read_table(staging_dir(DAG, D1, "dedup_exact"))
+    table = staged(storage, DAG, D1, "dedup_exact")
     assert table.schema == DEDUPED_SCHEMA
     assert table.column("content_hash").to_pylist() == [hash_of(t) for t in texts]
     assert [[s["name"] for s in row["steps"]] for row in table.column("lineage").to_pylist()] == [["dedup_exact"]] * 4

@@ -11,9 +11,10 @@ import pytest
 from dctp_tasks.config import load_config
 from dctp_tasks.dedup.minhash import shingles
 from dctp_tasks.dedup.near import STATE, _match_sorted, dedup_near_day
-from dctp_tasks.ledger import read_rejects
-from dctp_tasks.storage import Storage, staging_dir, state_dir
-from tests.conftest import IN_CI, SHARED_DATA, stage_dedup_input
+from dctp_tasks.publish import resolve
+from dctp_tasks.storage import Storage, state_dir
+from tests.conftest import IN_CI, SHARED_DATA, stage_dedup_input, staged
+from tests.conftest import rejects as staged_drops
 
 DAG = "dag"
 D1, D2, D3 = "2026-03-01", "2026-03-02", "2026-03-03"
@@ -52,11 +53,11 @@ def run(storage: Storage, dt: str, **overrides):
 
 
 def kept_ids(storage: Storage, dt: str) -> list[str]:
-    return sorted(storage.read_table(staging_dir(DAG, dt, "dedup_near")).column("doc_id").to_pylist())
+    return sorted(staged(storage, DAG, dt, "dedup_near").column("doc_id").to_pylist())
 
 
 def dup_pairs(storage: Storage, dt: str) -> dict[str, str]:
-    return {r["doc_id"]: r["duplicate_of"] for r in read_rejects(storage, dt).to_pylist()}
+    return {r["doc_id"]: r["duplicate_of"] for r in staged_drops(storage, DAG, dt).to_pylist()}
 
 
 def test_near_duplicates_are_caught_and_unrelated_passages_kept(storage):
@@ -70,12 +71,12 @@ def test_near_duplicates_are_caught_and_unrelated_passages_kept(storage):
     assert (result.total, result.kept, result.dropped) == (24, 22, 2)
     assert result.dropped_by_reason == {"near_duplicate": 2}
     assert (result.extra["lsh_bands"], result.extra["lsh_rows"]) == (14, 8)
-    rejects = read_rejects(storage, D1).to_pylist()
+    rejects = staged_drops(storage, DAG, D1).to_pylist()
     assert {r["outcome"] for r in rejects} == {"duplicate"} and {r["stage"] for r in rejects} == {"dedup_near"}
     assert all(r["detail"].startswith("minhash jaccard≈") and r["detail"].endswith("(same day)") for r in rejects)
     # The day's survivors become history: signatures and one row per band.
-    assert storage.count_rows(state_dir(STATE, D1), "signatures") == 22
-    assert storage.count_rows(state_dir(STATE, D1), "bands") == 22 * 14
+    assert storage.count_rows(resolve(storage, state_dir(STATE, D1)), "signatures") == 22
+    assert storage.count_rows(resolve(storage, state_dir(STATE, D1)), "bands") == 22 * 14
 
 
 @pytest.mark.parametrize(("rows", "survivor"), [
@@ -117,7 +118,7 @@ def test_history_beats_today_and_reruns_in_any_order_agree(storage):
 
     assert first[D2] == (["w/c2"], {"w/a2": "w/a1"})
     assert first[D3] == (["w/n3"], {"w/a3": "w/a1", "w/c3": "w/c2"})
-    detail = {r["doc_id"]: r["detail"] for r in read_rejects(storage, D3).to_pylist()}
+    detail = {r["doc_id"]: r["detail"] for r in staged_drops(storage, DAG, D3).to_pylist()}
     assert detail["w/c3"].endswith(f"(history dt={D2})") and detail["w/a3"].endswith(f"(history dt={D1})")
     assert run(storage, D3).extra["duplicates_of_history"] == 2
 
@@ -142,7 +143,7 @@ def test_domain_thresholds_judge_a_pair_by_its_stricter_doc(storage, domains, do
     assert dup_pairs(storage, D1) == ({"w/a2": "w/a"} if merged else {})
     assert (result.extra["lsh_bands"], result.extra["lsh_rows"]) == (14, 8)  # banding follows the global threshold
     if merged:
-        detail = read_rejects(storage, D1).column("detail")[0].as_py()
+        detail = staged_drops(storage, DAG, D1).column("detail")[0].as_py()
         assert detail.startswith("minhash jaccard≈") and detail.endswith(" (same day)")
         assert abs(float(detail.split("≈")[1].split()[0]) - jaccard(a, a2)) < 0.1  # true Jaccard ≈ 0.81
 
@@ -157,7 +158,8 @@ def test_history_docs_keep_their_domain_threshold(storage):
     run(storage, D2, **strict)
 
     assert kept_ids(storage, D2) == ["w/a2"]
-    assert storage.read_table(state_dir(STATE, D1), "signatures").column("domain").to_pylist() == ["news"]
+    signatures = storage.read_table(resolve(storage, state_dir(STATE, D1)), "signatures")
+    assert signatures.column("domain").to_pylist() == ["news"]
 
 
 @pytest.mark.parametrize("value", [0.0, 1.5])
@@ -179,7 +181,7 @@ def test_history_in_the_older_bands_layout_is_refused(storage):
     stage(storage, D2, [("w/a2", passage(1), ts(1))])
     run(storage, D1)
     old = pa.schema([("doc_id", pa.string()), ("band", pa.int16()), ("band_hash", pa.uint64())])
-    with storage.writer(state_dir(STATE, D1), "bands", schema=old) as writer:
+    with storage.writer(resolve(storage, state_dir(STATE, D1)), "bands", schema=old) as writer:
         writer.write(pa.table({"doc_id": ["w/a"], "band": [0], "band_hash": [1]}, schema=old))
     with pytest.raises(ValueError, match="older layout; re-run dedup_near for 2026-03-01"):
         run(storage, D2)
@@ -188,8 +190,8 @@ def test_history_in_the_older_bands_layout_is_refused(storage):
 def test_history_state_stores_each_id_once_and_bands_sorted_by_hash(storage):
     stage(storage, D1, [(f"w/{i}", passage(i), ts(1)) for i in range(20)])
     run(storage, D1)
-    signatures = storage.read_table(state_dir(STATE, D1), "signatures")
-    bands = storage.read_table(state_dir(STATE, D1), "bands")
+    signatures = storage.read_table(resolve(storage, state_dir(STATE, D1)), "signatures")
+    bands = storage.read_table(resolve(storage, state_dir(STATE, D1)), "bands")
     assert bands.schema.names == ["band_hash", "doc"]
     hashes = bands.column("band_hash").to_numpy()
     assert (np.diff(hashes.astype(np.float64)) >= 0).all() and len(np.unique(hashes)) == len(hashes)
@@ -215,7 +217,7 @@ def test_empty_and_wordless_texts_pass_through(storage):
     result = run(storage, D1)
 
     assert (result.total, result.kept) == (3, 3)
-    assert storage.count_rows(state_dir(STATE, D1), "signatures") == 1
+    assert storage.count_rows(resolve(storage, state_dir(STATE, D1)), "signatures") == 1
 
 
 def test_boolq_passages_and_edited_copies(storage):

@@ -19,10 +19,10 @@ import pytest
 from dctp_tasks.config import load_config
 from dctp_tasks.dedup.minhash import shingles
 from dctp_tasks.dedup.near import dedup_near_day
-from dctp_tasks.ledger import read_rejects
 from dctp_tasks.records import DEDUPED_SCHEMA, content_hashes
-from dctp_tasks.storage import Storage, staging_dir
-from tests.conftest import make_table
+from dctp_tasks.storage import Storage
+from tests.conftest import make_table, publish_stage
+from tests.conftest import rejects as staged_drops
 
 DAG, DT = "dag", "2026-04-01"
 SEED = 20260401
@@ -143,8 +143,7 @@ def stage(storage: Storage, rows: list[tuple]) -> None:
     table = table.append_column("lang", pa.array(["en"] * n, pa.string()))
     table = table.append_column("lang_score", pa.array([0.9] * n, pa.float32()))
     table = table.append_column("content_hash", content_hashes(pa.array(texts, pa.string())))
-    with storage.writer(staging_dir(DAG, DT, "dedup_exact"), schema=DEDUPED_SCHEMA) as writer:
-        writer.write(table)
+    publish_stage(storage, DAG, DT, "dedup_exact", table.cast(DEDUPED_SCHEMA))
 
 
 def bucket_of(value: float) -> float:
@@ -172,7 +171,7 @@ def evaluation(shared_data, tmp_path_factory):
             stage(storage, rows)
             config = load_config(overrides=overrides or None)
             result = dedup_near_day(storage, config, DAG, DT)
-            merged = {r["doc_id"]: r["duplicate_of"] for r in read_rejects(storage, DT).to_pylist()}
+            merged = {r["doc_id"]: r["duplicate_of"] for r in staged_drops(storage, DAG, DT).to_pylist()}
             assert result.dropped == len(merged)
             print_table(truth, merged, config.dedup_near, result.extra)
             runs[key] = merged

@@ -9,10 +9,11 @@ import pyarrow as pa
 import pytest
 
 from dctp_tasks.config import load_config
-from dctp_tasks.dedup.semantic import STATE, dedup_semantic_day, embed_texts
-from dctp_tasks.ledger import read_rejects
-from dctp_tasks.storage import Storage, staging_dir, state_dir
-from tests.conftest import stage_dedup_input
+from dctp_tasks.dedup.semantic import dedup_semantic_day
+from dctp_tasks.embeddings import STATE, embed_texts
+from dctp_tasks.storage import Storage, state_dir
+from tests.conftest import rejects as staged_drops
+from tests.conftest import stage_dedup_input, staged
 
 DAG = "dag"
 D1, D2, D3 = "2026-03-01", "2026-03-02", "2026-03-03"
@@ -59,11 +60,11 @@ def run(storage: Storage, dt: str, config, **overrides):
 
 
 def kept_ids(storage: Storage, dt: str) -> list[str]:
-    return sorted(storage.read_table(staging_dir(DAG, dt, "dedup_semantic")).column("doc_id").to_pylist())
+    return sorted(staged(storage, DAG, dt, "dedup_semantic").column("doc_id").to_pylist())
 
 
 def rejects(storage: Storage, dt: str) -> dict[str, dict]:
-    return {r["doc_id"]: r for r in read_rejects(storage, dt).to_pylist() if r["stage"] == "dedup_semantic"}
+    return {r["doc_id"]: r for r in staged_drops(storage, DAG, dt).to_pylist() if r["stage"] == "dedup_semantic"}
 
 
 def read_mrpc(path, per_label: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

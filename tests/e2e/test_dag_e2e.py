@@ -15,10 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
-from dctp_tasks.export import METADATA_PREFIX, open_table
+from dctp_tasks.export import METADATA_PREFIX, committed_ledger, open_table
 from dctp_tasks.ledger import ledger_report
 from dctp_tasks.storage import S3Options, Storage
-from tests.conftest import REPO
+from tests.conftest import REPO, config_file
+from tests.conftest import rejects as staged_drops
 
 DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
 STAGES = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "score", "quality", "export"]
@@ -57,7 +58,9 @@ def partition(storage: Storage, dt: str, version: int | None = None):
 
 
 def commits(storage: Storage) -> list[dict]:
-    return sorted(open_table(storage, "curated").history(), key=lambda c: c["version"])
+    """The table's commits of a date, oldest first (version 0 created the table, empty)."""
+    return sorted((c for c in open_table(storage, "curated").history() if c.get(f"{METADATA_PREFIX}dt")),
+                  key=lambda c: c["version"])
 
 
 def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[str, set[str]]:
@@ -73,7 +76,8 @@ def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[s
         ingested = int(commit[f"{METADATA_PREFIX}ingested"])
         exported = partition(storage, dt, commit["version"]).num_rows
         assert exported == int(commit[f"{METADATA_PREFIX}exported"])
-        report = ledger_report(storage, dt, ingested, exported)
+        _, rejects = committed_ledger(storage, "curated", dt, commit["version"])
+        report = ledger_report(rejects, dt, ingested, exported)
         assert report.balanced, report.render()
         # the demo corpus has every kind of drop on every date
         assert report.by_outcome["duplicate"] > 0 and report.by_outcome["filtered"] > 0
@@ -106,9 +110,7 @@ def check_quality(storage: Storage, dt: str, version: int) -> None:
     """Scored rows carry their scores and verdict; rules filtered rows with readable reasons; PII is redacted."""
     import re
 
-    from dctp_tasks.ledger import read_rejects
-
-    rejects = read_rejects(storage, dt)
+    _, rejects = committed_ledger(storage, "curated", dt, version)
     quality = rejects.filter(pc.equal(rejects.column("stage"), "quality")).to_pylist()
     assert quality, f"{dt}: the demo's low-quality documents must be filtered by a quality rule"
     for row in quality:
@@ -173,7 +175,7 @@ def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):
 
 
 def test_three_dates_on_s3_with_postgres_source(dag, airflow_db, s3_bucket, moto_server, pg_conn, pg_table_name,
-                                                monkeypatch):
+                                                monkeypatch, tmp_path):
     # The pipeline must find the endpoint through the aws_default connection, not the environment.
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     connection = {"conn_type": "aws", "login": "testing", "password": "testing",
@@ -187,8 +189,11 @@ def test_three_dates_on_s3_with_postgres_source(dag, airflow_db, s3_bucket, moto
     summary = demo_corpus().generate(storage, DATES, seed=11, rows_per_day=300, pg_conn=pg_conn,
                                      table=pg_table_name)
     assert summary and dsn
-    conf = {"config_overrides": {"ingest.sources.articles_db.enabled": True,
-                                 "ingest.sources.articles_db.postgres.table": pg_table_name, **NO_PERPLEXITY}}
+    # A new table source is a deployment change (the config file), never a per-run override.
+    monkeypatch.setenv("DCTP_CONFIG", str(config_file(tmp_path, {"ingest.sources.articles_db.enabled": True,
+                                                                 "ingest.sources.articles_db.postgres.table":
+                                                                     pg_table_name})))
+    conf = {"config_overrides": NO_PERPLEXITY}
 
     survivors = check_three_dates(dag, storage, conf)
 
@@ -211,9 +216,13 @@ def check_rescore(storage: Storage, dt: str) -> None:
     and the stored model scores are untouched."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from dctp_tasks.storage import staging_dir
+    from dctp_tasks.staging import stage_version
 
-    manifest = storage.read_bytes(storage.path(staging_dir("dctp_daily", dt, "score_models"), "_manifest.json"))
+    def staged_versions():
+        return {stage: stage_version(storage, "dctp_daily", dt, stage) for stage in ("score_models", "quality")}
+
+    scored = staged_versions()
+    manifest = storage.read_bytes(storage.path(scored["score_models"], "_manifest.json"))
     before = partition(storage, dt).num_rows
     versions = len(commits(storage))
     rescore = DagBag(dag_folder=str(REPO / "dags")).dags["dctp_rescore"]
@@ -224,10 +233,11 @@ def check_rescore(storage: Storage, dt: str) -> None:
     after = partition(storage, dt)
     assert 0 < after.num_rows < before
     assert min(pc.utf8_length(after.column("text")).to_pylist()) > 0
-    report = ledger_report(storage, dt, int(history[-1][f"{METADATA_PREFIX}ingested"]), after.num_rows)
+    _, rejects = committed_ledger(storage, "curated", dt)
+    report = ledger_report(rejects, dt, int(history[-1][f"{METADATA_PREFIX}ingested"]), after.num_rows)
     assert report.balanced and report.by_reason.get("filtered.too_few_words", 0) > 0, report.render()
-    assert storage.read_bytes(storage.path(staging_dir("dctp_daily", dt, "score_models"), "_manifest.json")) \
-        == manifest, "re-deciding rewrote no score"
+    assert staged_versions() == scored, "re-deciding rewrote no score and left the daily DAG's staging alone"
+    assert storage.read_bytes(storage.path(scored["score_models"], "_manifest.json")) == manifest
 
 
 def test_malformed_day_fails_ingest_at_once_and_marks_mlflow_failed(dag, airflow_db, tmp_path, monkeypatch):
@@ -242,7 +252,7 @@ def test_malformed_day_fails_ingest_at_once_and_marks_mlflow_failed(dag, airflow
     storage.write_bytes(storage.path("landing", "web", "dt=2026-03-01", "good.jsonl"), good.encode())
     storage.write_bytes(storage.path("landing", "web", "dt=2026-03-01", "broken.jsonl"), b"{not json\n" * 7)
 
-    run = dag.test(logical_date=datetime(2026, 3, 1, tzinfo=UTC))
+    run = dag.test(logical_date=datetime(2026, 3, 1, tzinfo=UTC), run_conf={"sources": ["web"]})
 
     assert run.state == "failed"
     with create_session() as session:
@@ -250,7 +260,7 @@ def test_malformed_day_fails_ingest_at_once_and_marks_mlflow_failed(dag, airflow
         assert ingest.state == "failed"
         assert ingest.try_number == 1, "a quarantine-ratio failure must not burn retries"
         assert run.get_task_instance("export", session=session).state in {"upstream_failed", None}
-    rejects = storage.read_table("rejects/dt=2026-03-01")  # written before the task failed
+    rejects = staged_drops(storage, "dctp_daily", "2026-03-01")  # published before the task failed
     assert rejects.num_rows == 7 and set(rejects.column("file").to_pylist()) == {
         "landing/web/dt=2026-03-01/broken.jsonl"}
     client = MlflowClient()

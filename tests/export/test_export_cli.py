@@ -12,11 +12,11 @@ import pytest
 
 from dctp_tasks.cli import main
 from dctp_tasks.config import load_config
-from dctp_tasks.export import METADATA_PREFIX, export_day, open_table
-from dctp_tasks.ledger import RejectWriter
-from dctp_tasks.records import DEDUPED_SCHEMA, NORMALIZED_SCHEMA, content_hashes
-from dctp_tasks.storage import Storage, staging_dir
-from tests.conftest import make_table
+from dctp_tasks.export import METADATA_PREFIX, Staged, open_table
+from dctp_tasks.export import export_day as export_stage
+from dctp_tasks.records import CORE_SCHEMA, DEDUPED_SCHEMA, NORMALIZED_SCHEMA, content_hashes
+from dctp_tasks.storage import Storage
+from tests.conftest import make_table, publish_stage
 
 CONFIG = load_config()
 
@@ -32,9 +32,24 @@ def stage(storage: Storage, dt: str, ids: list[str], extra_column: bool = False)
     if extra_column:  # a later stage added a column: the table's schema must merge it
         table = table.append_column("quality", pa.array([0.5] * len(ids)))
         schema = pa.schema(list(DEDUPED_SCHEMA) + [pa.field("quality", pa.float64())])
-    with storage.writer(staging_dir("dag", dt, "dedup_exact"), schema=schema) as writer:
-        writer.write(table)
+    publish_stage(storage, "dag", dt, "dedup_exact", table.cast(schema))
     assert NORMALIZED_SCHEMA.names[0] == "doc_id"
+
+
+def quarantine(storage: Storage, dt: str, lines: int) -> None:
+    """Publish an ingest stage of ``dt`` that quarantined ``lines`` malformed lines."""
+    publish_stage(storage, "dag", dt, "ingest", CORE_SCHEMA.empty_table(),
+                  [(f"web/quarantine:f.jsonl:{n}", "quarantined", "malformed_json") for n in range(1, lines + 1)])
+
+
+def export_day(storage: Storage, config, dag_id: str, dt: str, *, run_id: str, metadata: dict | None = None):
+    """Export the staged ``dedup_exact`` rows of ``dt``; the ledger is what ``ingest`` (if staged) dropped."""
+    metadata = dict(metadata or {})
+    ingested = int(metadata.pop("ingested", storage.count_rows(f"staging/{dag_id}/dt={dt}/dedup_exact")))
+    ledger = [Staged(dag_id, stage) for stage in ("ingest", "dedup_exact")
+              if storage.exists(f"staging/{dag_id}/dt={dt}/{stage}")]
+    return export_stage(storage, config, dag_id, dt, run_id=run_id, rows=Staged(dag_id, "dedup_exact"),
+                        ledger=ledger, ingested=ingested, metadata=metadata)
 
 
 @pytest.fixture
@@ -42,6 +57,7 @@ def storage(tmp_path, monkeypatch):
     storage = Storage(tmp_path.as_uri())
     monkeypatch.setenv("DCTP_DATA_ROOT", storage.root)
     stage(storage, "2026-01-01", [f"web/{i}" for i in range(0, 40)])
+    quarantine(storage, "2026-01-01", 5)
     export_day(storage, CONFIG, "dag", "2026-01-01", run_id="run-1", metadata={"mlflow_run_id": "m1", "ingested": 45})
     stage(storage, "2026-01-02", [f"web/{i}" for i in range(40, 70)], extra_column=True)
     export_day(storage, CONFIG, "dag", "2026-01-02", run_id="run-2", metadata={"mlflow_run_id": "m2", "ingested": 30})
@@ -50,10 +66,12 @@ def storage(tmp_path, monkeypatch):
 
 def test_each_export_is_one_version_with_run_metadata(storage):
     table = open_table(storage, "curated")
-    assert table.version() == 1
+    assert table.version() == 2  # version 0 created the table, empty
     history = sorted(table.history(), key=lambda c: c["version"])
-    assert [c[f"{METADATA_PREFIX}dt"] for c in history] == ["2026-01-01", "2026-01-02"]
-    first = history[0]
+    assert [c.get(f"{METADATA_PREFIX}dt") for c in history] == [None, "2026-01-01", "2026-01-02"]
+    assert history[0][f"{METADATA_PREFIX}operation"] == "create"
+    assert open_table(storage, "curated", 0).to_pyarrow_dataset().count_rows() == 0
+    first = history[1]
     assert first[f"{METADATA_PREFIX}run_id"] == "run-1"
     assert first[f"{METADATA_PREFIX}mlflow_run_id"] == "m1"
     assert first[f"{METADATA_PREFIX}exported"] == "40" and first[f"{METADATA_PREFIX}ingested"] == "45"
@@ -68,12 +86,12 @@ def test_reexport_replaces_only_its_own_date(storage):
     data = open_table(storage, "curated").to_pyarrow_dataset()
     assert data.count_rows(filter=ds.field("dt") == "2026-01-01") == 10
     assert data.count_rows(filter=ds.field("dt") == "2026-01-02") == 30
-    # time travel: version 0 still holds the first export
-    assert open_table(storage, "curated", 0).to_pyarrow_dataset().count_rows() == 40
+    # time travel: version 1 still holds the first export
+    assert open_table(storage, "curated", 1).to_pyarrow_dataset().count_rows() == 40
 
 
 def test_split_is_stable_across_versions(storage):
-    v1 = open_table(storage, "curated", 1).to_pyarrow_dataset().to_table(filter=ds.field("dt") == "2026-01-01")
+    v1 = open_table(storage, "curated", 2).to_pyarrow_dataset().to_table(filter=ds.field("dt") == "2026-01-01")
     stage(storage, "2026-01-01", [f"web/{i}" for i in range(0, 40)])
     export_day(storage, CONFIG, "dag", "2026-01-01", run_id="again")
     v2 = open_table(storage, "curated").to_pyarrow_dataset().to_table(filter=ds.field("dt") == "2026-01-01")
@@ -90,22 +108,22 @@ def run_cli(capsys, *args: str) -> dict | list:
 def test_cli_versions(storage, capsys):
     rows = run_cli(capsys, "versions")
     assert [(r["version"], r["dt"], r["rows"], r["run_id"]) for r in rows] == [
-        (0, "2026-01-01", "40", "run-1"), (1, "2026-01-02", "30", "run-2")]
+        (0, None, None, None), (1, "2026-01-01", "40", "run-1"), (2, "2026-01-02", "30", "run-2")]
 
 
 def test_cli_show(storage, capsys):
-    out = run_cli(capsys, "show", "1")
+    out = run_cli(capsys, "show", "2")
     assert out["rows"] == 70
     assert out["by_dt"] == {"2026-01-01": 40, "2026-01-02": 30}
     assert sum(out["by_split"].values()) == 70
     assert out["by_source"] == {"web": 70}
     assert out["by_domain"] == {"health": 35, "science": 35}
     assert out["by_lang"] == {"en": 70}
-    assert run_cli(capsys, "show", "0")["rows"] == 40
+    assert run_cli(capsys, "show", "1")["rows"] == 40
 
 
 def test_cli_files_are_the_versions_parquet(storage, capsys):
-    uris = run_cli(capsys, "files", "1")
+    uris = run_cli(capsys, "files", "2")
     assert len(uris) == 2 and all(u.endswith(".parquet") for u in uris)
     total = sum(ds.dataset(u.removeprefix("file://"), format="parquet").count_rows() for u in uris)
     assert total == 70
@@ -114,22 +132,29 @@ def test_cli_files_are_the_versions_parquet(storage, capsys):
 def test_cli_diff(storage, capsys):
     stage(storage, "2026-01-01", [f"web/{i}" for i in [*range(5, 40), *range(100, 105)]])
     export_day(storage, CONFIG, "dag", "2026-01-01", run_id="run-3")
-    out = run_cli(capsys, "diff", "1", "2", "--sample", "3")
+    out = run_cli(capsys, "diff", "2", "3", "--sample", "3")
     assert (out["added"], out["removed"], out["unchanged"]) == (5, 5, 65)
     assert out["added_sample"] == ["web/100", "web/101", "web/102"]
     assert out["removed_sample"] == ["web/0", "web/1", "web/2"]
 
 
 def test_cli_ledger(storage, capsys):
-    with RejectWriter(storage, "2026-01-01", "ingest") as rejects:
-        for line in range(1, 6):
-            rejects.add(f"web/quarantine:f.jsonl:{line}", "quarantined", "malformed_json", "bad", source="web",
-                        file="landing/web/dt=2026-01-01/f.jsonl", line=line)
     out = run_cli(capsys, "ledger", "2026-01-01")
     assert (out["ingested"], out["exported"], out["quarantined"], out["balanced"]) == (45, 40, 5, True)
-    assert out["examples"]["quarantined.malformed_json"][0]["line"] == 1
+    assert out["version"] == 1
+    assert out["examples"]["quarantined.malformed_json"][0]["doc_id"] == "web/quarantine:f.jsonl:1"
     assert main(["ledger", "2026-01-01"]) == 0
     assert "[balanced]" in capsys.readouterr().out
+
+
+def test_cli_ledger_is_the_one_each_version_balances_against(storage, capsys):
+    stage(storage, "2026-01-01", [f"web/{i}" for i in range(0, 38)])
+    quarantine(storage, "2026-01-01", 7)
+    export_day(storage, CONFIG, "dag", "2026-01-01", run_id="run-1b", metadata={"ingested": 45})
+    latest = run_cli(capsys, "ledger", "2026-01-01")
+    assert (latest["version"], latest["exported"], latest["quarantined"], latest["balanced"]) == (3, 38, 7, True)
+    first = run_cli(capsys, "ledger", "2026-01-01", "--version", "2")
+    assert (first["version"], first["exported"], first["quarantined"], first["balanced"]) == (1, 40, 5, True)
 
 
 def test_cli_console_script_reports_a_missing_table(tmp_path):
@@ -140,10 +165,10 @@ def test_cli_console_script_reports_a_missing_table(tmp_path):
 
 
 def test_an_empty_day_commits_a_version_that_empties_only_its_date(storage):
-    with storage.writer(staging_dir("dag", "2026-01-01", "dedup_exact"), schema=DEDUPED_SCHEMA):
-        pass  # the day had no surviving rows
+    publish_stage(storage, "dag", "2026-01-01", "dedup_exact", DEDUPED_SCHEMA.empty_table())  # no survivors
+    quarantine(storage, "2026-01-01", 0)
     result = export_day(storage, CONFIG, "dag", "2026-01-01", run_id="empty")
-    assert (result.kept, result.extra["table_version"], result.extra["files"]) == (0, 2, 0)
+    assert (result.kept, result.extra["table_version"], result.extra["files"]) == (0, 3, 0)
     data = open_table(storage, "curated").to_pyarrow_dataset()
     assert data.count_rows(filter=ds.field("dt") == "2026-01-01") == 0
     assert data.count_rows(filter=ds.field("dt") == "2026-01-02") == 30
@@ -170,8 +195,7 @@ def test_a_table_partitioned_otherwise_is_refused(tmp_path):
 
 
 def test_cli_ledger_of_a_date_never_exported_says_so(storage, capsys):
-    with RejectWriter(storage, "2026-02-01", "ingest") as rejects:
-        rejects.add("web/x", "quarantined", "malformed_json", "bad", source="web", file="f.jsonl", line=1)
-    assert main(["ledger", "2026-02-01"]) == 0
+    quarantine(storage, "2026-02-01", 1)
+    assert main(["ledger", "2026-02-01", "--dag-id", "dag"]) == 0
     out = capsys.readouterr().out
     assert "no export of dt=2026-02-01 yet" in out and "quarantined 1" in out

@@ -14,9 +14,9 @@ import pytest
 
 from dctp_tasks.config import load_config
 from dctp_tasks.ingest import QuarantineRatioExceeded, ingest_day
-from dctp_tasks.ledger import read_rejects
 from dctp_tasks.records import CORE_SCHEMA, derive_doc_id
-from dctp_tasks.storage import Storage, staging_dir
+from dctp_tasks.staging import stage_rejects, stage_rows
+from dctp_tasks.storage import Storage
 
 DAG = "dag"
 DT = "2026-03-01"
@@ -59,7 +59,12 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def ingested(storage: Storage) -> pa.Table:
-    return storage.read_table(staging_dir(DAG, DT, "ingest"))
+    return storage.read_table(stage_rows(storage, DAG, DT, "ingest"))
+
+
+def read_rejects(storage: Storage, dt: str = DT) -> pa.Table:
+    """Return the rows the current ingest output of ``dt`` quarantined."""
+    return stage_rejects(storage, DAG, dt, "ingest")
 
 
 def reject_rows(storage: Storage) -> list[tuple]:
@@ -366,7 +371,7 @@ def test_records_have_the_core_schema_and_an_ingest_lineage_step(storage):
     row = table.to_pylist()[0]
     assert (row["source"], row["dt"], row["synthetic"], row["sampling_weight"]) == ("web", DT, False, 1.0)
     assert [s["name"] for s in row["lineage"]["steps"]] == ["ingest"]
-    assert result.output_uri == storage.uri(staging_dir(DAG, DT, "ingest"))
+    assert result.output_uri == storage.uri(stage_rows(storage, DAG, DT, "ingest"))
 
 
 def test_include_sources_reads_only_the_listed_folders(storage):

@@ -4,11 +4,11 @@ import pyarrow as pa
 import pytest
 
 from dctp_tasks.config import NormalizeConfig, load_config
-from dctp_tasks.ledger import RejectWriter, read_rejects
 from dctp_tasks.normalize import identify_languages, normalize_day, normalize_texts
 from dctp_tasks.records import CORE_SCHEMA, NORMALIZED_SCHEMA
-from dctp_tasks.storage import Storage, staging_dir
-from tests.conftest import make_table
+from dctp_tasks.storage import Storage
+from tests.conftest import make_table, publish_stage, staged
+from tests.conftest import rejects as staged_drops
 
 DAG = "dag"
 DT = "2026-03-01"
@@ -72,13 +72,16 @@ def storage(tmp_path) -> Storage:
     return Storage(f"file://{tmp_path}")
 
 
-def stage_ingest(storage: Storage, table: pa.Table) -> None:
-    with storage.writer(staging_dir(DAG, DT, "ingest"), schema=CORE_SCHEMA) as writer:
-        writer.write(table)
+def stage_ingest(storage: Storage, table: pa.Table, drops: list[tuple] = ()) -> None:
+    publish_stage(storage, DAG, DT, "ingest", table.cast(CORE_SCHEMA), drops)
 
 
 def output(storage: Storage) -> pa.Table:
-    return storage.read_table(staging_dir(DAG, DT, "normalize"))
+    return staged(storage, DAG, DT, "normalize")
+
+
+def read_rejects(storage: Storage, dt: str) -> pa.Table:
+    return staged_drops(storage, DAG, dt)
 
 
 def config(**overrides):
@@ -147,9 +150,8 @@ def test_other_columns_pass_through_unchanged(storage):
 
 
 def test_rerun_replaces_its_rejects_but_not_other_stages(storage):
-    stage_ingest(storage, make_table(["short", SENTENCES["en"]]))
-    with RejectWriter(storage, DT, "ingest") as rejects:
-        rejects.add("web/quarantine:x:1", "quarantined", "malformed_json")
+    stage_ingest(storage, make_table(["short", SENTENCES["en"]]), [("web/quarantine:x:1", "quarantined",
+                                                                     "malformed_json")])
 
     normalize_day(storage, config(), DAG, DT)
     normalize_day(storage, config(), DAG, DT)

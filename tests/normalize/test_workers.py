@@ -15,7 +15,8 @@ SCRIPT = textwrap.dedent('''
     from dctp_tasks.config import load_config
     from dctp_tasks.normalize import normalize_day
     from dctp_tasks.records import CORE_SCHEMA, empty_lineage
-    from dctp_tasks.storage import Storage, staging_dir
+    from dctp_tasks.staging import ROWS, stage_output, stage_rows
+    from dctp_tasks.storage import Storage
 
     storage = Storage(sys.argv[1])
     n = 60
@@ -24,11 +25,12 @@ SCRIPT = textwrap.dedent('''
     columns.update(doc_id=pa.array([f"t/{i}" for i in range(n)]), source=pa.array(["t"] * n),
                    text=pa.array([text.format(i) for i in range(n)]),
                    dt=pa.array(["2026-01-01"] * n), lineage=empty_lineage(n))
-    with storage.writer(staging_dir("dag", "2026-01-01", "ingest"), schema=CORE_SCHEMA) as writer:
+    with stage_output(storage, "dag", "2026-01-01", "ingest") as out, \\
+            out.writer(ROWS, schema=CORE_SCHEMA) as writer:
         writer.write(pa.table(columns, schema=CORE_SCHEMA))
     config = load_config(overrides={"batch_size": 10, "normalize.workers": 2})
     result = normalize_day(storage, config, "dag", "2026-01-01")
-    texts = storage.read_table(staging_dir("dag", "2026-01-01", "normalize")).column("text").to_pylist()
+    texts = storage.read_table(stage_rows(storage, "dag", "2026-01-01", "normalize")).column("text").to_pylist()
     print(json.dumps({"kept": result.kept, "workers": result.extra["workers"], "fixed": "café" in texts[0]}))
 ''')
 

@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dctp_tasks.dedup.semantic import STATE, embed_texts, embeddings_schema
+from dctp_tasks.embeddings import STATE, embed_texts, embeddings_schema, encoder_identity
+from dctp_tasks.publish import publish
 from dctp_tasks.quality import embeddings
 from dctp_tasks.quality.base import ScoringContext
 from dctp_tasks.quality.embeddings import EmbeddingConfig, EmbeddingLookup
@@ -29,12 +30,16 @@ def real_vectors() -> np.ndarray:
     return embed_texts(TEXTS, EmbeddingConfig(device="cpu").as_dedup())
 
 
-def write_state(storage: Storage, ids: list[str], vectors: np.ndarray, rows_per_group: int = 2) -> None:
-    schema = embeddings_schema(vectors.shape[1])
+def write_state(storage: Storage, ids: list[str], vectors: np.ndarray, rows_per_group: int = 2,
+                encoder: dict | None = None) -> None:
+    """Publish ``vectors`` as the day's stored embeddings, recorded as made by ``encoder`` (default: MiniLM)."""
+    schema = embeddings_schema(vectors.shape[1], encoder=encoder or encoder_identity(EmbeddingConfig(),
+                                                                                      vectors.shape[1]))
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float16).ravel())
     table = pa.table({"doc_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])},
                      schema=schema)
-    with storage.writer(state_dir(STATE, DT), schema=schema, row_group_size=rows_per_group) as writer:
+    with publish(storage, state_dir(STATE, DT)) as state, \
+            state.writer(schema=schema, row_group_size=rows_per_group) as writer:
         writer.write(table)
 
 
@@ -98,6 +103,26 @@ def test_vectors_of_another_width_are_not_reused(tmp_path, monkeypatch):
     got = lookup.vectors(make_table(TEXTS[:2]).to_batches()[0])
     assert got.shape == (2, 384) and calls == [TEXTS[:2]]
     assert lookup.stats == {"reused": 0, "encoded": 2}
+
+
+@pytest.mark.parametrize("made_by", [
+    pytest.param({"model": "another-model", "revision": "abc", "dim": 384}, id="another_model"),
+    pytest.param({"model": "all-MiniLM-L6-v2", "revision": "fine-tuned", "dim": 384}, id="other_weights"),
+    pytest.param(None, id="not_recorded"),
+])
+def test_vectors_of_another_encoder_are_not_reused(tmp_path, monkeypatch, real_vectors, made_by):
+    storage = Storage(str(tmp_path))
+    ids = [f"t/{i}" for i in range(2)]
+    schema = embeddings_schema(384, encoder=made_by)
+    flat = pa.array(np.ascontiguousarray(real_vectors[:2], dtype=np.float16).ravel())
+    with publish(storage, state_dir(STATE, DT)) as state, state.writer(schema=schema) as writer:
+        writer.write(pa.table({"doc_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(flat, 384)},
+                              schema=schema))
+    calls = []
+    monkeypatch.setattr(embeddings, "embed_texts", lambda texts, cfg: calls.append(texts) or real_vectors[:2])
+    lookup = EmbeddingLookup(storage, DT)
+    lookup.vectors(make_table(TEXTS[:2], doc_id=ids).to_batches()[0])
+    assert calls == [TEXTS[:2]] and lookup.stats == {"reused": 0, "encoded": 2}
 
 
 def test_scorers_of_a_day_share_one_lookup_per_model(tmp_path):

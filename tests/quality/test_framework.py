@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from dctp_tasks.config import load_config
-from dctp_tasks.ledger import read_rejects
 from dctp_tasks.quality import registry
 from dctp_tasks.quality.decide import decide_day
 from dctp_tasks.quality.report import edges, report_path
 from dctp_tasks.quality.scoring import score_day
 from dctp_tasks.storage import Storage, staging_dir
-from tests.conftest import stage_dedup_input
+from tests.conftest import rejects as staged_drops
+from tests.conftest import stage_dedup_input, staged
 from tests.quality.scorers_for_tests import XModelScorer
 
 DAG, DT = "dag", "2026-05-01"
@@ -41,13 +41,19 @@ def storage(tmp_path) -> Storage:
     return storage
 
 
+def staged_version(storage, stage: str) -> str:
+    from dctp_tasks.publish import current
+
+    return current(storage, staging_dir(DAG, DT, stage))["version"]
+
+
 def config(**overrides):
     return load_config(overrides={"quality.scorers": SCORERS, **overrides})
 
 
 def score_both(storage, cfg):
     cpu = score_day(storage, cfg, DAG, DT, "cpu")
-    gpu = score_day(storage, cfg, DAG, DT, "gpu", input_stage=cpu.extra["output_stage"])
+    gpu = score_day(storage, cfg, DAG, DT, "gpu", input_stage=cpu.output_stage or cpu.stage, input_version=cpu.version)
     return cpu, gpu
 
 
@@ -55,7 +61,7 @@ def test_each_score_stage_adds_its_scorers_struct(storage):
     cpu, gpu = score_both(storage, config())
     assert (cpu.total, gpu.total) == (5, 5)
     assert (cpu.extra["scorers"], gpu.extra["scorers"]) == ("length", "xmodel")
-    rows = storage.read_table(staging_dir(DAG, DT, "score_models")).to_pylist()
+    rows = staged(storage, DAG, DT, "score_models").to_pylist()
     by_id = {r["doc_id"]: r["scores"] for r in rows}
     assert by_id["w/short"]["length"] == {"chars": 9}
     assert by_id["w/xs"]["xmodel"]["share"] == pytest.approx(20 / 36, rel=1e-6)
@@ -73,9 +79,11 @@ def test_unchanged_input_and_settings_reuse_scores_without_running_the_model(sto
 
 
 def test_no_scorer_of_a_kind_passes_its_input_through(storage):
-    result = score_day(storage, config(**{"quality.scorers": {"length": {}}}), DAG, DT, "gpu",
-                       input_stage="score")
-    assert result.extra["output_stage"] == "score"
+    cfg = config(**{"quality.scorers": {"length": {}}})
+    cpu = score_day(storage, cfg, DAG, DT, "cpu")
+    result = score_day(storage, cfg, DAG, DT, "gpu", input_stage="score", input_version=cpu.version)
+    assert result.as_dict()["output_stage"] == "score"
+    assert result.version == staged_version(storage, "score")
     assert not storage.exists(staging_dir(DAG, DT, "score_models"))
 
 
@@ -83,13 +91,13 @@ def test_decide_filters_by_the_first_failing_rule_with_a_readable_detail(storage
     cfg = config()
     score_both(storage, cfg)
     result = decide_day(storage, cfg, DAG, DT)
-    rejects = {r["doc_id"]: r for r in read_rejects(storage, DT).to_pylist()}
+    rejects = {r["doc_id"]: r for r in staged_drops(storage, DAG, DT).to_pylist()}
     assert set(rejects) == {"w/short", "w/xs"}
     assert (rejects["w/short"]["reason"], rejects["w/short"]["detail"]) == ("too_short", "length.chars=9<20")
     assert (rejects["w/xs"]["reason"], rejects["w/xs"]["detail"]) == ("too_many_x", "xmodel.share=0.56>0.30")
     assert {r["outcome"] for r in rejects.values()} == {"filtered"}
     assert (result.total, result.kept, dict(result.dropped_by_reason)) == (5, 3, {"too_short": 1, "too_many_x": 1})
-    kept = {r["doc_id"]: r for r in storage.read_table(staging_dir(DAG, DT, "quality")).to_pylist()}
+    kept = {r["doc_id"]: r for r in staged(storage, DAG, DT, "quality").to_pylist()}
     assert kept["f/long"]["quality"] == pytest.approx(1.0)
     assert kept["f/mid"]["quality"] == pytest.approx((41 / 100 + 1.0) / 2, rel=1e-6)
     assert {k: r["quality_verdict"] for k, r in kept.items()} == {"w/ok": "pass", "f/mid": "pass", "f/long": "pass"}
@@ -109,23 +117,23 @@ def test_thresholds_change_what_is_filtered_without_rescoring(storage, overrides
     score_both(storage, config())
     calls = XModelScorer.calls
     decide_day(storage, config(**overrides), DAG, DT)
-    assert {r["doc_id"] for r in read_rejects(storage, DT).to_pylist()} == dropped
+    assert {r["doc_id"] for r in staged_drops(storage, DAG, DT).to_pylist()} == dropped
     assert XModelScorer.calls == calls
 
 
 def test_low_quality_detail_and_review_band(storage):
     score_both(storage, config())
     decide_day(storage, config(**{"quality.min_quality": 0.8, "quality.review_below": 0.99}), DAG, DT)
-    rejects = {r["doc_id"]: r for r in read_rejects(storage, DT).to_pylist()}
+    rejects = {r["doc_id"]: r for r in staged_drops(storage, DAG, DT).to_pylist()}
     assert (rejects["f/mid"]["reason"], rejects["f/mid"]["detail"]) == ("low_quality", "quality=0.70<0.80")
-    kept = {r["doc_id"]: r["quality_verdict"] for r in storage.read_table(staging_dir(DAG, DT, "quality")).to_pylist()}
+    kept = {r["doc_id"]: r["quality_verdict"] for r in staged(storage, DAG, DT, "quality").to_pylist()}
     assert kept == {"w/ok": "review", "f/long": "pass"}
 
 
 def test_weights_shape_the_composite(storage):
     score_both(storage, config())
     decide_day(storage, config(**{"quality.weights": {"length": 3.0, "xmodel": 1.0}}), DAG, DT)
-    kept = {r["doc_id"]: r["quality"] for r in storage.read_table(staging_dir(DAG, DT, "quality")).to_pylist()}
+    kept = {r["doc_id"]: r["quality"] for r in staged(storage, DAG, DT, "quality").to_pylist()}
     assert kept["f/mid"] == pytest.approx((3 * 0.41 + 1.0) / 4, rel=1e-6)
 
 
@@ -173,5 +181,5 @@ def test_an_empty_day_scores_and_decides_to_an_empty_output(tmp_path):
     cpu, gpu = score_both(storage, cfg)
     result = decide_day(storage, cfg, DAG, DT)
     assert (cpu.total, gpu.total, result.total, result.kept) == (0, 0, 0, 0)
-    assert storage.count_rows(staging_dir(DAG, DT, "quality")) == 0
+    assert staged(storage, DAG, DT, "quality").num_rows == 0
     assert "0 documents" in storage.read_bytes(storage.path(report_path(DT))).decode()

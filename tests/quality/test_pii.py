@@ -4,8 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from dctp_tasks.pii import ALL, card_valid, iban_valid, redact_pii
 from dctp_tasks.quality.base import ScoringContext
-from dctp_tasks.quality.pii import ALL, PiiConfig, PiiScorer, card_valid, iban_valid, redact_pii
+from dctp_tasks.quality.pii import PiiConfig, PiiScorer
 from tests.conftest import make_table
 
 # (text, redacted text, kind): card and IBAN numbers are the issuers' published test numbers, phones use 555 exchanges.

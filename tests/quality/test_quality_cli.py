@@ -9,12 +9,12 @@ import yaml
 
 from dctp_tasks.cli import main
 from dctp_tasks.config import DEFAULT_CONFIG_PATH, load_config
-from dctp_tasks.export import METADATA_PREFIX, export_day, open_table, rows_for_dt
-from dctp_tasks.ledger import read_rejects
+from dctp_tasks.export import METADATA_PREFIX, Staged, committed_ledger, export_day, open_table, rows_for_dt
 from dctp_tasks.quality import registry
 from dctp_tasks.quality.decide import decide_day
 from dctp_tasks.quality.scoring import score_day
 from dctp_tasks.storage import Storage
+from tests.conftest import rejects as staged_drops
 from tests.conftest import stage_dedup_input
 from tests.quality.scorers_for_tests import XModelScorer
 from tests.quality.test_framework import ROWS
@@ -41,8 +41,14 @@ def storage(tmp_path, monkeypatch):
     score_day(storage, config, DAG, DT, "cpu")
     score_day(storage, config, DAG, DT, "gpu")
     decide_day(storage, config, DAG, DT)
-    export_day(storage, config, DAG, DT, run_id="scheduled__1", input_stage="quality", metadata={"ingested": 5})
+    decided = Staged(DAG, "quality")
+    export_day(storage, config, DAG, DT, run_id="scheduled__1", rows=decided, ledger=[decided], ingested=5)
     return storage
+
+
+def read_rejects(storage, dt):
+    """The ledger of the date's latest commit."""
+    return committed_ledger(storage, "curated", dt)[1]
 
 
 def test_report_prints_the_dates_score_report(storage, capsys):
@@ -57,9 +63,9 @@ def test_rescore_with_export_commits_a_new_version_without_running_models(storag
     assert main(["rescore", DT, "--set", "length.too_short=50", "--set", "xmodel.too_many_x=off", "--export"]) == 0
     out = capsys.readouterr().out
     assert XModelScorer.calls == calls, "re-deciding must not call the model"
-    assert "committed as version 1" in out and "balanced" in out.lower()
+    assert "committed as version 2" in out and "balanced" in out.lower()
     table = open_table(storage, "curated")
-    assert table.version() == 1 and rows_for_dt(table, DT) == 2
+    assert table.version() == 2 and rows_for_dt(table, DT) == 2
     latest = max(table.history(), key=lambda c: c["version"])
     assert latest[f"{METADATA_PREFIX}run_id"].startswith("rescore__")
     assert latest[f"{METADATA_PREFIX}ingested"] == "5"
@@ -70,8 +76,11 @@ def test_rescore_with_export_commits_a_new_version_without_running_models(storag
 def test_rescore_per_domain_without_export_changes_no_version(storage, capsys):
     assert main(["rescore", DT, "--set", "forum:length.too_short=50", "--set", "min_quality=0"]) == 0
     assert "not exported: pass --export" in capsys.readouterr().out
-    assert open_table(storage, "curated").version() == 0
-    assert {r["doc_id"] for r in read_rejects(storage, DT).to_pylist()} == {"w/short", "w/xs", "f/mid"}
+    assert open_table(storage, "curated").version() == 1
+    # the committed ledger is untouched; the re-decision's own drops are staged under dctp_rescore
+    assert {r["doc_id"] for r in read_rejects(storage, DT).to_pylist()} == {"w/short", "w/xs"}
+    assert set(staged_drops(storage, "dctp_rescore", DT).column("doc_id").to_pylist()) == {"w/short", "w/xs", "f/mid"}
+    assert set(staged_drops(storage, DAG, DT).column("doc_id").to_pylist()) == {"w/short", "w/xs"}
 
 
 @pytest.mark.parametrize(("setting", "message"), [

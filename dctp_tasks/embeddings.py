@@ -1,0 +1,140 @@
+"""Sentence embeddings shared by semantic dedup and the scorers: the encoder call, the stored layout, and the
+encoder's identity recorded with every stored vector.
+
+``state/embeddings/dt=D`` holds the day's surviving ``doc_id`` and L2-normalized vector; its Parquet schema
+metadata names the encoder (``model``, ``revision``: a fingerprint of its weights, ``dim``). Vectors of different
+encoders live in different spaces, so a reader compares identities before comparing vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+STATE = "embeddings"
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+#: Width of the default model's vectors, known without loading it.
+DEFAULT_DIM = 384
+#: Parquet schema metadata key holding the encoder's identity (JSON).
+ENCODER_KEY = b"dctp.encoder"
+_SAMPLED_FILE = 8 << 20  # weight files above this are fingerprinted from samples, not read whole
+_SAMPLES = 16
+_SAMPLE_BYTES = 64 << 10
+
+
+class EncoderSettings(Protocol):
+    model: str | None
+    device: str
+    batch_size: int
+    max_seq_length: int | None
+
+
+def embed_texts(texts: list[str], cfg: EncoderSettings) -> np.ndarray:
+    """Return the texts' L2-normalized embeddings as a float32 ``(len(texts), dim)`` matrix."""
+    from dctp_tasks.models import sentence_encoder
+
+    model = sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length)
+    vectors = model.encode(texts, batch_size=cfg.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def model_dim(cfg: EncoderSettings) -> int:
+    """Return the width of the model's vectors; the default MiniLM's is known without loading it."""
+    if cfg.model is None:
+        return DEFAULT_DIM
+    from dctp_tasks.models import sentence_encoder
+
+    return int(sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length).get_sentence_embedding_dimension())
+
+
+def encoder_name(cfg: EncoderSettings) -> dict:
+    """Return the encoder's name and a fingerprint of its weights (no model is loaded)."""
+    return {"model": cfg.model or DEFAULT_MODEL_NAME, "revision": model_revision(cfg.model)}
+
+
+def encoder_identity(cfg: EncoderSettings, dim: int | None = None) -> dict:
+    """Return what makes an encoder's vectors comparable: its name, a fingerprint of its weights, its width."""
+    return {**encoder_name(cfg), "dim": int(dim if dim is not None else model_dim(cfg))}
+
+
+def model_revision(name_or_path: str | None) -> str:
+    """Return a fingerprint of a model's files: a Hub snapshot's commit, else a hash of the local folder.
+
+    The folder hash covers every file's name and size, the small files whole, and samples of the large ones (the
+    weights), so a fine-tuned copy of the same architecture gets another fingerprint.
+    """
+    if name_or_path is None:
+        from dctp_tasks.models import default_embedding_model
+
+        folder = Path(default_embedding_model())
+    elif os.path.isdir(name_or_path):
+        folder = Path(name_or_path)
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(name_or_path, local_files_only=True))
+        except Exception as exc:  # not in the local cache: the encoder cannot load either, and says so itself
+            log.warning("cannot fingerprint model %s: %s", name_or_path, exc)
+            return "unknown"
+        return folder.name  # the snapshot folder is named by the Hub commit
+    return _folder_fingerprint(str(folder.resolve()), _tree_stamp(folder))
+
+
+def _tree_stamp(folder: Path) -> tuple:
+    return tuple(sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                        for p in folder.rglob("*") if p.is_file()))
+
+
+@lru_cache(maxsize=8)
+def _folder_fingerprint(folder: str, stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    for relative, size, _ in stamp:
+        digest.update(f"{relative}\0{size}\0".encode())
+        with open(os.path.join(folder, relative), "rb") as handle:
+            if size <= _SAMPLED_FILE:
+                digest.update(handle.read())
+                continue
+            for i in range(_SAMPLES):
+                handle.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def embeddings_schema(dim: int, dtype: str = "float16", encoder: dict | None = None) -> pa.Schema:
+    """Return the schema of ``state/embeddings``: one L2-normalized vector per surviving ``doc_id``."""
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    schema = pa.schema([("doc_id", pa.string()), ("embedding", pa.list_(value, dim))])
+    return schema.with_metadata({ENCODER_KEY: json.dumps(encoder, sort_keys=True)}) if encoder else schema
+
+
+def stored_encoder(schema: pa.Schema) -> dict | None:
+    """Return the encoder identity recorded in stored vectors' schema (``None``: written before it was recorded)."""
+    raw = (schema.metadata or {}).get(ENCODER_KEY)
+    return json.loads(raw) if raw else None
+
+
+def encoder_mismatch(stored: dict | None, wanted: dict, keys: tuple[str, ...] = ("model", "revision", "dim")
+                     ) -> str | None:
+    """Return why vectors by ``stored`` cannot be compared with ``wanted``'s (``None`` when they can)."""
+    if stored is None:
+        return "the vectors do not record which encoder made them (written by an older version)"
+    changed = [f"{key} {stored.get(key)!r} (now {wanted[key]!r})" for key in keys if stored.get(key) != wanted[key]]
+    return f"they were made by another encoder: {', '.join(changed)}" if changed else None
+
+
+def vectors_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Return a fixed-size-list column of vectors as a float32 ``(rows, dim)`` matrix."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(arr), arr.type.list_size)
