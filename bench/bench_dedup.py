@@ -40,7 +40,7 @@ SOURCE = "web"
 HISTORY_DAG = "bench_history"
 SEMANTIC_DAG = "bench_semantic"
 
-#: The issue's targets.
+#: The targets this benchmark checks.
 TARGET_DOCS_S = 10_000
 TARGET_PEAK_RSS_MB = 3072
 
@@ -109,7 +109,8 @@ def stage_day(root: Path, dag_id: str, dt: str, n: int, seed: int | list[int], p
     import pyarrow as pa
 
     from dctp_tasks.records import DEDUPED_SCHEMA, content_hashes, empty_lineage
-    from dctp_tasks.storage import Storage, staging_dir
+    from dctp_tasks.staging import ROWS, stage_output
+    from dctp_tasks.storage import Storage
 
     vocab = _Vocab()
     ids, words = _day_ids(vocab, n, seed)
@@ -130,7 +131,7 @@ def stage_day(root: Path, dag_id: str, dt: str, n: int, seed: int | list[int], p
     planted["day_copies"] = len(rows)
     storage = Storage(root.as_uri())
     day = np.datetime64(f"{dt}T00:00:00", "us")
-    with storage.writer(staging_dir(dag_id, dt, "dedup_exact"), schema=DEDUPED_SCHEMA) as writer:
+    with stage_output(storage, dag_id, dt, "dedup_exact") as out, out.writer(ROWS, schema=DEDUPED_SCHEMA) as writer:
         for lo in range(0, n, CHUNK):
             m = min(CHUNK, n - lo)
             text = texts_of(lo, m) if texts_of else vocab.texts(ids[lo:lo + m], words[lo:lo + m])

@@ -67,7 +67,8 @@ def run_cpu(root: Path, n: int) -> dict:
     storage = Storage(root.as_uri())
     config = load_config(overrides={"quality.scorers": CPU_SCORERS})
     out: dict = {"n": n, "mean_chars": chars}
-    for step, call in (("score", lambda: score_day(storage, config, "bench_cpu", DT, "cpu", "dedup_exact")),
+    for step, call in (("score", lambda: score_day(storage, config, "bench_cpu", DT, "cpu",
+                                                   input_stage="dedup_exact")),
                        ("decide", lambda: decide_day(storage, config, "bench_cpu", DT, input_stage="score"))):
         resettable = _reset_peak()
         start = time.perf_counter()
@@ -92,7 +93,7 @@ def run_model(root: Path, scorer: str, n: int) -> dict:
     storage = Storage(root.as_uri())
     resettable = _reset_peak()
     start = time.perf_counter()
-    result = score_day(storage, config, f"bench_{scorer}", DT, "gpu", "dedup_exact")
+    result = score_day(storage, config, f"bench_{scorer}", DT, "gpu", input_stage="dedup_exact")
     seconds = time.perf_counter() - start
     import torch
 

@@ -192,7 +192,7 @@ class SemanticDedupConfig(_Strict):
     max_seq_length: int | None = Field(None, ge=8)
     """Tokens per text the encoder reads (longer texts are truncated); ``None`` keeps the model's own (256)."""
     threshold: float = Field(0.95, gt=0.0, le=1.0)
-    """Cosine similarity of normalized embeddings at or above which a doc is a duplicate (0-1); 0.95 is issue 3's
+    """Cosine similarity of normalized embeddings at or above which a doc is a duplicate (0-1); 0.95 is the
     default, a conservative SemDeDup eps of 0.05 (Abbas et al. 2023 drop pairs with 1 - cosine < eps)."""
     domain_thresholds: dict[str, float] = Field(default_factory=dict)
     """Per-domain cosine thresholds overriding ``threshold`` for docs of that ``domain`` (0-1); a doc is

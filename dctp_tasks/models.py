@@ -1,4 +1,4 @@
-"""Load ML models once per process, offline: CUDA in half precision when present, else the CPU (DESIGN §7, §8)."""
+"""Load ML models once per process, offline: CUDA in half precision when present, else the CPU."""
 
 from __future__ import annotations
 

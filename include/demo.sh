@@ -25,7 +25,17 @@ PG_ARGS=()
 if [ -n "${DCTP_DEMO_PG:-}" ]; then
   export AIRFLOW_CONN_DCTP_SOURCE_PG="$DCTP_DEMO_PG"
   PG_ARGS=(--pg-dsn "$DCTP_DEMO_PG")
-  CONF='{"config_overrides": {"ingest.sources.articles_db.enabled": true}}'
+  # A table source is the deployment's setting (the config file): a run's config_overrides may not add one.
+  export DCTP_CONFIG="$DEMO_HOME/dctp.yaml"
+  "$BIN/python" - "$REPO/include/config/dctp.yaml" "$DCTP_CONFIG" <<'PY'
+import sys
+
+import yaml
+
+config = yaml.safe_load(open(sys.argv[1]))
+config["ingest"]["sources"]["articles_db"]["enabled"] = True
+yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
+PY
 fi
 
 echo "==> Demo corpus for ${DATES[*]} into $DCTP_DATA_ROOT/landing"

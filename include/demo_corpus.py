@@ -1,4 +1,4 @@
-"""Write a deterministic, deliberately messy demo corpus into DCTP's landing zone (DESIGN §6).
+"""Write a deterministic, deliberately messy demo corpus into DCTP's landing zone (``landing/{source}/dt=D/``).
 
 A date's files depend only on ``(seed, date, rows_per_day)``, so re-running or extending a date range gives the
 same bytes. With a PostgreSQL connection it also (re)creates the ``dctp_demo_articles`` source table.

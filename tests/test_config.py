@@ -142,3 +142,36 @@ def test_flat_gives_dotted_string_params():
     assert flat["normalize.min_chars"] == "50"
     assert flat["export.dataset_name"] == "curated"
     assert flat["ingest.sources.news.fields.text"] == '["title", "description"]'
+
+
+@pytest.mark.parametrize("key", ["ingest.sources.articles_db.postgres.conn_id", "tracking.tracking_uri",
+                                 "dedup_semantic.model", "quality.scorers.toxicity.checkpoint", "export.dataset_name",
+                                 "quality", "ingest.sources"])
+def test_a_run_may_not_override_deployment_settings(key):
+    from dctp_tasks.config import check_run_overrides
+
+    with pytest.raises(ValueError, match=r"config_overrides may not change .*quality\.thresholds"):
+        check_run_overrides({key: "anything"})
+
+
+def test_a_run_may_override_tuning_keys():
+    from dctp_tasks.config import check_run_overrides
+
+    overrides = {"quality.scorers.perplexity.enabled": False, "quality.scorers.toxicity.batch_size": 8,
+                 "quality.thresholds": {"toxicity.toxic": 0.9}, "export.test_fraction": 0.1, "batch_size": 100,
+                 "dedup_semantic.domain_thresholds": {"news": 0.92}, "quality.enabled": False}
+    check_run_overrides(overrides)
+    assert load_config(overrides=overrides).export.test_fraction == 0.1
+
+
+def test_config_overrides_from_the_trigger_form_are_checked_before_anything_runs():
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "dags"))
+    from dctp_common.runtime import resolve_config
+
+    with pytest.raises(ValueError, match="may not change 'ingest.sources.x.postgres.table'"):
+        resolve_config({"config_overrides": {"ingest.sources.x.postgres.table": "users; DROP TABLE users"}})
+    assert resolve_config({"config_overrides": {"normalize.min_chars": 7}}).normalize.min_chars == 7

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from airflow.sdk import Param
 
-# GPU-heavy tasks go to this Celery queue and Airflow pool (DESIGN §7); env vars, not config: no I/O at parse.
+# GPU-heavy tasks go to this Celery queue and Airflow pool; env vars, not config: no I/O at parse.
 GPU_QUEUE = os.environ.get("DCTP_GPU_QUEUE", "gpu")
 GPU_POOL = os.environ.get("DCTP_GPU_POOL", "gpu")
 #: How often the landing sensor looks again while a day's data is missing (seconds; it frees its slot meanwhile).

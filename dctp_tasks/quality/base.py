@@ -1,6 +1,6 @@
 """The scorer contract: a scorer turns an Arrow batch into named score fields; rules turn scores into decisions.
 
-Scoring and deciding are separate (STYLE.md, "score, then decide"): scores are stored once, in the ``scores``
+Scoring and deciding are separate ("score, then decide"): scores are stored once, in the ``scores``
 struct column (``scores.{scorer}.{field}``), and thresholds change without recomputing any model score. A rule
 names the reason a row is removed (the ledger's ``reason``) and reads one field of its own scorer.
 """

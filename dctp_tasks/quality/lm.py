@@ -1,4 +1,4 @@
-"""Causal language models for scoring, loaded once per process and offline (DESIGN §8).
+"""Causal language models for scoring, loaded once per process and offline.
 
 The default is SmolLM2-135M-Instruct, prepared once by ``include/prepare_models.py`` into ``default_lm_path()``;
 any Hugging Face causal LM id or local folder works in production.
@@ -58,7 +58,7 @@ def causal_lm(name_or_path: str | None = None,
     """Return ``(model, tokenizer)`` in eval mode: CUDA in fp16 when ``device`` resolves to it, else fp32.
 
     ``None`` is the prepared SmolLM2. A local folder loads with the Hub offline, so it can never download; a Hub id
-    loads as configured (production only, DESIGN §8).
+    loads as configured (production only).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -28,7 +28,7 @@ class PerplexityConfig(BaseModel):
 
     model: str | None = None
     """Hugging Face causal LM id or local folder; ``None``: SmolLM2-135M-Instruct prepared by ``make install``
-    (DESIGN §8)."""
+    (nothing downloads at run time)."""
     device: str = "auto"
     """``auto`` (CUDA in fp16 when present, else CPU in fp32), ``cpu`` or ``cuda``."""
     batch_size: int = Setting(16, ge=1)

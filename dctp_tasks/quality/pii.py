@@ -21,8 +21,8 @@ class PiiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     redact: bool = True
-    """Replace each match with its placeholder (``<EMAIL>`` …) in kept rows before export; on by default (the issue:
-    PII is redacted before export)."""
+    """Replace each match with its placeholder (``<EMAIL>`` …) in kept rows before export; on by default: no PII
+    leaves the pipeline unless someone switches this off."""
     types: list[PiiType] = Field(default_factory=lambda: list(ALL))
     """PII kinds to count and redact; default all six. Others are still recognised (a card number is never read as a
     phone) but neither counted nor replaced."""

@@ -112,6 +112,9 @@ class FaultyProxy:
             threading.Thread(target=self._pipe, args=(client, upstream, doomed, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, doomed, False), daemon=True).start()
 
+    def _passed(self, size: int) -> None:
+        """Called after each response chunk is forwarded (a hook for proxies that fail by themselves)."""
+
     def _matches(self, head: bytes) -> bool:
         """Return whether ``head`` starts a GET of a path holding the configured marker (query string aside)."""
         line = head.split(b"\r\n", 1)[0].split()
@@ -146,6 +149,8 @@ class FaultyProxy:
                     _abort(src)
                     return
                 dst.sendall(chunk)
+                if not request:
+                    self._passed(len(chunk))
         except OSError:
             pass
         finally:

@@ -1,4 +1,4 @@
-"""DAG integrity (DESIGN §12): fast, light imports; no connection lookups at parse; retries, backoff, timeouts."""
+"""DAG integrity: fast, light imports; no connection lookups at parse; retries, backoff, timeouts."""
 
 from __future__ import annotations
 

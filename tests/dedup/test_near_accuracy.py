@@ -29,7 +29,8 @@ SEED = 20260401
 ORIGINALS, UNRELATED, MIN_WORDS = 400, 400, 40
 DISTINCT_BELOW = 0.5  # true Jaccard under which two passages count as distinct
 BUCKETS = [round(0.3 + 0.1 * i, 1) for i in range(7)]  # lower edges: 0.3-0.4 ... 0.9-1.0 (1.0 included)
-# Word edits per copy: every kind the issue names; case and whitespace changes are laid over every copy.
+# Word edits per copy: replaced, inserted and deleted words, bylines and footers, truncation; case and whitespace
+# changes are laid over every copy.
 KINDS = ("replace", "insert", "delete", "boilerplate", "mixed", "truncate")
 BYLINES = ("By {name} | {month} {day}, 2024", "Posted by {name} on {month} {day}", "{name}, staff writer")
 FOOTERS = ("Share this article on social media.", "Copyright {day} {name} Media. All rights reserved.",

@@ -70,3 +70,27 @@ def test_render_report_without_pairs_or_rows():
     assert "| 2 | 1 | 50.0% | 1 |" in text
     assert "| (none) | 1 | 0 | 0.0% |" in text and "| law | 1 | 1 | 100.0% |" in text
     assert text.count("*(no such pairs this run)*") == 2
+
+
+def test_sample_texts_are_redacted_before_the_report_reaches_logs_and_mlflow(storage):
+    a = "Write to jane.doe@example.com or call +1 (415) 555-0132 for the full story. " + passage(34)
+    stage(storage, D1, [("w/a", a, ts(1)), ("w/a2", edited(a), ts(2))])
+
+    text = report_of(storage, run(storage, D1))
+
+    assert "`w/a2` vs `w/a`" in text
+    assert "jane.doe@example.com" not in text and "555-0132" not in text
+    assert "<EMAIL>" in text and "<PHONE>" in text
+
+
+def test_render_report_redacts_what_it_is_given():
+    rates = DuplicateRates()
+    rates.add(pa.table({"source": ["s", "s"], "domain": ["d", "d"]}), pa.array([False, True]))
+    pair = SamplePair(0.9, 0.7, "s/1", "s/2")
+
+    text = render_report("dedup_near", D1, method="m", measure="estimated Jaccard", thresholds="0.70", clusters=1,
+                         rates=rates, above=[pair], below=[],
+                         texts={(None, "s/1"): "mail bob@example.org", (None, "s/2"): "card 4111 1111 1111 1111"})
+
+    assert "bob@example.org" not in text and "4111" not in text
+    assert "mail <EMAIL>" in text and "card <CREDIT_CARD>" in text

@@ -104,6 +104,7 @@ def test_config_file_switches(dag, airflow_db, storage, tmp_path, monkeypatch):
         "ingest.sources.forum.enabled": False,
         "ingest.sources.news.allow_empty": True,
         "normalize.fix_unicode": False,
+        "ingest.max_quarantine_ratio": 0.2,  # the demo's malformed rows are a larger share without forum and news
         "export.meta_fields": ["_file", "author"],
         **FAST,
     })))
@@ -140,7 +141,7 @@ def test_trigger_form_params(dag, airflow_db, storage):
         "near_dup_threshold": 0.9,
         "semantic_threshold": 0.99,
         "quality_thresholds": {"heuristics.too_few_words": 40},
-        "min_quality": 0.6,
+        "min_quality": 0.88,  # the demo day's composite spans about 0.8-0.95 without perplexity
         "review_below": 1.0,
         "batch_size": 50,
         "config_overrides": {"normalize.uncurl_quotes": True, "export.test_fraction": 0.5, **FAST},
@@ -152,7 +153,8 @@ def test_trigger_form_params(dag, airflow_db, storage):
     assert details(rejects, "too_short") and all(d.endswith("<80") for d in details(rejects, "too_short"))
     assert details(rejects, "too_long") == [f"chars={len(EXTRA[1]['text'])}>3000"]
     assert any(d.endswith("<40") for d in details(rejects, "too_few_words"))
-    assert details(rejects, "low_quality") and all(d.endswith("<0.60") for d in details(rejects, "low_quality"))
+    assert details(rejects, "low_quality") and all(d.endswith("<0.88") for d in details(rejects, "low_quality"))
+    assert min(table.column("quality").to_pylist()) >= 0.88
     assert set(table.column("quality_verdict").to_pylist()) == {"review"}, "review_below 1.0 marks every kept row"
     near = storage.read_bytes(storage.path("reports", f"dt={DT}", "dedup_near.md")).decode()
     semantic = storage.read_bytes(storage.path("reports", f"dt={DT}", "dedup_semantic.md")).decode()

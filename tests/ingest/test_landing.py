@@ -122,11 +122,10 @@ def test_naive_datetimes_are_refused(storage):
 # -- PostgreSQL table sources ------------------------------------------------------------------------------------
 
 @pytest.fixture
-def table(pg_conn, pg_table_name) -> str:
-    with pg_conn.cursor() as cur:
-        cur.execute(f'CREATE TABLE public."{pg_table_name}" (id integer PRIMARY KEY, body text, '
-                    "published_at timestamptz, inserted_at timestamptz NOT NULL DEFAULT now())")
-    return pg_table_name
+def table(articles_table) -> str:
+    return articles_table
+
+
 
 
 def _table_config(table: str, **postgres):

@@ -24,12 +24,11 @@ def interval(day: datetime) -> tuple[datetime, datetime]:
     return day, day + timedelta(days=1)
 
 
+
+
 @pytest.fixture
-def table(pg_conn, pg_table_name) -> str:
-    with pg_conn.cursor() as cur:
-        cur.execute(f'CREATE TABLE public."{pg_table_name}" (id integer PRIMARY KEY, body text, '
-                    "published_at timestamptz, inserted_at timestamptz NOT NULL DEFAULT now())")
-    return pg_table_name
+def table(articles_table) -> str:
+    return articles_table
 
 
 def insert(pg_conn, table: str, *rows: tuple) -> None:

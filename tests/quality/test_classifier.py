@@ -11,6 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from dctp_tasks.publish import resolve
 from dctp_tasks.quality import embeddings
 from dctp_tasks.quality.base import ScoringContext
 from dctp_tasks.quality.classifier import (
@@ -21,7 +22,7 @@ from dctp_tasks.quality.classifier import (
 )
 from dctp_tasks.quality.embeddings import EmbeddingConfig
 from dctp_tasks.storage import Storage
-from tests.conftest import make_table
+from tests.conftest import make_table, stage_dedup_input, staged
 
 MAX_TOKENS = 64  # Jigsaw comments: median ~210 characters (~50 tokens); 64 keeps most, encodes 2x faster than 128
 
@@ -65,7 +66,7 @@ def test_stored_model_is_parquet_and_json_and_reloads_to_the_same_probabilities(
     storage = trained["storage"]
     files = sorted(p.rsplit("/", 1)[1] for p in storage.list_files("state/classifiers/toxic"))
     assert files == ["coef-00000.parquet", "model.json"]
-    meta = json.loads(storage.read_bytes(storage.path("state/classifiers/toxic/model.json")))
+    meta = json.loads(storage.read_bytes(storage.path(resolve(storage, "state/classifiers/toxic"), "model.json")))
     assert meta["metrics"] == trained["result"]["metrics"]
 
     # Refit what train_classifier fitted (same vectors, split and settings): the stored model must be that model.
@@ -155,3 +156,32 @@ def test_missing_classifier_says_how_to_train_it(tmp_path):
         scorer.prepare(ScoringContext(Storage(str(tmp_path)), "2026-01-01"))
     with pytest.raises(FileNotFoundError):
         load_classifier(Storage(str(tmp_path)), "nope")
+
+
+def test_retraining_a_classifier_rescores_instead_of_reusing_its_stored_scores(tmp_path, monkeypatch):
+    from dctp_tasks.config import load_config
+    from dctp_tasks.quality.scoring import score_day
+
+    fake_encoder(monkeypatch)
+    storage = Storage(str(tmp_path / "root"))
+    data = tmp_path / "spam.csv"
+    texts = [f"bad offer {i}" for i in range(10)] + [f"good note {i}" for i in range(10)]
+    stage_dedup_input(storage, "dag", "2026-01-01", "dedup_semantic", [("w/bad", "a bad deal"), ("w/good", "a day")])
+    config = load_config(overrides={"quality.scorers": {}, "quality.classifiers": {"spam": {}}})
+
+    def probabilities() -> dict[str, float]:
+        rows = staged(storage, "dag", "2026-01-01", "score_models", columns=["doc_id", "scores"]).to_pylist()
+        return {r["doc_id"]: r["scores"]["classifier_spam"]["probability"] for r in rows}
+
+    write_labeled(data, texts, [1] * 10 + [0] * 10)
+    train_classifier(storage, "spam", data)
+    first = score_day(storage, config, "dag", "2026-01-01", "gpu", input_stage="dedup_semantic")
+    assert score_day(storage, config, "dag", "2026-01-01", "gpu", input_stage="dedup_semantic").extra["cached"] == 1
+    before = probabilities()
+    write_labeled(data, texts, [0] * 10 + [1] * 10)  # the team relabels: now the "good" texts are spam
+    train_classifier(storage, "spam", data)
+    again = score_day(storage, config, "dag", "2026-01-01", "gpu", input_stage="dedup_semantic")
+    after = probabilities()
+
+    assert again.extra["cached"] == 0 and again.version != first.version
+    assert before["w/bad"] > 0.5 > before["w/good"] and after["w/bad"] < 0.5 < after["w/good"]
