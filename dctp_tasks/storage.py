@@ -7,13 +7,16 @@ against ``NAME_PATTERN`` and a resolved path outside the root is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import posixpath
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -50,8 +53,16 @@ POINTER = "_CURRENT.json"
 """The file naming a published folder's current version (see ``dctp_tasks.publish``)."""
 VERSION_PREFIX = "v-"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_DOWNLOAD_CHUNK = 8 << 20
+#: What pyarrow says of Parquet bytes that are not a Parquet file's (as a damaged transfer leaves them).
+_UNDECODABLE = re.compile(r"magic bytes|[Tt]hrift|[Uu]nexpected end|[Cc]orrupt|[Dd]ecompress|exceeds the file size|"
+                          r"[Ii]nvalid (page|column|footer|metadata)")
 """What a name that becomes one path segment may look like (DAG ids, stage, state and dataset names)."""
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+
+
+class DamagedTransfer(OSError):
+    """Bytes read from the store are not the stored object's (a transfer cut or garbled): a retry reads them again."""
 
 
 class UnsafePath(ValueError):
@@ -166,6 +177,106 @@ class Storage:
         for path in paths:
             self.fs.delete_file(path)
 
+    @contextmanager
+    def _open_parquet(self, path: str) -> Iterator[pa.NativeFile]:
+        """Open one of the pipeline's own Parquet files; on S3, undecodable bytes are a damaged transfer.
+
+        The pipeline wrote the file whole (publishing is atomic), so when its bytes do not decode on S3 the read
+        went wrong (see ``download_verified``), and ``DamagedTransfer`` gets the task retried rather than failed.
+        """
+        try:
+            with self.fs.open_input_file(path) as handle:
+                yield handle
+        except pa.ArrowInvalid as exc:
+            if self.scheme == "s3" and _UNDECODABLE.search(str(exc)):
+                raise DamagedTransfer(f"s3://{path}: {exc}") from exc
+            raise
+
+    def download_verified(self, path: str) -> pa.NativeFile:
+        """Return a local, seekable copy of the object ``path`` whose bytes were checked against the store's record.
+
+        An S3 response cut while its headers arrive is not always an error to the client: pyarrow (25) then returns
+        the expected number of bytes of whatever was in its buffer, and botocore an empty body. So the copy's size is
+        compared with the object's, and its MD5 with the ETag: an object uploaded in one request has its MD5 as ETag,
+        one uploaded in N parts the MD5 of its parts' MD5s with ``-N`` (the parts' sizes are asked for). Objects
+        encrypted with KMS or customer keys have other ETags: only their size is checked. A mismatch raises
+        ``DamagedTransfer`` (an ``OSError``: the task is retried). A local root returns the file itself.
+        """
+        if self.scheme != "s3":
+            return self.fs.open_input_file(path)
+        head = self._head(path)
+        size = int(head["ContentLength"])
+        copy = tempfile.TemporaryFile(prefix="dctp-download-")
+        received = 0
+        try:
+            with self.fs.open_input_stream(path, compression=None) as source:
+                while chunk := source.read(_DOWNLOAD_CHUNK):
+                    copy.write(chunk)
+                    received += len(chunk)
+            if received != size:
+                raise DamagedTransfer(f"s3://{path}: read {received} bytes of {size}: the download was cut")
+            expected = self._etag_of(path, head, copy)
+            etag = str(head.get("ETag", "")).strip('"')
+            if expected is not None and expected != etag:
+                raise DamagedTransfer(f"s3://{path}: the bytes read do not match the stored object (ETag {etag}, read "
+                                      f"{expected}): the download was damaged in transit")
+        except BaseException:
+            copy.close()
+            raise
+        copy.seek(0)
+        return pa.PythonFile(copy, mode="r")
+
+    def _etag_of(self, path: str, head: dict, copy) -> str | None:
+        """Return the ETag S3 would give ``copy``'s bytes as ``head``'s object, or ``None`` when it cannot tell."""
+        etag = str(head.get("ETag", "")).strip('"')
+        if head.get("ServerSideEncryption") == "aws:kms" or head.get("SSECustomerAlgorithm"):
+            return None  # their ETags are not digests of the content
+        single = re.fullmatch(r"[0-9a-f]{32}", etag)
+        parts = re.fullmatch(r"[0-9a-f]{32}-(\d+)", etag)
+        if not single and not parts:
+            return None
+        sizes = [int(head["ContentLength"])] if single or int(parts.group(1)) == 1 else \
+            [int(self._head(path, part)["ContentLength"]) for part in range(1, int(parts.group(1)) + 1)]
+        copy.seek(0)
+        digests = []
+        for size in sizes:
+            digest = hashlib.md5(usedforsecurity=False)
+            left = size
+            while left > 0 and (chunk := copy.read(min(_DOWNLOAD_CHUNK, left))):
+                digest.update(chunk)
+                left -= len(chunk)
+            digests.append(digest)
+        if single:
+            return digests[0].hexdigest()
+        return f"{hashlib.md5(b''.join(d.digest() for d in digests), usedforsecurity=False).hexdigest()}-{len(sizes)}"
+
+    def _head(self, path: str, part: int | None = None) -> dict:
+        """Return S3's HEAD of the object ``path`` (of its upload part ``part``); errors as ``OSError`` kinds."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = path.partition("/")
+        try:
+            return self._boto3().head_object(Bucket=bucket, Key=key, **({"PartNumber": part} if part else {}))
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in {"404", "NoSuchKey", "NotFound"}:
+                raise FileNotFoundError(f"s3://{path} does not exist") from exc
+            if code in {"403", "AccessDenied"}:
+                raise PermissionError(f"s3://{path}: AccessDenied") from exc
+            raise OSError(f"s3://{path}: HEAD failed: {exc}") from exc
+        except BotoCoreError as exc:  # the connection failed: transient
+            raise OSError(f"s3://{path}: HEAD failed: {exc}") from exc
+
+    def _boto3(self):
+        if getattr(self, "_s3_client", None) is None:
+            import boto3
+
+            self._s3_client = boto3.client(
+                "s3", endpoint_url=self.s3.endpoint_url, region_name=self.s3.region,
+                aws_access_key_id=self.s3.access_key, aws_secret_access_key=self.s3.secret_key,
+                aws_session_token=self.s3.session_token)
+        return self._s3_client
+
     # pyarrow would (de)compress by file extension; we handle .gz ourselves, byte for byte.
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open_input_stream(path, compression=None) as stream:
@@ -198,7 +309,7 @@ class Storage:
         """Yield the dataset's rows in file order, ``batch_size`` at a time (bounded memory)."""
         for path in self.list_files(*parts):
             if path.endswith(".parquet"):
-                with self.fs.open_input_file(path) as handle:
+                with self._open_parquet(path) as handle:
                     parquet = pq.ParquetFile(handle)
                     # One row group per call: with pre_buffer (on by default) a single call caches the whole file.
                     for group in range(parquet.num_row_groups):
@@ -209,7 +320,7 @@ class Storage:
         tables = []
         for path in self.list_files(*parts):
             if path.endswith(".parquet"):
-                with self.fs.open_input_file(path) as handle:
+                with self._open_parquet(path) as handle:
                     tables.append(pq.read_table(handle, columns=columns))
         if not tables:
             raise FileNotFoundError(f"no Parquet files under {self.uri(*parts)}")
@@ -224,7 +335,7 @@ class Storage:
         for path in self.list_files(*parts):
             if not path.endswith(".parquet"):
                 continue
-            with self.fs.open_input_file(path) as handle:
+            with self._open_parquet(path) as handle:
                 parquet = pq.ParquetFile(handle)
                 for group in range(parquet.num_row_groups):
                     size = parquet.metadata.row_group(group).num_rows
@@ -245,7 +356,7 @@ class Storage:
         total = 0
         for path in self.list_files(*parts):
             if path.endswith(".parquet"):
-                with self.fs.open_input_file(path) as handle:
+                with self._open_parquet(path) as handle:
                     total += pq.ParquetFile(handle).metadata.num_rows
         return total
 

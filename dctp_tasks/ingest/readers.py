@@ -75,7 +75,9 @@ def read_file(storage: Storage, path: str, batch_size: int) -> Iterator[Event]:
         yield BadRow(0, "unsupported_format", f"no reader for {path.rsplit('/', 1)[-1]!r}; "
                                                 f"expected one of {', '.join(SUPPORTED_SUFFIXES)}")
         return
-    if fmt == "parquet":
+    if storage.scheme == "s3":
+        stream = storage.download_verified(path)  # S3 may hand back damaged bytes without an error: check them
+    elif fmt == "parquet":
         stream = storage.fs.open_input_file(path)
     else:
         stream = storage.fs.open_input_stream(path, compression=None)

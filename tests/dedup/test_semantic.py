@@ -224,3 +224,42 @@ def test_report_counts_rates_and_pairs_on_both_sides(storage, encoder_config):
     assert "(threshold 0.95): `x/a2` vs `w/a`" in above and "**cosine 0.99" in above
     assert re.search(r"\*\*cosine 0\.8[5-9]\d*\*\* \(threshold 0\.90\): `x/f` vs `w/e`", below)
     assert f"  - `x/f`: {HIKE_PARAPHRASE}" in below
+
+
+def test_stored_embeddings_record_the_encoder_that_made_them(storage, encoder_config):
+    from dctp_tasks.embeddings import encoder_identity, stored_encoder
+    from dctp_tasks.publish import resolve
+
+    stage(storage, D1, [("w/a", RATES, ts(1))])
+    run(storage, D1, encoder_config)
+
+    made_by = stored_encoder(storage.parquet_schema(resolve(storage, state_dir(STATE, D1))))
+    assert made_by == encoder_identity(encoder_config.dedup_semantic)
+    assert made_by["model"] == "all-MiniLM-L6-v2" and made_by["dim"] == 384 and len(made_by["revision"]) == 16
+
+
+@pytest.mark.parametrize(("made_by", "says"), [
+    pytest.param({"model": "another-model", "dim": 384}, "model 'another-model'", id="another_model"),
+    pytest.param({"dim": 384}, "revision 'fine-tuned-weights'", id="other_weights"),
+    pytest.param({"dim": 768}, "dim 768", id="other_width"),
+    pytest.param(None, "do not record which encoder", id="not_recorded"),
+])
+def test_history_made_by_another_encoder_is_refused_naming_the_setting(storage, encoder_config, made_by, says):
+    from dctp_tasks.embeddings import embeddings_schema, encoder_identity
+    from dctp_tasks.publish import publish
+
+    if made_by is not None:  # the real encoder's identity, with the parametrized difference
+        made_by = {**encoder_identity(encoder_config.dedup_semantic), **made_by}
+        if "revision" in says:
+            made_by["revision"] = "fine-tuned-weights"
+    dim = (made_by or {}).get("dim", 384)
+    schema = embeddings_schema(dim, encoder=made_by)
+    flat = pa.array(np.zeros(dim, dtype=np.float16))
+    with publish(storage, state_dir(STATE, D1)) as state, state.writer(schema=schema) as writer:
+        writer.write(pa.table({"doc_id": ["w/old"], "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
+                              schema=schema))
+    stage(storage, D2, [("w/a", RATES, ts(1))])
+
+    with pytest.raises(ValueError, match="dedup_semantic.model") as err:
+        run(storage, D2, encoder_config)
+    assert says in str(err.value) and f"state/{STATE}/dt={D1}" in str(err.value)

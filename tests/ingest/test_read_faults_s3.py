@@ -18,7 +18,7 @@ import pytest
 
 from dctp_tasks.config import load_config
 from dctp_tasks.ingest import ingest_day
-from dctp_tasks.ingest.readers import BadRow, read_file
+from dctp_tasks.ingest.readers import read_file
 from dctp_tasks.publish import is_published
 from dctp_tasks.staging import stage_rejects, stage_rows
 from dctp_tasks.storage import S3Options, Storage, staging_dir
@@ -111,15 +111,15 @@ def test_connection_cut_mid_file_raises_and_quarantines_nothing_then_a_rerun_rea
     direct.write_bytes(path, data)
     config = load_config()  # the default 5 % quarantine limit: a cut file must not count as bad input at all
 
-    # The reader itself: rows, then the storage's own error; never a BadRow for the bytes it could not fetch.
+    # The reader itself: the storage's own error, before any row: on S3 a file is fetched and checked whole before
+    # it is parsed, so no BadRow can come of bytes it could not fetch.
     proxy.arm(CUT_AFTER)
     events: list = []
     with pytest.raises(OSError) as raised:
         for event in read_file(through, path, batch_size=1_000):
             events.append(event)
     assert "AWS Error" in str(raised.value)
-    assert not any(isinstance(e, BadRow) for e in events)
-    assert 0 < len(events) < ROWS  # the cut came mid-file
+    assert events == []
     assert proxy.refused > 0  # the retry met the outage too
     proxy.heal()
 
@@ -136,3 +136,30 @@ def test_connection_cut_mid_file_raises_and_quarantines_nothing_then_a_rerun_rea
     assert stage_rejects(direct, DAG, DT, "ingest").num_rows == 0
     kept = direct.read_table(stage_rows(direct, DAG, DT, "ingest"), columns=["doc_id"]).column("doc_id")
     assert sorted(kept.to_pylist()) == sorted(f"web/{r['id']}" for r in rows)
+
+
+@pytest.mark.parametrize("cut_after", [50, 200, 5_000])
+def test_a_response_cut_anywhere_is_never_read_as_the_file(s3_bucket, moto_server, rows, cut_after, monkeypatch):
+    """Cut in the status line or the headers, pyarrow hands back damaged bytes without an error: the download is
+    checked against the stored object's size and ETag, so ingest raises and quarantines nothing."""
+    from tests.cluster import faulty_proxy
+
+    host, port = moto_server.removeprefix("http://").split(":")
+    proxy = FaultyProxy((host, int(port)))
+    direct = Storage(f"s3://{s3_bucket}/root", S3Options(endpoint_url=moto_server, access_key="testing",
+                                                          secret_key="testing"))
+    through = Storage(f"s3://{s3_bucket}/root", S3Options(endpoint_url=proxy.url, access_key="testing",
+                                                           secret_key="testing"))
+    through.fs = _filesystem(proxy.url)
+    name, data = _landing_file("jsonl.gz", rows[:2_000])
+    direct.write_bytes(direct.path("landing", "web", f"dt={DT}", name), data)
+    monkeypatch.setattr(faulty_proxy, "CUT_AFTER", cut_after)
+    try:
+        proxy.fail("cut-reads", path=b"/landing/")
+        with pytest.raises(OSError, match="AWS Error|damaged in transit|was cut"):
+            ingest_day(through, load_config(), DAG, DT)
+        assert proxy.refused > 0 and not is_published(direct, staging_dir(DAG, DT, "ingest"))
+        proxy.heal()
+        assert ingest_day(through, load_config(), DAG, DT).kept == 2_000
+    finally:
+        proxy.close()

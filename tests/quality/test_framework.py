@@ -183,3 +183,49 @@ def test_an_empty_day_scores_and_decides_to_an_empty_output(tmp_path):
     assert (cpu.total, gpu.total, result.total, result.kept) == (0, 0, 0, 0)
     assert staged(storage, DAG, DT, "quality").num_rows == 0
     assert "0 documents" in storage.read_bytes(storage.path(report_path(DT))).decode()
+
+
+def test_a_scorer_whose_code_changed_rescores_even_at_the_same_package_version(storage, tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    source = (tmp_path / "edited_scorer.py")
+    code = '''
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from dctp_tasks.quality.base import Field, Scorer
+
+
+class EditedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EditedScorer(Scorer):
+    name = "edited"
+
+    def __init__(self, config):
+        self.fields, self.rules = [Field("value", pa.float32(), "a constant")], []
+
+    def score(self, batch):
+        return {"value": np.full(batch.num_rows, VALUE, np.float32)}
+'''
+    source.write_text(code.replace("VALUE", "1.0"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.BUILTIN, "edited", ("edited_scorer", "EditedScorer", "EditedConfig"))
+    cfg = config(**{"quality.scorers": {"edited": {}}})
+
+    def values(result) -> set[float]:
+        rows = staged(storage, DAG, DT, "score").column("scores").to_pylist()
+        assert result.version == staged_version(storage, "score")
+        return {r["edited"]["value"] for r in rows}
+
+    first = score_day(storage, cfg, DAG, DT, "cpu")
+    assert score_day(storage, cfg, DAG, DT, "cpu").extra["cached"] == 1 and values(first) == {1.0}
+    source.write_text(code.replace("VALUE", "2.50"))  # a fix to the scorer, released under the same version
+    importlib.reload(sys.modules["edited_scorer"])
+    registry._load.cache_clear()
+    again = score_day(storage, cfg, DAG, DT, "cpu")
+
+    assert again.extra["cached"] == 0 and values(again) == {2.5}
