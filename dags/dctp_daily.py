@@ -151,7 +151,10 @@ def dctp_daily():
 
         return _stage(_ctx(), started, score_day, "cpu", upstream=deduped)
 
-    @task(queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
+    # relevance reads the centroids the previous date's decide publishes: wait for it (and for that date's own
+    # score_models), so a backfill gives every date the same history as a day-by-day run
+    @task(queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4), depends_on_past=True,
+          wait_for_downstream=True)
     def score_models(started: dict, scored: dict) -> dict:
         """Run the model scorers (perplexity, toxicity, relevance, classifiers); reuse unchanged scores."""
         from dctp_tasks.quality.scoring import score_day
@@ -176,7 +179,8 @@ def dctp_daily():
                       rows=Staged(run.dag_id, decided["output_stage"], decided["version"]),
                       ledger=[Staged(run.dag_id, r["stage"], r["version"]) for r in dropped],
                       metadata={"mlflow_run_id": started["mlflow_run_id"] or "",
-                                **{f"{r['stage']}_dropped": r["dropped"] for r in dropped}})
+                                **{f"{r['stage']}_dropped": r["dropped"] for r in dropped},
+                                **{key: decided[key] for key in ("scores_dag_id", "scores_stage", "scores_version")}})
 
     @task(execution_timeout=timedelta(minutes=30))
     def finish_run(started: dict, ingested: dict, exported: dict) -> dict:

@@ -5,13 +5,14 @@ Applies new quality thresholds to a date the daily DAG already scored, **without
 
 `start_run` → `decide` → `export` → `finish_run`
 
-* `decide` reads the scores `dctp_daily` stored for **date** (`staging/dctp_daily/dt=…/score_models`), applies the
-  rules and the composite with this run's thresholds, and publishes its own `quality` output and `filtered` rows
-  (under `staging/dctp_rescore/`: the daily DAG's staged data is never touched).
-* `export` commits the result as a new Delta version replacing only that date, with the date's last ledger whose
-  quality rows are replaced by this run's (other stages' drops are unchanged); `finish_run` proves that ledger
-  balances and closes the MLflow run (experiment `dctp_rescore`). A daily run of the same date may commit before or
-  after it: each version's ledger balances against that version, and the last commit wins.
+* `decide` starts from the date's latest export: it reads the very scores that export was decided from (its commit
+  names them, e.g. `staging/dctp_daily/dt=…/score_models/v-…`), applies the rules and the composite with this
+  run's thresholds, and publishes its own `quality` output and `filtered` rows (under `staging/dctp_rescore/`: the
+  daily DAG's staged data is never touched).
+* `export` commits the result as a new Delta version replacing only that date, with that export's ledger whose
+  quality rows are replaced by this run's (other stages' drops are unchanged) — only if no other export of the date
+  committed since; otherwise it fails and says to trigger it again. `finish_run` proves the ledger balances and
+  closes the MLflow run (experiment `dctp_rescore`).
 * Thresholds by `scorer.rule`, e.g. `{"toxicity.toxic": 0.9, "heuristics.too_few_words": 30}`; `null` switches a
   rule off. The same from a shell: `dctp rescore DATE --set toxicity.toxic=0.9 --export`.
 """
@@ -27,8 +28,6 @@ from dctp_common.dag_defaults import CONFIG_OVERRIDES, DEFAULT_ARGS, QUALITY_PAR
 RESCORE_PARAMS = {
     "date": Param(datetime.now(UTC).strftime("%Y-%m-%d"), type="string", format="date", title="Date",
                   description="The partition date (YYYY-MM-DD) to re-decide; the daily DAG must have scored it."),
-    "source_dag_id": Param("dctp_daily", type="string", title="Scored by",
-                           description="The DAG whose staged scores to re-decide."),
     **QUALITY_PARAMS,
     "config_overrides": CONFIG_OVERRIDES,
 }
@@ -61,30 +60,34 @@ def dctp_rescore():
 
     @task
     def decide(started: dict) -> dict:
-        """Re-decide the date from its stored scores with this run's thresholds (no model runs)."""
-        from dctp_common.runtime import permanent_errors, run_stage, scored_by
-        from dctp_tasks.quality.decide import decide_day, scored_stage
-
-        run, source = _ctx(), scored_by(get_current_context())
-        with permanent_errors():
-            scored = scored_stage(run.storage, source, run.dt)
-        return run_stage(run, started, decide_day, input_stage=scored, source_dag_id=source)
-
-    @task
-    def export(started: dict, decided: dict) -> dict:
-        """Commit the re-decided date as a new Delta version replacing only that date; its ledger is the last
-        commit's with the quality stage's drops replaced by this run's."""
+        """Re-decide the date's latest export from the very scores it was decided from, with this run's thresholds
+        (no model runs)."""
         from dctp_common.runtime import permanent_errors, run_stage
-        from dctp_tasks.export import Staged, export_day, ingested_count
+        from dctp_tasks.export import rescore_basis
+        from dctp_tasks.quality.decide import decide_day
 
         run = _ctx()
         with permanent_errors():
-            ingested = ingested_count(run.storage, run.config.export.dataset_name, run.dt)
+            basis = rescore_basis(run.storage, run.config.export.dataset_name, run.dt)
+        scores = basis["scores"]
+        return {**run_stage(run, started, decide_day, source_dag_id=scores["dag_id"], input_stage=scores["stage"],
+                            input_version=scores["version"]), "basis": basis}
+
+    @task
+    def export(started: dict, decided: dict) -> dict:
+        """Commit the re-decided date as a new Delta version replacing only that date, if no other export of the
+        date committed meanwhile; its ledger is the re-decided commit's with the quality drops replaced."""
+        from dctp_common.runtime import run_stage
+        from dctp_tasks.export import Staged, export_day
+
+        run, basis = _ctx(), decided["basis"]
         rows = Staged(run.dag_id, decided["stage"], decided["version"])
-        result = run_stage(run, started, export_day, run_id=run.run_id, rows=rows, ledger=[rows], ingested=ingested,
-                           keep_committed_ledger=True, metadata={"mlflow_run_id": started["mlflow_run_id"] or "",
-                                                                 "rescored_by": "dctp_rescore"})
-        return {**result, "ingested": ingested}
+        result = run_stage(run, started, export_day, run_id=run.run_id, rows=rows, ledger=[rows],
+                           ingested=basis["ingested"], amend=basis["commit_token"],
+                           metadata={"mlflow_run_id": started["mlflow_run_id"] or "", "rescored_by": "dctp_rescore",
+                                     "rescored_version": basis["version"],
+                                     **{f"scores_{k}": v for k, v in basis["scores"].items()}})
+        return {**result, "ingested": basis["ingested"]}
 
     @task(execution_timeout=timedelta(minutes=30))
     def finish_run(started: dict, exported: dict) -> dict:

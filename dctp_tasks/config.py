@@ -93,6 +93,22 @@ class IngestConfig(_Strict):
     not waited for. A date far in the past (a backfill) is past its deadline, so it fails at once when data is
     missing."""
 
+    @field_validator("include_sources")
+    @classmethod
+    def _source_names(cls, value: list[str]) -> list[str]:
+        # a source name becomes the folder landing/{name}: one path segment, nothing that climbs out of landing/
+        bad = [name for name in value if not re.match(NAME_PATTERN, name) or ".." in name]
+        if bad:
+            raise ValueError(f"source names {bad} are not valid: a source names one folder under landing/ "
+                             f"(pattern {NAME_PATTERN})")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _configured_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        cls._source_names(list(value))
+        return value
+
     def source(self, name: str) -> SourceConfig:
         return self.sources.get(name, SourceConfig())
 

@@ -8,8 +8,9 @@ A published folder ``P`` (a stage's staged output, a date's history partition, a
 Readers resolve the pointer once and read only that version's files, so they see the old partition or the new
 one, never a half-written one; two writers of the same partition each write their own version and the last
 pointer switch wins. The pointer is one small object: ``os.replace`` makes its switch atomic on a local disk,
-and an S3 PUT replaces an object atomically. Superseded versions are kept for ``KEEP_SUPERSEDED`` (a reader that
-resolved the old pointer finishes reading it) and deleted by a later publish of the same folder.
+and an S3 PUT replaces an object atomically. A superseded version is kept for ``KEEP_SUPERSEDED`` after it was
+superseded (the pointer records when), so a reader that resolved the old pointer finishes reading it; a later
+publish of the same folder deletes it then.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def current(storage: Storage, folder: str) -> dict | None:
     """Return the pointer of ``folder`` (``version``, ``published_at`` and the writer's metadata), or ``None``."""
     path = storage.path(folder, POINTER)
     try:
-        return json.loads(storage.read_bytes(path))
+        return storage.read_json(path)
     except FileNotFoundError:
         return None
 
@@ -134,32 +135,44 @@ class Publication:
             except OSError:  # the store may be what failed; the next publish collects the leftovers
                 log.warning("could not delete the unfinished version %s", self.storage.uri(self.path))
             return
-        previous = current(self.storage, self.folder)
-        pointer = {"version": self.version, "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                   **self.meta}
+        previous = current(self.storage, self.folder) or {}
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        present = set(versions(self.storage, self.folder))
+        # When each earlier version stopped being current: what collect ages them by.
+        superseded = {token: at for token, at in (previous.get("superseded") or {}).items() if token in present}
+        if previous.get("version"):
+            superseded[previous["version"]] = now
+        pointer = {"version": self.version, "published_at": now, **self.meta, "superseded": superseded}
         self.storage.write_bytes(self.storage.path(self.folder, POINTER), json.dumps(pointer, indent=1).encode())
-        collect(self.storage, self.folder, keep=self.keep,
-                protect={self.version, previous["version"] if previous else ""})
+        try:
+            collect(self.storage, self.folder, keep=self.keep)
+        except OSError as exc:  # best effort: the version is published; a later publish collects what is left
+            log.warning("could not collect old versions of %s: %s", self.storage.uri(self.folder), exc)
 
 
 def collect(storage: Storage, folder: str, *, keep: timedelta = KEEP_SUPERSEDED,
             protect: set[str] | None = None, now: datetime | None = None) -> list[str]:
-    """Delete the versions of ``folder`` that are neither current nor in ``protect`` and older than ``keep``.
+    """Delete the versions of ``folder`` that are neither current nor in ``protect`` and were superseded (or, never
+    current, written) more than ``keep`` ago.
 
     Returns the deleted tokens. Files of the layout before versioning (directly in ``folder``) go too once a
-    version is current.
+    version is current. Another writer collecting at the same time is no error.
     """
     pointer = current(storage, folder)
     if pointer is None:
         return []
     protected = {pointer["version"], *(protect or set())}
+    superseded = pointer.get("superseded") or {}
     limit = (now or datetime.now(UTC)) - keep
     deleted = []
     for token in versions(storage, folder):
-        created = token_time(token)
-        if token in protected or (created is not None and created > limit):
+        since = datetime.fromisoformat(superseded[token]) if token in superseded else token_time(token)
+        if token in protected or since is None or since > limit:
             continue
-        storage.delete_dir(posixpath.join(folder, VERSION_PREFIX + token))
+        try:
+            storage.delete_dir(posixpath.join(folder, VERSION_PREFIX + token))
+        except FileNotFoundError:  # collected by another writer meanwhile
+            continue
         deleted.append(token)
     legacy = [p for p in storage.list_files(folder, recursive=False, published=False) if p.endswith(".parquet")]
     storage.delete_files(legacy)

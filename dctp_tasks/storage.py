@@ -144,19 +144,29 @@ class Storage:
         so a reader never mixes versions; ``published=False`` lists everything there is.
         """
         path = self.path(*parts)
-        selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
-        files = sorted(info.path for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
+        files = self._listing(path, recursive)
         pointer = posixpath.join(path, POINTER)
         if published and pointer in files:
-            try:
-                version = json.loads(self.read_bytes(pointer))["version"]
-            except FileNotFoundError:  # listed, then replaced: read the listing again
-                return self.list_files(*parts, recursive=recursive)
-            inside = posixpath.join(path, VERSION_PREFIX + version) + "/"
             if not recursive:
                 return []
-            files = [f for f in files if f.startswith(inside)]
+            # The version named by the pointer, listed again: versions never change once published, so this
+            # listing is whole however often the pointer moves meanwhile.
+            return self._listing(posixpath.join(path, VERSION_PREFIX + self.read_json(pointer)["version"]), True)
         return files
+
+    def _listing(self, path: str, recursive: bool) -> list[str]:
+        selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
+        return sorted(info.path for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
+
+    def read_json(self, path: str) -> dict:
+        """Read a small JSON file the pipeline wrote; on S3, bytes that do not parse are a damaged transfer."""
+        data = self.read_bytes(path)
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            if self.scheme == "s3":
+                raise DamagedTransfer(f"s3://{path}: {exc}") from exc
+            raise
 
     def list_dirs(self, *parts: str) -> list[str]:
         """Return the names of the folders directly under ``parts``."""
@@ -229,7 +239,7 @@ class Storage:
     def _etag_of(self, path: str, head: dict, copy) -> str | None:
         """Return the ETag S3 would give ``copy``'s bytes as ``head``'s object, or ``None`` when it cannot tell."""
         etag = str(head.get("ETag", "")).strip('"')
-        if head.get("ServerSideEncryption") == "aws:kms" or head.get("SSECustomerAlgorithm"):
+        if str(head.get("ServerSideEncryption", "")).startswith("aws:kms") or head.get("SSECustomerAlgorithm"):
             return None  # their ETags are not digests of the content
         single = re.fullmatch(r"[0-9a-f]{32}", etag)
         parts = re.fullmatch(r"[0-9a-f]{32}-(\d+)", etag)
@@ -237,6 +247,8 @@ class Storage:
             return None
         sizes = [int(head["ContentLength"])] if single or int(parts.group(1)) == 1 else \
             [int(self._head(path, part)["ContentLength"]) for part in range(1, int(parts.group(1)) + 1)]
+        if sum(sizes) != int(head["ContentLength"]):
+            return None  # a store that ignores PartNumber: the parts' digests cannot be rebuilt
         copy.seek(0)
         digests = []
         for size in sizes:
@@ -252,7 +264,7 @@ class Storage:
 
     def _head(self, path: str, part: int | None = None) -> dict:
         """Return S3's HEAD of the object ``path`` (of its upload part ``part``); errors as ``OSError`` kinds."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         bucket, _, key = path.partition("/")
         try:
@@ -264,6 +276,8 @@ class Storage:
             if code in {"403", "AccessDenied"}:
                 raise PermissionError(f"s3://{path}: AccessDenied") from exc
             raise OSError(f"s3://{path}: HEAD failed: {exc}") from exc
+        except NoCredentialsError as exc:
+            raise PermissionError(f"s3://{path}: no S3 credentials: {exc}") from exc
         except BotoCoreError as exc:  # the connection failed: transient
             raise OSError(f"s3://{path}: HEAD failed: {exc}") from exc
 
@@ -290,10 +304,15 @@ class Storage:
         """
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
         target = path if self.scheme == "s3" else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(target, compression=None) as stream:
-            stream.write(data)
-        if target != path:
-            self.fs.move(target, path)
+        try:
+            with self.fs.open_output_stream(target, compression=None) as stream:
+                stream.write(data)
+            if target != path:
+                self.fs.move(target, path)
+        except BaseException:
+            if target != path and self.fs.get_file_info(target).type == pafs.FileType.File:
+                self.fs.delete_file(target)
+            raise
 
     # parquet ---------------------------------------------------------------------------------
     def writer(self, *parts: str, schema: pa.Schema, prefix: str = "part", compression: str | dict = "zstd",
@@ -364,8 +383,13 @@ class Storage:
         files = [p for p in self.list_files(*parts) if p.endswith(".parquet")]
         if not files:
             raise FileNotFoundError(f"no Parquet files under {self.uri(*parts)}")
-        with self.fs.open_input_file(files[0]) as handle:
+        with self._open_parquet(files[0]) as handle:
             return pq.read_schema(handle)
+
+    def parquet_footer(self, path: str) -> dict:
+        """Return one Parquet file's footer (row groups, sizes, statistics) as a dict."""
+        with self._open_parquet(path) as handle:
+            return pq.ParquetFile(handle).metadata.to_dict()
 
     # delta -----------------------------------------------------------------------------------
     def delta_storage_options(self) -> dict[str, str]:

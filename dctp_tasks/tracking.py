@@ -73,8 +73,9 @@ def open_run(config: TrackingConfig, experiment: str, run_name: str, tags: dict[
 
 
 def _same_params(logged: dict[str, str], params: dict[str, str]) -> bool:
-    """Return whether ``params`` equal what the run logged (a run that logged none yet matches anything)."""
-    return not logged or logged == params
+    """Return whether ``params`` agree with what the run logged: every logged key has the same value (a run whose
+    logging was cut short, or that logged none yet, takes the missing keys)."""
+    return all(params.get(key) == value for key, value in logged.items())
 
 
 def _log_params(client, run_id: str, params: dict[str, str]) -> None:

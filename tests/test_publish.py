@@ -59,7 +59,7 @@ def test_a_failed_write_leaves_the_old_version_current_and_nothing_behind(storag
     assert versions(storage, "p") == [kept]
 
 
-def test_superseded_versions_go_after_a_day_but_the_previous_one_stays(storage):
+def test_superseded_versions_go_a_day_after_they_were_superseded(storage):
     old = put(storage, "p", [1])
     previous = put(storage, "p", [2])
     latest = put(storage, "p", [3])  # its publish kept `old`: younger than a day
@@ -127,3 +127,16 @@ def test_paths_outside_the_root_are_refused(storage, parts):
         storage.path(*parts)
     with pytest.raises(UnsafePath):
         state_dir("x", "2026-01-01/../../..")
+
+
+def test_an_old_version_superseded_just_now_stays_readable_for_a_day(storage):
+    # current for a week (history of an early date), then re-published twice in a row: a reader that resolved
+    # the week-old version a moment ago must still find it
+    week_old = put(storage, "p", [1], token="20260101T000000000000Z-0000aaaa")
+    put(storage, "p", [2])
+    put(storage, "p", [3])
+
+    assert week_old in versions(storage, "p")
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    assert collect(storage, "p", now=soon) == [] and read(storage, resolve(storage, "p", week_old)) == [1]
+    assert week_old in collect(storage, "p", now=datetime.now(UTC) + KEEP_SUPERSEDED + timedelta(minutes=5))

@@ -15,7 +15,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 
 from dctp_tasks.config import PipelineConfig, check_run_overrides, load_config
-from dctp_tasks.storage import S3Options, Storage, check_name
+from dctp_tasks.storage import S3Options, Storage
 from dctp_tasks.tracking import airflow_home
 
 log = logging.getLogger(__name__)
@@ -61,23 +61,18 @@ def run_context(context: dict[str, Any]) -> RunContext:
 
 
 def rescore_context(context: dict[str, Any]) -> RunContext:
-    """Resolve a ``dctp_rescore`` run: the date and the DAG whose staged scores it re-decides come from Params."""
+    """Resolve a ``dctp_rescore`` run: the date comes from the Param ``date``."""
     params = context.get("params") or {}
     with permanent_errors():
         try:
             day = datetime.strptime(str(params.get("date")), "%Y-%m-%d").replace(tzinfo=UTC)
         except ValueError as exc:
             raise ValueError(f"Param date must be YYYY-MM-DD, got {params.get('date')!r}") from exc
-        check_name(params.get("source_dag_id") or "dctp_daily", "Param source_dag_id")
         config = resolve_config(params)
     dag_run = context["dag_run"]
     return RunContext(dag_id=dag_run.dag_id, run_id=dag_run.run_id, dt=day.strftime("%Y-%m-%d"),
                       interval=(day, day + timedelta(days=1)), config=config, storage=data_storage())
 
-
-def scored_by(context: dict[str, Any]) -> str:
-    """Return the DAG whose staged scores a ``dctp_rescore`` run re-decides (Param ``source_dag_id``)."""
-    return (context.get("params") or {}).get("source_dag_id") or "dctp_daily"
 
 
 def start_tracking(run: RunContext, experiment: str) -> dict:
@@ -217,8 +212,9 @@ def postgres_connector() -> Callable[[str], object]:
 
 
 #: Storage errors no retry can fix: the bucket is missing or the credentials are refused (S3 codes, pyarrow texts).
-PERMANENT_STORAGE_ERRORS = re.compile(r"NoSuchBucket|[Bb]ucket .*(does not exist|not found)|AccessDenied|"
-                                      r"InvalidAccessKeyId|SignatureDoesNotMatch")
+PERMANENT_STORAGE_ERRORS = re.compile(r"NoSuchBucket|NO_SUCH_BUCKET|[Bb]ucket .*(does not exist|not found)|"
+                                      r"AccessDenied|ACCESS_DENIED|Access Denied|InvalidAccessKeyId|"
+                                      r"INVALID_ACCESS_KEY_ID|SignatureDoesNotMatch|SIGNATURE_DOES_NOT_MATCH")
 #: MLflow error codes of a tracking server that is down, overloaded or restarting.
 TRANSIENT_MLFLOW_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
                           "ABORTED", "SERVICE_UNDER_MAINTENANCE"}
@@ -240,6 +236,8 @@ def is_transient(exc: BaseException) -> bool:
         return True  # a Delta commit race the export's own retries did not win; a GPU shared with another task
     if "MlflowException" in names:
         return getattr(exc, "error_code", None) in TRANSIENT_MLFLOW_CODES
+    if "AirflowRuntimeError" in names:  # the task's call to the API server: only the server failing is transient
+        return str(getattr(getattr(getattr(exc, "error", None), "error", None), "value", "")) == "API_SERVER_ERROR"
     return False
 
 

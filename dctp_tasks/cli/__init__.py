@@ -1,5 +1,5 @@
 """``dctp``: look at what the pipeline exported — versions, contents, files, diffs, each date's ledger and score
-report — re-decide a date with new quality thresholds, and train a classifier scorer.
+report — re-decide a date with new quality thresholds, train a classifier scorer, and score any file.
 
 The data root comes from ``--root`` or ``$DCTP_DATA_ROOT`` (default ``$AIRFLOW_HOME/dctp-data``); S3 roots use
 the AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …).
@@ -56,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     rescore.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                          help="a rule threshold (toxicity.toxic=0.9), per domain (news:heuristics.too_few_words=30), "
                               "off (perplexity.perplexity_too_high=off), or min_quality / review_below; repeatable")
-    rescore.add_argument("--dag-id", default="dctp_daily", help="the DAG whose staged scores to use")
     rescore.add_argument("--export", action="store_true",
                          help="commit the new decision as a new Delta version and check the ledger")
     train = sub.add_parser("train-scorer", help="train a classifier scorer on a labeled table (text,label)")
@@ -72,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         storage = Storage(root)
         dataset = check_name(args.dataset or load_config().export.dataset_name, "--dataset")
-        for name in ("dt",):
-            if getattr(args, name, None) is not None:
-                check_date(getattr(args, name), name)
+        if getattr(args, "dt", None) is not None:
+            check_date(args.dt)
         if getattr(args, "dag_id", None) is not None:
             check_name(args.dag_id, "--dag-id")
         out = COMMANDS[args.command](storage, dataset, args)
@@ -176,25 +174,29 @@ RESCORE_DAG_ID = "dctp_rescore"
 
 def rescore(storage: Storage, dataset: str, args) -> dict:
     """Re-run only the decide step of a date: stored scores, new thresholds; optionally commit and check the ledger."""
-    from dctp_tasks.export import Staged, export_day, ingested_count, rows_for_dt
+    from dctp_tasks.export import Staged, export_day, rescore_basis, rows_for_dt
     from dctp_tasks.ledger import check_ledger
-    from dctp_tasks.quality.decide import STAGE, decide_day, scored_stage
+    from dctp_tasks.quality.decide import STAGE, decide_day
 
     overrides = quality_overrides(args.settings)
     config = load_config(overrides=overrides)
-    result = decide_day(storage, config, RESCORE_DAG_ID, args.dt, source_dag_id=args.dag_id,
-                        input_stage=scored_stage(storage, args.dag_id, args.dt))
+    basis = rescore_basis(storage, dataset, args.dt)
+    scores = basis["scores"]
+    result = decide_day(storage, config, RESCORE_DAG_ID, args.dt, source_dag_id=scores["dag_id"],
+                        input_stage=scores["stage"], input_version=scores["version"])
     out = {"dt": args.dt, "settings": overrides, **result.as_dict(),
            "text": storage.read_bytes(storage.path(str(result.extra["report"]))).decode()}
     if args.export:
-        ingested = ingested_count(storage, dataset, args.dt)
+        ingested = basis["ingested"]
         decided = Staged(RESCORE_DAG_ID, STAGE, result.version)
         run_id = "rescore__" + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
         exported = export_day(storage, config, RESCORE_DAG_ID, args.dt, run_id=run_id, rows=decided, ledger=[decided],
-                              ingested=ingested, keep_committed_ledger=True,
-                              metadata={"rescored_with": json.dumps(overrides, sort_keys=True)})
+                              ingested=ingested, amend=basis["commit_token"],
+                              metadata={"rescored_with": json.dumps(overrides, sort_keys=True),
+                                        "rescored_version": basis["version"],
+                                        **{f"scores_{k}": v for k, v in scores.items()}})
         version = int(exported.extra["table_version"])
-        commit, rejects = committed_ledger(storage, dataset, args.dt, version)
+        _, rejects = committed_ledger(storage, dataset, args.dt, version)
         ledger_ = check_ledger(ledger_report(rejects, args.dt, ingested, rows_for_dt(open_table(storage, dataset,
                                                                                                  version), args.dt)))
         out.update(table_version=version, ledger=ledger_.render())

@@ -5,14 +5,17 @@ from dctp_tasks.export.delta import (
     METADATA_PREFIX,
     PARTITION,
     Staged,
+    StaleCommit,
     dataset_dir,
     export_day,
     ingested_count,
     latest_commit,
     open_table,
+    rescore_basis,
     rows_for_dt,
 )
 from dctp_tasks.export.ledger import committed_ledger, read_ledger, rejects_dir
 
-__all__ = ["METADATA_PREFIX", "PARTITION", "Staged", "committed_ledger", "dataset_dir", "export_day",
-           "ingested_count", "latest_commit", "open_table", "read_ledger", "rejects_dir", "rows_for_dt"]
+__all__ = ["METADATA_PREFIX", "PARTITION", "Staged", "StaleCommit", "committed_ledger", "dataset_dir", "export_day",
+           "ingested_count", "latest_commit", "open_table", "read_ledger", "rejects_dir", "rescore_basis",
+           "rows_for_dt"]

@@ -30,7 +30,8 @@ from deltalake.transaction import AddAction, create_table_with_add_actions
 
 import dctp_tasks
 from dctp_tasks.config import ExportConfig, PipelineConfig
-from dctp_tasks.export.ledger import collect_ledgers, ledger_for_run, write_ledger
+from dctp_tasks.export.ledger import collect_ledgers, ledger_for_run, read_ledger, write_ledger
+from dctp_tasks.ledger import check_ledger, ledger_report
 from dctp_tasks.pii import redact_pii
 from dctp_tasks.records import EXPORT_SCHEMA, conform, split_for, with_column
 from dctp_tasks.staging import stage_rows
@@ -61,13 +62,15 @@ def dataset_dir(name: str) -> str:
 
 
 def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, run_id: str, rows: Staged,
-               ledger: list[Staged], ingested: int, keep_committed_ledger: bool = False,
+               ledger: list[Staged], ingested: int, amend: str | None = None,
                metadata: dict[str, str | int] | None = None) -> StageResult:
     """Commit ``rows`` as partition ``dt`` of the Delta table, one new version; return counts and the version.
 
-    The date's ledger is the rows the ``ledger`` stages dropped (with ``keep_committed_ledger``, the latest commit's
-    ledger with those stages' rows replaced: a re-decision changes one stage's drops, not the others'). It is
-    written first and named by the commit, so every version's ledger balances against that very version.
+    The date's ledger is the rows the ``ledger`` stages dropped. With ``amend`` (a commit token of ``dt``), it is
+    that commit's ledger with those stages' rows replaced (a re-decision changes one stage's drops, not the
+    others'), and the commit happens only while ``amend`` is still the date's latest: a re-decision never
+    overwrites a newer export of the date. The ledger must balance (``ingested`` = rows + drops) before anything
+    is committed; it is written first and named by the commit, so every version balances against its own ledger.
     """
     cfg = config.export
     in_dir = stage_rows(storage, rows.dag_id, dt, rows.stage, rows.version)
@@ -76,8 +79,11 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
     options = storage.delta_storage_options()
     token = uuid.uuid4().hex[:16]
     with Timer() as timer:
-        rejects = ledger_for_run(storage, dt, ledger, base=_latest_ledger(storage, cfg.dataset_name, dt)
-                                 if keep_committed_ledger else None)
+        base = _amended_commit(storage, cfg.dataset_name, dt, amend) if amend else None
+        rejects = ledger_for_run(storage, dt, ledger, base=read_ledger(
+            storage, dt, base.get(f"{METADATA_PREFIX}ledger_version")) if base else None)
+        exported = storage.count_rows(in_dir)
+        check_ledger(ledger_report(rejects, dt, ingested, exported))  # before committing anything
         ledger_version = write_ledger(storage, dt, rejects)
         custom = {
             f"{METADATA_PREFIX}dag_id": dag_id,
@@ -85,7 +91,7 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
             f"{METADATA_PREFIX}dt": dt,
             f"{METADATA_PREFIX}config_hash": config.config_hash(),
             f"{METADATA_PREFIX}code_version": dctp_tasks.__version__,
-            f"{METADATA_PREFIX}exported": str(storage.count_rows(in_dir)),
+            f"{METADATA_PREFIX}exported": str(exported),
             f"{METADATA_PREFIX}ingested": str(ingested),
             f"{METADATA_PREFIX}ledger_version": ledger_version,
             f"{METADATA_PREFIX}commit_token": token,
@@ -100,8 +106,13 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
                                 split_for(batch.column("doc_id"), cfg.validation_fraction, cfg.test_fraction))
             files.write(conform(meta.apply(table), schema))
         actions = files.close()
-        version, attempts = _commit(storage, table_dir, upstream, actions, dt, custom, token)
-    collect_ledgers(storage, cfg.dataset_name, dt)
+        version, attempts = _commit(storage, table_dir, upstream, actions, dt, custom, token,
+                                    still_latest=(lambda: _amended_commit(storage, cfg.dataset_name, dt, amend))
+                                    if amend else None)
+    try:
+        collect_ledgers(storage, cfg.dataset_name, dt)
+    except OSError as exc:  # best effort: the version is committed; a later export collects what is left
+        log.warning("could not collect old ledgers of dt=%s: %s", dt, exc)
     result = StageResult(STAGE, uri, total=files.rows, kept=files.rows)
     result.seconds = timer.seconds
     result.extra = {"table_version": version, "files": len(actions), "commit_attempts": attempts,
@@ -112,7 +123,7 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
 
 
 def _commit(storage: Storage, table_dir: str, upstream: pa.Schema, actions: list[AddAction], dt: str,
-            custom: dict[str, str], token: str) -> tuple[int, int]:
+            custom: dict[str, str], token: str, still_latest=None) -> tuple[int, int]:
     """Commit ``actions`` as the new content of partition ``dt``; retry when another writer got there first.
 
     Each commit also records an application transaction for its date (``dctp.export.dt=D``). Without it, two
@@ -121,6 +132,8 @@ def _commit(storage: Storage, table_dir: str, upstream: pa.Schema, actions: list
     """
     uri, options = storage.uri(table_dir), storage.delta_storage_options()
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        if still_latest is not None:
+            still_latest()  # raises when another export of the date committed since the amended one
         commit = CommitProperties(custom_metadata=custom, app_transactions=[
             Transaction(f"dctp.export.dt={dt}", time.time_ns() // 1000)])
         try:
@@ -284,6 +297,9 @@ def latest_commit(storage: Storage, name: str, dt: str, version: int | None = No
                 if version is None or info["version"] <= version:
                     return info
                 break
+        else:
+            raise RuntimeError(f"commit {candidate.get(token_key)} of dt={dt} is not in the log near version "
+                               f"{claimed} of {storage.uri(table_dir)}")
     return None
 
 
@@ -295,13 +311,31 @@ def ingested_count(storage: Storage, name: str, dt: str) -> int:
     return int(commit[f"{METADATA_PREFIX}ingested"])
 
 
-def _latest_ledger(storage: Storage, name: str, dt: str) -> pa.Table:
-    from dctp_tasks.export.ledger import read_ledger
+class StaleCommit(ValueError):
+    """The date was exported again since the commit a re-decision amends: its scores and ledger are outdated."""
 
+
+def _amended_commit(storage: Storage, name: str, dt: str, token: str) -> dict:
+    """Return the date's latest commit if it is ``token``'s, else raise ``StaleCommit``."""
+    commit = latest_commit(storage, name, dt)
+    if commit is None or commit.get(f"{METADATA_PREFIX}commit_token") != token:
+        raise StaleCommit(f"dt={dt} was exported again (version {commit and commit['version']}) after the commit "
+                          f"{token} this re-decision started from: trigger it again to re-decide the new version")
+    return commit
+
+
+def rescore_basis(storage: Storage, name: str, dt: str) -> dict:
+    """Return what re-deciding ``dt`` starts from: its latest commit (token, version, ingested count) and the
+    scores that commit's rows were decided from (``Staged`` fields), so scores, ledger and count belong together."""
     commit = latest_commit(storage, name, dt)
     if commit is None:
-        raise ValueError(f"dt={dt} was never exported, so there is no ledger to amend: run the daily DAG first")
-    return read_ledger(storage, dt, commit.get(f"{METADATA_PREFIX}ledger_version"))
+        raise ValueError(f"dt={dt} was never exported, so there is nothing to re-decide: run the daily DAG first")
+    scores = {key: commit.get(f"{METADATA_PREFIX}scores_{key}") for key in ("dag_id", "stage", "version")}
+    if not all(scores.values()):
+        raise ValueError(f"the latest commit of dt={dt} (version {commit['version']}) does not record the scores it "
+                         f"was decided from (written by an older version): re-run the daily DAG for dt={dt}")
+    return {"commit_token": commit[f"{METADATA_PREFIX}commit_token"], "version": commit["version"],
+            "ingested": int(commit[f"{METADATA_PREFIX}ingested"]), "scores": scores}
 
 
 class MetaFilter:

@@ -86,6 +86,9 @@ def collect_ledgers(storage: Storage, dataset: str, dt: str, now: datetime | Non
         version = folder.removeprefix(VERSION_PREFIX)
         created = token_time(version)
         if folder.startswith(VERSION_PREFIX) and version not in named and created is not None and created < limit:
-            storage.delete_dir(rejects_dir(dt), folder)
+            try:
+                storage.delete_dir(rejects_dir(dt), folder)
+            except FileNotFoundError:  # collected by another export meanwhile
+                continue
             deleted.append(version)
     return deleted

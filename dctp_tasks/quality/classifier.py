@@ -286,13 +286,20 @@ class ClassifierScorer(Scorer):
                            f"P(positive) {op} threshold for classifier {config.name!r}; off by default")]
         self._model: StoredClassifier | None = None
         self._lookup: EmbeddingLookup | None = None
+        self._version: str | None = None
 
     def cache_token(self, context: ScoringContext) -> str:
-        """Scores depend on the trained model: each training publishes a new version, so retraining rescores."""
-        return model_version(context.storage, self.config.name) or ""
+        """Scores depend on the trained model: each training publishes a new version, so retraining rescores.
+
+        The version read here is the one ``prepare`` loads, so the scores stored under this token are its model's
+        even when the classifier is retrained in between.
+        """
+        self._version = model_version(context.storage, self.config.name)
+        return self._version or ""
 
     def prepare(self, context: ScoringContext) -> None:
-        self._model = load_classifier(context.storage, self.config.name, self.cache_token(context) or None)
+        version = self._version or model_version(context.storage, self.config.name)
+        self._model = load_classifier(context.storage, self.config.name, version)
         wanted = self.config.embedding.model or "all-MiniLM-L6-v2"
         if self._model.meta["embedding_model"] != wanted:
             raise ValueError(f"classifier {self.config.name!r} was trained on {self._model.meta['embedding_model']} "

@@ -20,12 +20,11 @@ import pyarrow.compute as pc
 import dctp_tasks
 from dctp_tasks.config import PipelineConfig, QualityConfig
 from dctp_tasks.ledger import RejectWriter
-from dctp_tasks.publish import NotPublished
 from dctp_tasks.quality.base import Rule, Scorer
 from dctp_tasks.quality.registry import LOW_QUALITY, build_scorers, scorer_settings
 from dctp_tasks.quality.report import write_report
 from dctp_tasks.records import append_step, params_hash, with_column
-from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rows
+from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rows, stage_version
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage
 
@@ -57,7 +56,11 @@ def decide_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
     re-decides what ``dctp_daily`` scored and publishes under its own DAG id.
     """
     q = config.quality
-    in_dir = stage_rows(storage, source_dag_id or dag_id, dt, input_stage, input_version)
+    scores_dag = source_dag_id or dag_id
+    # Resolved once, and recorded: the export names the scores its rows were decided from, so a later re-decision
+    # (dctp_rescore) reads exactly these scores, whatever has been published since.
+    scores_version = input_version or stage_version(storage, scores_dag, dt, input_stage).rsplit("/v-", 1)[-1]
+    in_dir = stage_rows(storage, scores_dag, dt, input_stage, scores_version)
     scorers = build_scorers(q) if q.enabled else []
     step = params_hash({k: v for k, v in q.model_dump(mode="json").items() if k != "scorers"})
     with Timer() as timer:
@@ -99,26 +102,14 @@ def decide_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
                          version=out.version)
     result.seconds = timer.seconds
     result.dropped_by_reason = Counter(r for r in decisions.reason.tolist() if r is not None)
-    result.extra = {"pass": counts["pass"], "review": counts["review"], "fail": counts["fail"],
+    result.extra = {"scores_dag_id": scores_dag, "scores_stage": input_stage, "scores_version": scores_version,
+                    "pass": counts["pass"], "review": counts["review"], "fail": counts["fail"],
                     "report": report.markdown_path, "plots": ",".join(report.plot_paths), **centroids,
                     **{f"mean_{k}": v for k, v in report.means.items()}}
     log.info("quality dt=%s: %d in, %d pass, %d review, %d fail (%s)", dt, result.total, counts["pass"],
              counts["review"], counts["fail"],
              ", ".join(f"{k} {v}" for k, v in result.dropped_by_reason.most_common()))
     return result
-
-
-def scored_stage(storage: Storage, dag_id: str, dt: str) -> str:
-    """Return the last stage that holds the date's scores: ``score_models``, else ``score`` (no GPU scorer ran)."""
-    for stage in (INPUT_STAGE, "score"):
-        try:
-            folder = stage_rows(storage, dag_id, dt, stage)
-        except NotPublished:
-            continue
-        if "scores" in storage.parquet_schema(folder).names:
-            return stage
-    raise NotPublished(f"no scores of dt={dt} staged by {dag_id}: run {dag_id} for that date first (with "
-                       "quality.enabled)")
 
 
 def unjudged(storage: Storage, in_dir: str) -> Decisions:

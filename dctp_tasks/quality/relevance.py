@@ -7,6 +7,7 @@ centroids, and only sums made by its own encoder.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 
@@ -15,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dctp_tasks.embeddings import encoder_identity, encoder_mismatch, encoder_name
-from dctp_tasks.publish import current, earlier_partitions, publish
+from dctp_tasks.embeddings import ENCODER_KEY, encoder_identity, encoder_mismatch, encoder_name, stored_encoder
+from dctp_tasks.publish import earlier_partitions, publish
 from dctp_tasks.quality.base import Field as ScoreField
 from dctp_tasks.quality.base import Rule, Scorer, ScoringContext
 from dctp_tasks.quality.embeddings import EmbeddingConfig, EmbeddingLookup, encode
@@ -172,9 +173,11 @@ class CentroidSums:
         table = pa.table({"domain": pa.array(names, pa.string()),
                           "count": pa.array([self.counts[n] for n in names], pa.int64()),
                           "sum": pa.FixedSizeListArray.from_arrays(flat, dim)}, schema=centroids_schema(dim))
-        with publish(storage, state_dir(STATE, dt), meta={"encoder": encoder}) as state, \
-                state.writer(schema=centroids_schema(dim)) as writer:
-            writer.write(table)
+        schema = centroids_schema(dim)
+        if encoder is not None:  # recorded in the version's own files: a reader checks the files it reads
+            schema = schema.with_metadata({ENCODER_KEY: json.dumps(encoder, sort_keys=True)})
+        with publish(storage, state_dir(STATE, dt)) as state, state.writer(schema=schema) as writer:
+            writer.write(table.cast(schema))
 
 
 def update_centroids(storage: Storage, dt: str, kept: Iterable[pa.RecordBatch], lookup: EmbeddingLookup,
@@ -209,8 +212,8 @@ def accepted_centroids(storage: Storage, dt: str, min_docs: int = 1,
     counts: dict[str, int] = {}
     for day, folder in earlier_partitions(storage, state_dir(STATE), dt):
         if encoder is not None:
-            made_by = (current(storage, state_dir(STATE, day)) or {}).get("encoder")
-            mismatch = encoder_mismatch(made_by, encoder, keys=("model", "revision"))
+            mismatch = encoder_mismatch(stored_encoder(storage.parquet_schema(folder)), encoder,
+                                        keys=("model", "revision"))
             if mismatch:
                 log.warning("relevance: centroids of dt=%s not used: %s", day, mismatch)
                 continue

@@ -18,7 +18,6 @@ from functools import cache
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import dctp_tasks
 from dctp_tasks.config import PipelineConfig
@@ -139,9 +138,7 @@ def _cache_key(storage: Storage, in_dir: str, config: PipelineConfig, device: st
     files = []
     for path in storage.list_files(in_dir):
         if path.endswith(".parquet"):
-            with storage.fs.open_input_file(path) as handle:
-                meta = pq.ParquetFile(handle).metadata.to_dict()
-            files.append([path.rsplit("/", 1)[-1], meta])
+            files.append([path.rsplit("/", 1)[-1], storage.parquet_footer(path)])
     mine = {s.name for s in scorers}
     settings = [(name, settings) for name, _, settings in scorer_settings(config.quality) if name in mine]
     payload = {"files": files, "scorers": settings, "device": device, "batch_size": config.batch_size,
@@ -181,6 +178,6 @@ def _cached(storage: Storage, dag_id: str, dt: str, stage: str, key: str) -> tup
         return None
     try:
         folder = stage_version(storage, dag_id, dt, stage, pointer["version"])
-        return json.loads(storage.read_bytes(storage.path(folder, MANIFEST))), pointer["version"]
+        return storage.read_json(storage.path(folder, MANIFEST)), pointer["version"]
     except (NotPublished, FileNotFoundError):
         return None

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 EXPECTED_TASKS = ["start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
                   "dedup_semantic", "score", "score_models", "decide", "export", "finish_run"]
-HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "export"}
+HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "export"}
 GPU_TASKS = {"dedup_semantic", "score_models"}  # model inference
 RESCORE_TASKS = ["start_run", "decide", "export", "finish_run"]
 
@@ -82,6 +82,8 @@ def test_dag_shape(dagbag):
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
+    # relevance in score_models reads the centroids the previous date's decide writes
+    assert dag.get_task("score_models").wait_for_downstream
     # the landing sensor frees its worker slot while it waits
     sensor = dag.get_task("wait_for_landing")
     assert sensor.mode == "reschedule" and sensor.poke_interval > 0
@@ -148,7 +150,7 @@ def test_rescore_dag_re_decides_one_date_without_model_tasks(dagbag):
         assert task.retries >= 2 and task.on_failure_callback and (task.doc_md or task.doc)
         assert task.queue != "gpu", "re-deciding runs no model"
     params = dag.params
-    assert {"date", "source_dag_id", "quality_thresholds", "min_quality", "review_below"} <= set(params.keys())
+    assert {"date", "quality_thresholds", "min_quality", "review_below"} <= set(params.keys())
     assert all(params.get_param(name).description for name in params.keys())
 
 
@@ -157,18 +159,16 @@ def test_rescore_context_takes_the_date_from_params():
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    from dctp_common.runtime import rescore_context, scored_by
+    from dctp_common.runtime import rescore_context
 
-    context = {"params": {"date": "2026-03-04", "source_dag_id": "dctp_daily",
-                          "quality_thresholds": {"heuristics.too_few_words": 10}},
+    context = {"params": {"date": "2026-03-04", "quality_thresholds": {"heuristics.too_few_words": 10}},
                "dag_run": SimpleNamespace(dag_id="dctp_rescore", run_id="manual__1")}
     run = rescore_context(context)
-    # it publishes under its own DAG id and reads the scores of the DAG named by the Param
-    assert (run.dag_id, run.dt, run.run_id, scored_by(context)) == ("dctp_rescore", "2026-03-04", "manual__1",
-                                                                     "dctp_daily")
+    # it publishes under its own DAG id; the scores it reads are named by the commit it re-decides
+    assert (run.dag_id, run.dt, run.run_id) == ("dctp_rescore", "2026-03-04", "manual__1")
     assert run.config.quality.thresholds["heuristics.too_few_words"] == 10
     with pytest.raises(AirflowFailException, match="Param date must be YYYY-MM-DD"):
         rescore_context({**context, "params": {"date": "March 4"}})
-    for escape in ("../../etc", "dctp_daily/../../x", "/abs"):
-        with pytest.raises(AirflowFailException, match="source_dag_id"):
-            rescore_context({**context, "params": {**context["params"], "source_dag_id": escape}})
+    for escape in ("../../etc", "2026-03-04/../..", "2026-03-04/x"):
+        with pytest.raises(AirflowFailException, match="Param date"):
+            rescore_context({**context, "params": {**context["params"], "date": escape}})

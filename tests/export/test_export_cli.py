@@ -44,10 +44,14 @@ def quarantine(storage: Storage, dt: str, lines: int) -> None:
 
 def export_day(storage: Storage, config, dag_id: str, dt: str, *, run_id: str, metadata: dict | None = None):
     """Export the staged ``dedup_exact`` rows of ``dt``; the ledger is what ``ingest`` (if staged) dropped."""
+    from dctp_tasks.export.ledger import ledger_for_run
+
     metadata = dict(metadata or {})
-    ingested = int(metadata.pop("ingested", storage.count_rows(f"staging/{dag_id}/dt={dt}/dedup_exact")))
     ledger = [Staged(dag_id, stage) for stage in ("ingest", "dedup_exact")
               if storage.exists(f"staging/{dag_id}/dt={dt}/{stage}")]
+    # by default the day's input is what was exported plus what was dropped: the ledger balances
+    ingested = int(metadata.pop("ingested", storage.count_rows(f"staging/{dag_id}/dt={dt}/dedup_exact")
+                                + ledger_for_run(storage, dt, ledger).num_rows))
     return export_stage(storage, config, dag_id, dt, run_id=run_id, rows=Staged(dag_id, "dedup_exact"),
                         ledger=ledger, ingested=ingested, metadata=metadata)
 
@@ -199,3 +203,30 @@ def test_cli_ledger_of_a_date_never_exported_says_so(storage, capsys):
     assert main(["ledger", "2026-02-01", "--dag-id", "dag"]) == 0
     out = capsys.readouterr().out
     assert "no export of dt=2026-02-01 yet" in out and "quarantined 1" in out
+
+
+def test_an_export_whose_ledger_does_not_balance_commits_nothing(storage):
+    from dctp_tasks.ledger import LedgerImbalance
+
+    before = open_table(storage, "curated").version()
+    with pytest.raises(LedgerImbalance, match="ingested 999"):
+        export_day(storage, CONFIG, "dag", "2026-01-01", run_id="bad", metadata={"ingested": 999})
+    assert open_table(storage, "curated").version() == before
+
+
+def test_a_re_decision_never_overwrites_a_newer_export_of_its_date(storage):
+    from dctp_tasks.export import StaleCommit, latest_commit
+
+    started_from = latest_commit(storage, "curated", "2026-01-01")[f"{METADATA_PREFIX}commit_token"]
+    export_day(storage, CONFIG, "dag", "2026-01-01", run_id="rerun", metadata={"ingested": 45})  # a daily re-run
+    newest = open_table(storage, "curated").version()
+    rows = Staged("dag", "dedup_exact")
+
+    with pytest.raises(StaleCommit, match="exported again"):
+        export_stage(storage, CONFIG, "rescore", "2026-01-01", run_id="late-rescore", rows=rows, ledger=[rows],
+                     ingested=45, amend=started_from)
+    assert open_table(storage, "curated").version() == newest
+    latest = latest_commit(storage, "curated", "2026-01-01")
+    result = export_stage(storage, CONFIG, "rescore", "2026-01-01", run_id="rescore", rows=rows, ledger=[rows],
+                          ingested=45, amend=latest[f"{METADATA_PREFIX}commit_token"])
+    assert result.extra["table_version"] == newest + 1

@@ -40,9 +40,10 @@ def storage(tmp_path, monkeypatch):
     config = load_config()
     score_day(storage, config, DAG, DT, "cpu")
     score_day(storage, config, DAG, DT, "gpu")
-    decide_day(storage, config, DAG, DT)
+    result = decide_day(storage, config, DAG, DT)
     decided = Staged(DAG, "quality")
-    export_day(storage, config, DAG, DT, run_id="scheduled__1", rows=decided, ledger=[decided], ingested=5)
+    export_day(storage, config, DAG, DT, run_id="scheduled__1", rows=decided, ledger=[decided], ingested=5,
+               metadata={k: result.extra[k] for k in ("scores_dag_id", "scores_stage", "scores_version")})
     return storage
 
 
@@ -109,6 +110,8 @@ def test_train_scorer_stores_a_classifier_usable_by_name(storage, tmp_path, caps
     assert main(["--json", "train-scorer", "reviews", "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert '"roc_auc"' in out
-    assert storage.exists("state/classifiers/reviews/model.json")
+    from dctp_tasks.publish import resolve
+
+    assert storage.exists(resolve(storage, "state/classifiers/reviews"), "model.json")
     config = load_config(overrides={"quality.classifiers": {"reviews": {"positive_is_good": True}}})
     assert [s.name for s in registry.build_scorers(config.quality)][-1] == "classifier_reviews"
