@@ -143,6 +143,12 @@ NON_ENGLISH = {
 }
 TOXIC = ("Honestly, you are an idiot if you believe any of this.", "What a stupid article, the author is a moron.",
          "Shut up already, nobody cares about your dumb opinion.", "Only a complete fool would fall for this garbage.")
+RANT = ("Every single person who shared this is a pathetic clown.",
+        "You people should be ashamed of spreading such worthless trash.",
+        "Get lost, you useless loser, and take your idiotic opinions with you.",
+        "This is the dumbest thing I have read all year, written by a total imbecile.",
+        "Go away, nobody wants to hear from a brainless troll like you.",
+        "What a waste of space you are, honestly the most idiotic commenter here.")
 PII = ("You can reach me at jane.doe@example.com or call +1 415-555-0134 after six.",
        "Send the invoice to billing@example.org, attention Mark Webber, phone (212) 555-0187.",
        "The login came from 203.0.113.42 and then from 198.51.100.7 a minute later.",
@@ -302,8 +308,10 @@ def _text_rows(seed: int, day: dt.date, n: int) -> list[Row]:
                 text = rng.choice(SHORT)
             elif kind == "low_quality":
                 text = _low_quality(rng, j)
-            elif kind in ("toxic", "pii"):
-                text = _prose(rng, dom, 2, 6) + " " + rng.choice(TOXIC if kind == "toxic" else PII)
+            elif kind == "toxic":  # a whole comment of abuse, long enough to pass the page-shape rules
+                text = " ".join(rng.sample(TOXIC, 2) + rng.sample(RANT, 4))
+            elif kind == "pii":
+                text = _prose(rng, dom, 2, 6) + " " + rng.choice(PII)
             else:
                 text = _non_english(rng, j)
             rows.append((dom, text, kind))

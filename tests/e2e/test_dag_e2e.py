@@ -84,6 +84,10 @@ def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[s
         assert report.by_outcome["quarantined"] > 0
         check_quality(storage, dt, commit["version"])
 
+    toxic = [r for dt in DATES for r in committed_ledger(storage, "curated", dt)[1].to_pylist()
+             if r["reason"] == "toxic"]
+    assert toxic and all(r["detail"].startswith("toxicity=") for r in toxic), \
+        "the toxicity rule is on by default and removes the demo's abusive comments"
     survivors = {dt: set(partition(storage, dt).column("doc_id").to_pylist()) for dt in DATES}
     # later dates lost their copies of earlier documents to history
     assert all(survivors[a].isdisjoint(survivors[b]) for a in DATES for b in DATES if a < b)

@@ -32,7 +32,8 @@ EXTRA = [
              "over many thousands of years. The softest rock always goes first, and the harder layers stay behind as "
              "ridges and waterfalls. Geologists read the order of those layers like the pages of a book, and they "
              "can tell from the shape of a valley whether ice or water made it. Wide valleys with steep walls were "
-             "often carved by glaciers, while narrow ones with sloping sides were cut by rivers."},
+             "often carved by glaciers, while narrow ones with sloping sides were cut by rivers. Write to "
+             "ada@example.org for the field notes."},
     {"id": "extra-2", "author": "bob@example.org", "domain": "science",
      "text": " ".join(f"Sentence {i} describes a separate geological process in some detail." for i in range(70))},
 ]
