@@ -139,6 +139,28 @@ def s3_bucket(moto_server, monkeypatch):
     return name
 
 
+@pytest.fixture
+def cutting(s3_bucket, moto_server):
+    """The data root on S3 seen straight and through a fault-injecting proxy (``tests.cluster.faulty_proxy``), and
+    the proxy: ``proxy.fail("cut-reads", path=…)`` cuts responses the way a dropped connection would."""
+    import pyarrow.fs as pafs
+
+    from dctp_tasks.storage import S3Options, Storage
+    from tests.cluster.faulty_proxy import FaultyProxy
+
+    host, port = moto_server.removeprefix("http://").split(":")
+    proxy = FaultyProxy((host, int(port)))
+    options = {"access_key": "testing", "secret_key": "testing"}
+    direct = Storage(f"s3://{s3_bucket}/root", S3Options(endpoint_url=moto_server, **options))
+    through = Storage(f"s3://{s3_bucket}/root", S3Options(endpoint_url=proxy.url, **options))
+    # Two attempts, not the production five: the fault lasts until heal(), so more retries only add seconds.
+    through.fs = pafs.S3FileSystem(region="us-east-1", scheme="http", endpoint_override=f"127.0.0.1:{proxy.port}",
+                                   connect_timeout=2, request_timeout=10,
+                                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=2), **options)
+    yield direct, through, proxy
+    proxy.close()
+
+
 @pytest.fixture(scope="session")
 def airflow_db():
     """Migrate the session's SQLite Airflow metadata DB once."""
