@@ -214,36 +214,31 @@ def load_classifier(storage: Storage, name: str, version: str | None = None) -> 
 
 
 def write_classifier_dir(folder: str | Path, model: StoredClassifier, meta: dict) -> None:
-    """Write ``model`` to a local folder as ``coef.parquet`` and ``model.json`` (``meta`` plus dim and intercept).
+    """Write ``model`` to a local folder as ``coef.json`` and ``model.json`` (``meta`` plus dim and intercept).
 
-    Same format as a trained scorer's state folder, so ``read_classifier_dir`` and ``load_classifier`` agree;
-    no timestamps are added, so retraining on the same data gives the same bytes.
+    Text, so a model committed to a repository diffs and reviews like code: one coefficient per line, each written
+    with the shortest repr that reads back to the same float64. No timestamps are added, so retraining on the same
+    data gives the same bytes.
     """
-    import pyarrow.parquet as pq
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.json").unlink(missing_ok=True)
-    schema = pa.schema([("dimension", pa.int32()), ("coef", pa.float64())])
-    pq.write_table(pa.table({"dimension": pa.array(np.arange(len(model.coef)), pa.int32()),
-                             "coef": pa.array(model.coef, pa.float64())}, schema=schema), folder / "coef.parquet")
+    (folder / "coef.json").write_text("[\n" + ",\n".join(repr(float(c)) for c in model.coef) + "\n]\n")
     meta = {**meta, "dim": len(model.coef), "intercept": model.intercept}
     # Written last: a folder without model.json is an interrupted training, never a loadable model.
     (folder / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def read_classifier_dir(folder: str | Path, name: str | None = None) -> StoredClassifier:
-    """Return the classifier stored in a local folder (``coef*.parquet`` + ``model.json``); ``name``: the folder's."""
-    import pyarrow.parquet as pq
-
+    """Return the classifier stored in a local folder (``coef.json`` + ``model.json``); ``name``: the folder's."""
     folder = Path(folder)
     if not (folder / "model.json").is_file():
         raise FileNotFoundError(f"no classifier at {folder}: the folder has no model.json")
+    if not (folder / "coef.json").is_file():
+        raise FileNotFoundError(f"classifier {folder} has model.json but no coef.json")
     meta = json.loads((folder / "model.json").read_text())
-    parts = sorted(folder.glob("coef*.parquet"))
-    if not parts:
-        raise FileNotFoundError(f"classifier {folder} has model.json but no coef*.parquet")
-    table = pa.concat_tables([pq.read_table(p, columns=["dimension", "coef"]) for p in parts])
+    coef = json.loads((folder / "coef.json").read_text())
+    table = pa.table({"dimension": np.arange(len(coef), dtype=np.int32), "coef": pa.array(coef, pa.float64())})
     return _from_parts(name or folder.name, meta, table, str(folder))
 
 

@@ -59,7 +59,7 @@ class ToxicityConfig(BaseModel):
     """``auto``: Detoxify when ``checkpoint`` is set, else the classifier; ``detoxify`` also without a checkpoint
     (Detoxify then downloads ``model_type``'s released weights on first use)."""
     classifier: str | None = None
-    """Classifier backend: folder with ``coef.parquet`` and ``model.json`` (as ``include/models/train_toxicity.py``
+    """Classifier backend: folder with ``coef.json`` and ``model.json`` (as ``include/models/train_toxicity.py``
     writes it); relative paths resolve against ``$DCTP_HOME``. None: the shipped ``include/models/toxicity-minilm``."""
     embedding: EmbeddingConfig = Setting(default_factory=EmbeddingConfig)
     """Classifier backend: the encoder; keep it equal to ``dedup_semantic``'s so its stored vectors are reused (its

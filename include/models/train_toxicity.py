@@ -9,7 +9,7 @@ Logistic regression on all-MiniLM-L6-v2 sentence embeddings of the Jigsaw Toxic 
 (label ``toxic``), fitted and measured exactly as ``dctp train-scorer`` does (``fit_classifier``: stratified 20 %
 hold-out, balanced class weights). The default threshold of rule ``toxicity.toxic`` is the lowest probability on a
 0.01 grid that flags at most ``--max-clean-fpr`` of clean reference text (BoolQ Wikipedia passages and AG News
-descriptions); its catch rate on the hold-out's toxic comments is recorded next to it. Writes ``coef.parquet`` and
+descriptions); its catch rate on the hold-out's toxic comments is recorded next to it. Writes ``coef.json`` and
 ``model.json`` (metrics, threshold, sweep, provenance); the data files are read in place, never copied. Encoding
 ≈ 15k texts takes about 3 minutes on 2 CPU cores.
 """

@@ -10,7 +10,6 @@ import os
 import shutil
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
@@ -164,7 +163,7 @@ def test_default_is_the_shipped_classifier_with_its_measured_threshold(shipped_m
 
 
 def test_shipped_model_is_small_pickle_free_and_documents_its_provenance(shipped_meta):
-    assert sorted(p.name for p in SHIPPED.iterdir()) == ["coef.parquet", "model.json"]
+    assert sorted(p.name for p in SHIPPED.iterdir()) == ["coef.json", "model.json"]
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 32_000
     assert shipped_meta["data"]["file"] == "train.5k.csv" and len(shipped_meta["data"]["sha256"]) == 64
     assert "predibase/llm_distillation_playbook" in shipped_meta["data"]["source"]
@@ -295,10 +294,8 @@ def test_cache_token_changes_when_the_model_changes(tmp_path):
     assert retrained_token != shipped_token
     assert retrained.rules[0].threshold == 0.9, "the rule's default follows the model's measured threshold"
 
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(folder / "coef.parquet")
-    pq.write_table(table.set_column(1, "coef", pa.array(np.zeros(table.num_rows))), folder / "coef.parquet")
+    coef = json.loads((folder / "coef.json").read_text())
+    (folder / "coef.json").write_text(json.dumps([0.0] * len(coef)))
     assert scorer.cache_token(context) not in {shipped_token, retrained_token}, "new coefficients, new token"
 
 
