@@ -53,12 +53,12 @@ POINTER = "_CURRENT.json"
 """The file naming a published folder's current version (see ``dctp_tasks.publish``)."""
 VERSION_PREFIX = "v-"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+"""What a name that becomes one path segment may look like (DAG ids, stage, state and dataset names)."""
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 _DOWNLOAD_CHUNK = 8 << 20
 #: What pyarrow says of Parquet bytes that are not a Parquet file's (as a damaged transfer leaves them).
 _UNDECODABLE = re.compile(r"magic bytes|[Tt]hrift|[Uu]nexpected end|[Cc]orrupt|[Dd]ecompress|exceeds the file size|"
                           r"[Ii]nvalid (page|column|footer|metadata)")
-"""What a name that becomes one path segment may look like (DAG ids, stage, state and dataset names)."""
-DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
 
 class DamagedTransfer(OSError):
@@ -99,6 +99,7 @@ class Storage:
     """A data root (``file:///abs/dir``, a plain path, or ``s3://bucket/prefix``) and its filesystem."""
 
     def __init__(self, root: str, s3: S3Options | None = None) -> None:
+        self._s3_client = None  # boto3, made on first use (object checks of download_verified)
         parsed = urlparse(root)
         self.scheme = parsed.scheme or "file"
         if self.scheme == "file":
@@ -217,15 +218,16 @@ class Storage:
         head = self._head(path)
         size = int(head["ContentLength"])
         copy = tempfile.TemporaryFile(prefix="dctp-download-")
-        received = 0
+        digest, received = hashlib.md5(usedforsecurity=False), 0
         try:
             with self.fs.open_input_stream(path, compression=None) as source:
                 while chunk := source.read(_DOWNLOAD_CHUNK):
                     copy.write(chunk)
+                    digest.update(chunk)
                     received += len(chunk)
             if received != size:
                 raise DamagedTransfer(f"s3://{path}: read {received} bytes of {size}: the download was cut")
-            expected = self._etag_of(path, head, copy)
+            expected = self._etag_of(path, head, copy, digest)
             etag = str(head.get("ETag", "")).strip('"')
             if expected is not None and expected != etag:
                 raise DamagedTransfer(f"s3://{path}: the bytes read do not match the stored object (ETag {etag}, read "
@@ -236,31 +238,33 @@ class Storage:
         copy.seek(0)
         return pa.PythonFile(copy, mode="r")
 
-    def _etag_of(self, path: str, head: dict, copy) -> str | None:
-        """Return the ETag S3 would give ``copy``'s bytes as ``head``'s object, or ``None`` when it cannot tell."""
+    def _etag_of(self, path: str, head: dict, copy, whole) -> str | None:
+        """Return the ETag S3 would give ``copy``'s bytes (``whole``: their MD5) as ``head``'s object, or ``None``
+        when it cannot tell."""
         etag = str(head.get("ETag", "")).strip('"')
         if str(head.get("ServerSideEncryption", "")).startswith("aws:kms") or head.get("SSECustomerAlgorithm"):
             return None  # their ETags are not digests of the content
-        single = re.fullmatch(r"[0-9a-f]{32}", etag)
+        if re.fullmatch(r"[0-9a-f]{32}", etag):
+            return whole.hexdigest()
         parts = re.fullmatch(r"[0-9a-f]{32}-(\d+)", etag)
-        if not single and not parts:
+        if not parts:
             return None
-        sizes = [int(head["ContentLength"])] if single or int(parts.group(1)) == 1 else \
-            [int(self._head(path, part)["ContentLength"]) for part in range(1, int(parts.group(1)) + 1)]
-        if sum(sizes) != int(head["ContentLength"]):
-            return None  # a store that ignores PartNumber: the parts' digests cannot be rebuilt
-        copy.seek(0)
-        digests = []
-        for size in sizes:
-            digest = hashlib.md5(usedforsecurity=False)
-            left = size
-            while left > 0 and (chunk := copy.read(min(_DOWNLOAD_CHUNK, left))):
-                digest.update(chunk)
-                left -= len(chunk)
-            digests.append(digest)
-        if single:
-            return digests[0].hexdigest()
-        return f"{hashlib.md5(b''.join(d.digest() for d in digests), usedforsecurity=False).hexdigest()}-{len(sizes)}"
+        count = int(parts.group(1))
+        if count == 1:
+            digests = [whole]
+        else:  # the copy read again part by part, at the sizes the store reports for them
+            sizes = [int(self._head(path, part)["ContentLength"]) for part in range(1, count + 1)]
+            if sum(sizes) != int(head["ContentLength"]):
+                return None  # a store that ignores PartNumber: the parts' digests cannot be rebuilt
+            copy.seek(0)
+            digests = []
+            for size in sizes:
+                digest, left = hashlib.md5(usedforsecurity=False), size
+                while left > 0 and (chunk := copy.read(min(_DOWNLOAD_CHUNK, left))):
+                    digest.update(chunk)
+                    left -= len(chunk)
+                digests.append(digest)
+        return f"{hashlib.md5(b''.join(d.digest() for d in digests), usedforsecurity=False).hexdigest()}-{count}"
 
     def _head(self, path: str, part: int | None = None) -> dict:
         """Return S3's HEAD of the object ``path`` (of its upload part ``part``); errors as ``OSError`` kinds."""
@@ -282,7 +286,7 @@ class Storage:
             raise OSError(f"s3://{path}: HEAD failed: {exc}") from exc
 
     def _boto3(self):
-        if getattr(self, "_s3_client", None) is None:
+        if self._s3_client is None:
             import boto3
 
             self._s3_client = boto3.client(

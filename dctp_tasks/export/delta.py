@@ -106,9 +106,7 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
                                 split_for(batch.column("doc_id"), cfg.validation_fraction, cfg.test_fraction))
             files.write(conform(meta.apply(table), schema))
         actions = files.close()
-        version, attempts = _commit(storage, table_dir, upstream, actions, dt, custom, token,
-                                    still_latest=(lambda: _amended_commit(storage, cfg.dataset_name, dt, amend))
-                                    if amend else None)
+        version, attempts = _commit(storage, cfg.dataset_name, upstream, actions, dt, custom, token, amend)
     try:
         collect_ledgers(storage, cfg.dataset_name, dt)
     except OSError as exc:  # best effort: the version is committed; a later export collects what is left
@@ -122,18 +120,20 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
     return result
 
 
-def _commit(storage: Storage, table_dir: str, upstream: pa.Schema, actions: list[AddAction], dt: str,
-            custom: dict[str, str], token: str, still_latest=None) -> tuple[int, int]:
-    """Commit ``actions`` as the new content of partition ``dt``; retry when another writer got there first.
+def _commit(storage: Storage, name: str, upstream: pa.Schema, actions: list[AddAction], dt: str,
+            custom: dict[str, str], token: str, amend: str | None) -> tuple[int, int]:
+    """Commit ``actions`` as the new content of partition ``dt``; retry when another writer got there first (but
+    with ``amend``, only while that commit is still the date's latest).
 
     Each commit also records an application transaction for its date (``dctp.export.dt=D``). Without it, two
     writers that both found the date's partition empty would each commit a plain append, which Delta never checks
     for conflicts, and the date would hold both writers' rows; with it, the second commit fails and is retried.
     """
+    table_dir = dataset_dir(name)
     uri, options = storage.uri(table_dir), storage.delta_storage_options()
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        if still_latest is not None:
-            still_latest()  # raises when another export of the date committed since the amended one
+        if amend is not None:
+            _amended_commit(storage, name, dt, amend)  # raises when another export of the date came in between
         commit = CommitProperties(custom_metadata=custom, app_transactions=[
             Transaction(f"dctp.export.dt={dt}", time.time_ns() // 1000)])
         try:
@@ -356,8 +356,9 @@ class MetaFilter:
         rows = [orjson.loads(m) if m else None for m in table.column("meta").to_pylist()]
         kept = []
         for row in rows:
-            if not isinstance(row, dict):
-                kept.append(row)
+            if not isinstance(row, dict):  # no keys to allow: nothing of it is published
+                self.dropped += row is not None
+                kept.append(None)
                 continue
             selected = {k: v for k, v in row.items() if k in self.allowed}
             self.dropped += len(row) - len(selected)

@@ -13,26 +13,27 @@ from tests.conftest import make_table
 
 METAS = [json.dumps({"_file": "landing/web/dt=2026-01-01/a.jsonl", "_line": 3, "author": "ada@example.org",
                      "url": "https://x.example.com/a", "score": 4}),
-         json.dumps({"_file": "f.csv", "note": "call +44 20 7946 0958 today"}), None]
+         json.dumps({"_file": "f.csv", "note": "call +44 20 7946 0958 today"}), None,
+         json.dumps(["not", "an", "object", "bob@example.org"])]
 
 
 def filtered(**settings) -> tuple[list, MetaFilter]:
     meta = MetaFilter(ExportConfig(**settings))
-    table = meta.apply(make_table(["a", "b", "c"], meta=METAS))
+    table = meta.apply(make_table(["a", "b", "c", "d"], meta=METAS))
     return [json.loads(m) if m else m for m in table.column("meta").to_pylist()], meta
 
 
 def test_only_allowed_keys_leave_the_pipeline():
     rows, meta = filtered()
-    assert rows == [{"_file": "landing/web/dt=2026-01-01/a.jsonl", "_line": 3}, {"_file": "f.csv"}, None]
-    assert meta.dropped == 4
+    assert rows == [{"_file": "landing/web/dt=2026-01-01/a.jsonl", "_line": 3}, {"_file": "f.csv"}, None, None]
+    assert meta.dropped == 5
 
 
 def test_allowed_text_values_are_redacted_unless_switched_off():
     rows, _ = filtered(meta_fields=["author", "note", "score"])
-    assert rows == [{"author": "<EMAIL>", "score": 4}, {"note": "call <PHONE> today"}, None]
+    assert rows == [{"author": "<EMAIL>", "score": 4}, {"note": "call <PHONE> today"}, None, None]
     rows, _ = filtered(meta_fields=["author", "note"], redact_meta=False)
-    assert rows == [{"author": "ada@example.org"}, {"note": "call +44 20 7946 0958 today"}, None]
+    assert rows == [{"author": "ada@example.org"}, {"note": "call +44 20 7946 0958 today"}, None, None]
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "a/b", "..", "with space"])
