@@ -3,9 +3,12 @@
 
 Turns one day of raw text and instruction data into a new version of the curated Delta table:
 
-`start_run` → `wait_for_landing` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` → `dedup_semantic` → `score` →
-`score_models` → `decide` → `export` → `finish_run`
+`preflight` → `start_run` → `wait_for_landing` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` →
+`dedup_semantic` → `score` → `score_models` → `decide` → `export` → `finish_run`
 
+* **Preflight**: the first task checks what the run needs (config, data root, queues, connections, models, MLflow,
+  the Delta table, versions) and fails at once, one line per problem with its fix; `dctp doctor` runs the same
+  checks from a shell (and also checks the pools, which a task cannot read).
 * **Partition**: each run processes the landing folders `landing/{source}/dt=YYYY-MM-DD` of its data
   interval start (manual runs without a logical date use their `run_after` day) and the configured
   PostgreSQL tables' rows inside the interval.
@@ -17,7 +20,8 @@ Turns one day of raw text and instruction data into a new version of the curated
   `ingested = exported + duplicates + filtered + quarantined`. Inspect with `dctp ledger DATE`.
 * **Dedup**: exact copies (same normalized text), near copies (MinHash LSH over word 5-grams, estimated
   Jaccard ≥ 0.7) and semantic copies (MiniLM embeddings, cosine ≥ 0.95, per-domain overrides) within the day
-  and against every earlier date; the earliest copy survives. `dedup_semantic` runs on the `gpu` queue.
+  and against every earlier date; the earliest copy survives. `dedup_semantic` runs on the `gpu` queue
+  (`DCTP_GPU_QUEUE`), in the pool `DCTP_GPU_POOL` names, else in `default_pool`.
 * **Quality**: `score` (CPU scorers: heuristics, language, PII, credibility) and `score_models` (GPU queue:
   perplexity, toxicity, relevance, trained classifiers) store every score; `decide` applies the rules and the
   composite `quality`, filters (ledger reason = the rule, e.g. `too_few_words`), marks `review` rows and
@@ -34,8 +38,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import CronDataIntervalTimetable, Param, PokeReturnValue, dag, get_current_context, task
+from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 
+from dctp_common.compat import CronDataIntervalTimetable
 from dctp_common.dag_defaults import (
     CONFIG_OVERRIDES,
     DEFAULT_ARGS,
@@ -91,6 +96,13 @@ def _ctx():
     doc_md=__doc__,
 )
 def dctp_daily():
+    @task(retries=0, execution_timeout=timedelta(minutes=10))
+    def preflight() -> list[dict]:
+        """Check what the run needs; fail at once, naming each missing piece and its fix."""
+        from dctp_common.preflight import run_checks
+
+        return run_checks(get_current_context())
+
     @task(execution_timeout=timedelta(minutes=10))
     def start_run() -> dict:
         """Open (or reopen, on a re-run) this run's MLflow run and log the resolved config."""
@@ -190,6 +202,7 @@ def dctp_daily():
         return finish(_ctx(), started, ingested["total"], exported)
 
     started = start_run()
+    preflight() >> started
     ingested = ingest(started)
     wait_for_landing(started) >> ingested
     normalized = normalize(started, ingested)

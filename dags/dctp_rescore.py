@@ -3,7 +3,9 @@
 
 Applies new quality thresholds to a date the daily DAG already scored, **without running any model**:
 
-`start_run` → `decide` → `export` → `finish_run`
+`preflight` → `start_run` → `decide` → `export` → `finish_run`
+
+* `preflight` checks what the run needs (as `dctp doctor` does) and fails at once, naming each missing piece.
 
 * `decide` starts from the date's latest export: it reads the very scores that export was decided from (its commit
   names them, e.g. `staging/dctp_daily/dt=…/score_models/v-…`), applies the rules and the composite with this
@@ -51,6 +53,13 @@ def _ctx():
     doc_md=__doc__,
 )
 def dctp_rescore():
+    @task(retries=0, execution_timeout=timedelta(minutes=10))
+    def preflight() -> list[dict]:
+        """Check what the run needs; fail at once, naming each missing piece and its fix."""
+        from dctp_common.preflight import run_checks
+
+        return run_checks(get_current_context())
+
     @task(execution_timeout=timedelta(minutes=10))
     def start_run() -> dict:
         """Open this run's MLflow run (experiment dctp_rescore) and log the resolved config."""
@@ -97,6 +106,7 @@ def dctp_rescore():
         return finish(_ctx(), started, exported["ingested"], exported)
 
     started = start_run()
+    preflight() >> started
     exported = export(started, decide(started))
     finish_run(started, exported)
 

@@ -15,6 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from dctp_tasks.storage import NAME_PATTERN
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "include" / "config" / "dctp.yaml"
+"""The default config of this source checkout (``default_config_path`` follows ``$DCTP_HOME``)."""
+CONFIG_RELATIVE = Path("include") / "config" / "dctp.yaml"
+
+
+def dctp_home() -> Path:
+    """Return ``$DCTP_HOME`` (the deployment's folder holding ``include/``), else this source checkout's root.
+
+    Set it where the library is pip-installed rather than run from a checkout: the default config, the shipped
+    toxicity classifier and the model-preparation script live under ``include/``, which is not part of the package.
+    """
+    return Path(os.environ.get("DCTP_HOME") or Path(__file__).resolve().parent.parent)
+
+
+def default_config_path() -> Path:
+    """Return ``$DCTP_CONFIG``, else ``$DCTP_HOME/include/config/dctp.yaml``."""
+    return Path(os.environ.get("DCTP_CONFIG") or dctp_home() / CONFIG_RELATIVE)
 
 #: Record fields a source mapping may fill. ``doc_id`` takes the source's own id.
 MAPPABLE_FIELDS = ("doc_id", "text", "prompt", "response", "domain", "created_at", "meta")
@@ -366,13 +382,14 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load settings from ``path`` (default ``$DCTP_CONFIG`` or the packaged YAML), then apply dotted overrides.
+    """Load settings from ``path`` (default ``default_config_path()``), then apply dotted overrides.
 
     Overrides with value ``None`` are ignored, so unset DAG Params keep the file's value.
     """
-    path = Path(path or os.environ.get("DCTP_CONFIG") or DEFAULT_CONFIG_PATH)
+    path = Path(path or default_config_path())
     if not path.is_file():
-        raise FileNotFoundError(f"DCTP config file not found: {path}")
+        raise FileNotFoundError(f"DCTP config file not found: {path} (set DCTP_CONFIG to the config file, or "
+                                "DCTP_HOME to the folder holding include/config/dctp.yaml)")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"DCTP config {path} must be a mapping, got {type(data).__name__}")

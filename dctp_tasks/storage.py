@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -48,6 +49,20 @@ class S3Options:
             region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
         )
 
+    @classmethod
+    def from_connection(cls, login: str | None, password: str | None, extra: dict) -> S3Options:
+        """Return the options of an Airflow ``aws`` connection (login/password or extra keys), the environment
+        filling what it leaves out; ``endpoint_url`` may sit in ``extra`` or in ``extra.service_config.s3``."""
+        env = cls.from_env()
+        return cls(
+            endpoint_url=extra.get("endpoint_url") or (extra.get("service_config") or {}).get("s3", {}).get(
+                "endpoint_url") or env.endpoint_url,
+            access_key=login or extra.get("aws_access_key_id") or env.access_key,
+            secret_key=password or extra.get("aws_secret_access_key") or env.secret_key,
+            session_token=extra.get("aws_session_token") or env.session_token,
+            region=extra.get("region_name") or env.region,
+        )
+
 
 POINTER = "_CURRENT.json"
 """The file naming a published folder's current version (see ``dctp_tasks.publish``)."""
@@ -59,6 +74,12 @@ _DOWNLOAD_CHUNK = 8 << 20
 #: What pyarrow says of Parquet bytes that are not a Parquet file's (as a damaged transfer leaves them).
 _UNDECODABLE = re.compile(r"magic bytes|[Tt]hrift|[Uu]nexpected end|[Cc]orrupt|[Dd]ecompress|exceeds the file size|"
                           r"[Ii]nvalid (page|column|footer|metadata)")
+
+
+def data_root() -> str:
+    """Return ``$DCTP_DATA_ROOT``, else ``$AIRFLOW_HOME/dctp-data`` as a ``file://`` URI (the embedded default)."""
+    home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+    return os.environ.get("DCTP_DATA_ROOT") or (home / "dctp-data").as_uri()
 
 
 class DamagedTransfer(OSError):

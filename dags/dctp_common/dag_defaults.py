@@ -10,9 +10,11 @@ from datetime import timedelta
 
 from airflow.sdk import Param
 
-# GPU-heavy tasks go to this Celery queue and Airflow pool; env vars, not config: no I/O at parse.
-GPU_QUEUE = os.environ.get("DCTP_GPU_QUEUE", "gpu")
-GPU_POOL = os.environ.get("DCTP_GPU_POOL", "gpu")
+# GPU-heavy tasks go to this Celery queue (executors without queues ignore it) and, only when DCTP_GPU_POOL names
+# one, to that Airflow pool: unset, they use default_pool, so a fresh Airflow needs nothing created first. Env vars,
+# not config: no I/O at parse. `dctp doctor` and the preflight task check both exist.
+GPU_QUEUE = os.environ.get("DCTP_GPU_QUEUE") or "gpu"
+GPU_POOL = os.environ.get("DCTP_GPU_POOL") or None
 #: How often the landing sensor looks again while a day's data is missing (seconds; it frees its slot meanwhile).
 LANDING_POKE_SECONDS = float(os.environ.get("DCTP_LANDING_POKE_SECONDS", "300"))
 #: Airflow's own limit on the landing sensor, a backstop: the config's ``ingest.wait_timeout_minutes`` decides.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowFailException
 
+from dctp_common.compat import AirflowFailException
 from dctp_tasks.config import PipelineConfig, check_run_overrides, load_config
-from dctp_tasks.storage import S3Options, Storage
-from dctp_tasks.tracking import airflow_home
+from dctp_tasks.errors import is_permanent, is_transient  # noqa: F401  (re-exported: the DAGs' error policy)
+from dctp_tasks.storage import S3Options, Storage, data_root
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +150,6 @@ def resolve_config(params: dict[str, Any]) -> PipelineConfig:
     return load_config(overrides=overrides)
 
 
-def data_root() -> str:
-    return os.environ.get("DCTP_DATA_ROOT") or (airflow_home() / "dctp-data").as_uri()
-
-
 def data_storage(aws_conn_id: str = "aws_default") -> Storage:
     """Return the data root's storage; S3 credentials and ``endpoint_url`` come from ``aws_conn_id``."""
     root = data_root()
@@ -164,23 +159,14 @@ def data_storage(aws_conn_id: str = "aws_default") -> Storage:
 
 
 def s3_options(aws_conn_id: str) -> S3Options:
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from dctp_common.compat import AirflowNotFoundException
 
     try:
         conn = BaseHook.get_connection(aws_conn_id)
     except AirflowNotFoundException:
         log.info("connection %s not defined; using the AWS environment credentials", aws_conn_id)
         return S3Options.from_env()
-    extra = conn.extra_dejson
-    env = S3Options.from_env()
-    return S3Options(
-        endpoint_url=extra.get("endpoint_url") or (extra.get("service_config") or {}).get("s3", {}).get("endpoint_url")
-        or env.endpoint_url,
-        access_key=conn.login or extra.get("aws_access_key_id") or env.access_key,
-        secret_key=conn.password or extra.get("aws_secret_access_key") or env.secret_key,
-        session_token=extra.get("aws_session_token") or env.session_token,
-        region=extra.get("region_name") or env.region,
-    )
+    return S3Options.from_connection(conn.login, conn.password, conn.extra_dejson)
 
 
 def landing_ready(run: RunContext, connect: Callable[[str], object]):
@@ -211,52 +197,13 @@ def postgres_connector() -> Callable[[str], object]:
     return connect
 
 
-#: Storage errors no retry can fix: the bucket is missing or the credentials are refused (S3 codes, pyarrow texts).
-PERMANENT_STORAGE_ERRORS = re.compile(r"NoSuchBucket|NO_SUCH_BUCKET|[Bb]ucket .*(does not exist|not found)|"
-                                      r"AccessDenied|ACCESS_DENIED|Access Denied|InvalidAccessKeyId|"
-                                      r"INVALID_ACCESS_KEY_ID|SignatureDoesNotMatch|SIGNATURE_DOES_NOT_MATCH")
-#: MLflow error codes of a tracking server that is down, overloaded or restarting.
-TRANSIENT_MLFLOW_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
-                          "ABORTED", "SERVICE_UNDER_MAINTENANCE"}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Return whether a retry may fix ``exc``: the network, a storage service, a database or a tracking server
-    failed (S3 5xx and timeouts surface as ``OSError``), another writer won a Delta commit, the GPU was busy."""
-    if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
-        return False  # a missing input or a forbidden path stays so until someone acts
-    if isinstance(exc, OSError):  # ConnectionError and TimeoutError included
-        return PERMANENT_STORAGE_ERRORS.search(str(exc)) is None
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    modules = {cls.__module__.split(".")[0] for cls in type(exc).__mro__}
-    if names & {"OperationalError", "InterfaceError", "DisconnectionError"} and \
-            modules & {"psycopg2", "psycopg", "sqlalchemy", "sqlite3"}:
-        return True  # a database restarting, a dropped connection, a locked SQLite file
-    if "CommitFailedError" in names or "OutOfMemoryError" in names:
-        return True  # a Delta commit race the export's own retries did not win; a GPU shared with another task
-    if "MlflowException" in names:
-        return getattr(exc, "error_code", None) in TRANSIENT_MLFLOW_CODES
-    if "AirflowRuntimeError" in names:  # the task's call to the API server: only the server failing is transient
-        return str(getattr(getattr(getattr(exc, "error", None), "error", None), "value", "")) == "API_SERVER_ERROR"
-    return False
-
-
-def is_permanent(exc: BaseException) -> bool:
-    """Return whether a retry cannot fix ``exc``: everything not known to be transient (``is_transient``).
-
-    That includes bad config or input, a schema mismatch, a missing column, bucket or connection, an unbalanced
-    ledger, and programming errors (``KeyError``, ``TypeError`` …): retrying those only delays the failure.
-    """
-    return not is_transient(exc)
-
-
 @contextmanager
 def permanent_errors() -> Iterator[None]:
     """Fail the task at once, without burning retries, on errors a retry cannot fix (``is_permanent``).
 
     Anything else propagates unchanged, so Airflow retries it with backoff.
     """
-    from airflow.sdk.exceptions import (
+    from dctp_common.compat import (
         AirflowRescheduleException,
         AirflowSensorTimeout,
         AirflowSkipException,

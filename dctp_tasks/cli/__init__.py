@@ -1,5 +1,6 @@
 """``dctp``: look at what the pipeline exported — versions, contents, files, diffs, each date's ledger and score
-report — re-decide a date with new quality thresholds, train a classifier scorer, and score any file.
+report — re-decide a date with new quality thresholds, train a classifier scorer, score any file, and check that
+runs can start (``dctp doctor``).
 
 The data root comes from ``--root`` or ``$DCTP_DATA_ROOT`` (default ``$AIRFLOW_HOME/dctp-data``); S3 roots use
 the AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …).
@@ -9,21 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dctp_tasks.cli.doctor import add_parser as add_doctor_parser
+from dctp_tasks.cli.doctor import doctor
 from dctp_tasks.cli.score import add_parser as add_score_parser
 from dctp_tasks.cli.score import score_file
 from dctp_tasks.config import load_config
 from dctp_tasks.export import METADATA_PREFIX, committed_ledger, open_table
 from dctp_tasks.ledger import ledger_report
 from dctp_tasks.staging import staged_rejects
-from dctp_tasks.storage import Storage, check_date, check_name
-from dctp_tasks.tracking import airflow_home
+from dctp_tasks.storage import Storage, check_date, check_name, data_root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--label-column", default="label")
     train.add_argument("--positive-label", default=None, help="the label value that means positive (default: 1/true)")
     add_score_parser(sub)
+    add_doctor_parser(sub)
     args = parser.parse_args(argv)
 
-    root = args.root or os.environ.get("DCTP_DATA_ROOT") or (airflow_home() / "dctp-data").as_uri()
+    if args.command == "doctor":  # it checks the data root and the config itself, failures included
+        code, checks, text = doctor(args.root, args)
+        print(json.dumps(checks, indent=2) if args.json else text)
+        return code
+    root = args.root or data_root()
     try:
         storage = Storage(root)
         dataset = check_name(args.dataset or load_config().export.dataset_name, "--dataset")

@@ -56,16 +56,21 @@ def scorer_settings(quality: QualityConfig) -> list[tuple[str, tuple[str, str, s
     return out
 
 
-def build_scorers(quality: QualityConfig) -> list[Scorer]:
-    """Return the enabled scorers, each built from its validated settings (no model is loaded yet)."""
-    scorers = []
-    for name, (module, cls, cfg_cls), settings in scorer_settings(quality):
+def scorer_configs(quality: QualityConfig) -> dict[str, Any]:
+    """Return each enabled scorer's validated settings object by scorer name, in order."""
+    configs = {}
+    for name, (module, _, cfg_cls), settings in scorer_settings(quality):
         try:
-            cfg = _load(module, cfg_cls).model_validate(settings)
+            configs[name] = _load(module, cfg_cls).model_validate(settings)
         except ValidationError as exc:
             raise ValueError(f"quality.scorers.{name}: {exc}") from exc
-        scorers.append(_load(module, cls)(cfg))
-    return scorers
+    return configs
+
+
+def build_scorers(quality: QualityConfig) -> list[Scorer]:
+    """Return the enabled scorers, each built from its validated settings (no model is loaded yet)."""
+    specs = {name: spec for name, spec, _ in scorer_settings(quality)}
+    return [_load(specs[name][0], specs[name][1])(cfg) for name, cfg in scorer_configs(quality).items()]
 
 
 def rule_keys(scorers: list[Scorer]) -> dict[str, tuple[Scorer, Rule]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -21,6 +20,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic import Field as Setting
 
+from dctp_tasks.config import dctp_home
 from dctp_tasks.quality.base import Field, Rule, Scorer, ScoringContext
 from dctp_tasks.quality.embeddings import EmbeddingConfig, EmbeddingLookup, encode
 
@@ -43,11 +43,6 @@ TOXIC_THRESHOLD = 0.8
 """Default threshold of rule ``toxic`` with Detoxify (probability 0-1); the classifier's comes from its model.json."""
 SHIPPED_CLASSIFIER = Path("include") / "models" / "toxicity-minilm"
 """The classifier backend's default folder, relative to ``$DCTP_HOME`` (the repository root when unset)."""
-
-
-def dctp_home() -> Path:
-    """Return ``$DCTP_HOME`` (the deployment's folder holding ``include/``), else this source checkout's root."""
-    return Path(os.environ.get("DCTP_HOME") or Path(__file__).resolve().parents[2])
 
 
 class ToxicityConfig(BaseModel):

@@ -174,6 +174,8 @@ def _airflow_env(home: Path, db_url: str, broker_url: str, api_port: int, proxy:
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
         "DCTP_DATA_ROOT": f"s3://{BUCKET}/data",
+        # as docker compose runs it: the GPU tasks bounded by a pool of their own, created below
+        "DCTP_GPU_POOL": "gpu",
         "DCTP_CONFIG": str(config_path),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
         "MLFLOW_ARTIFACT_ROOT": (home / "mlflow-artifacts").as_uri(),

@@ -12,11 +12,11 @@ import pytest
 
 from tests.conftest import REPO
 
-EXPECTED_TASKS = ["start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
+EXPECTED_TASKS = ["preflight", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
                   "dedup_semantic", "score", "score_models", "decide", "export", "finish_run"]
 HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "export"}
 GPU_TASKS = {"dedup_semantic", "score_models"}  # model inference
-RESCORE_TASKS = ["start_run", "decide", "export", "finish_run"]
+RESCORE_TASKS = ["preflight", "start_run", "decide", "export", "finish_run"]
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def test_dag_shape(dagbag):
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
-    chain = ["start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic",
-             "score", "score_models", "decide", "export", "finish_run"]
+    chain = ["preflight", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
+             "dedup_semantic", "score", "score_models", "decide", "export", "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
@@ -92,7 +92,10 @@ def test_dag_shape(dagbag):
 @pytest.mark.parametrize("task_id", EXPECTED_TASKS)
 def test_every_task_retries_with_backoff_and_timeout(dagbag, task_id):
     task = dagbag.dags["dctp_daily"].get_task(task_id)
-    assert task.retries >= 2
+    if task_id == "preflight":  # a failed check is a missing piece: retrying cannot supply it
+        assert task.retries == 0
+    else:
+        assert task.retries >= 2
     assert task.retry_exponential_backoff and task.retry_exponential_backoff > 1
     assert task.max_retry_delay is not None and task.max_retry_delay <= timedelta(hours=1)
     assert task.execution_timeout is not None and task.execution_timeout <= timedelta(hours=6)
@@ -101,13 +104,48 @@ def test_every_task_retries_with_backoff_and_timeout(dagbag, task_id):
     assert task.doc_md or task.doc, f"{task_id} has no docs for the UI"
 
 
-@pytest.mark.parametrize("task_id", EXPECTED_TASKS)
-def test_gpu_tasks_run_on_the_gpu_queue_and_pool(dagbag, task_id):
-    task = dagbag.dags["dctp_daily"].get_task(task_id)
-    if task_id in GPU_TASKS:
-        assert (task.queue, task.pool) == ("gpu", "gpu")
-    else:
-        assert task.queue != "gpu" and task.pool != "gpu"
+def _routing(**env: str) -> dict[str, dict[str, list[str]]]:
+    """Parse the DAGs in a fresh interpreter with ``env``; return each DAG's ``task -> [queue, pool]``."""
+    code = ("import json, sys; from airflow.dag_processing.dagbag import DagBag; "
+            "bag = DagBag(dag_folder=sys.argv[1]); assert not bag.import_errors, bag.import_errors; "
+            "print(json.dumps({d.dag_id: {t.task_id: [t.queue, t.pool] for t in d.tasks} "
+            "for d in bag.dags.values()}))")
+    clean = {k: v for k, v in os.environ.items() if k not in {"DCTP_GPU_POOL", "DCTP_GPU_QUEUE"}}
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "dags")], capture_output=True, text=True,
+                         env={**clean, "PYTHONPATH": os.pathsep.join([str(REPO / "dags"), str(REPO)]), **env},
+                         timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_tasks_need_no_pool_of_their_own_by_default():
+    # a fresh Airflow has only default_pool: a task naming any other pool would stay 'scheduled' forever
+    routing = _routing()
+    for dag_id, tasks in routing.items():
+        for task_id, (queue, pool) in tasks.items():
+            assert pool == "default_pool", f"{dag_id}.{task_id} takes pool {pool} without DCTP_GPU_POOL"
+            assert queue == ("gpu" if task_id in GPU_TASKS and dag_id == "dctp_daily" else "default"), \
+                f"{dag_id}.{task_id} on queue {queue}"
+
+
+def test_gpu_pool_and_queue_come_from_the_environment():
+    routing = _routing(DCTP_GPU_POOL="gpu_slots", DCTP_GPU_QUEUE="cuda")
+    daily = routing["dctp_daily"]
+    assert {t for t, (queue, pool) in daily.items() if (queue, pool) == ("cuda", "gpu_slots")} == GPU_TASKS
+    assert all((queue, pool) == ("default", "default_pool") for t, (queue, pool) in daily.items()
+               if t not in GPU_TASKS)
+
+
+def test_the_dags_and_the_preflight_read_the_same_routing(monkeypatch):
+    from dctp_tasks.preflight import GPU_TASKS as CHECKED_TASKS
+    from dctp_tasks.preflight import gpu_pool, gpu_queue
+
+    assert set(CHECKED_TASKS) == GPU_TASKS
+    monkeypatch.delenv("DCTP_GPU_POOL", raising=False)
+    monkeypatch.delenv("DCTP_GPU_QUEUE", raising=False)
+    assert (gpu_pool(), gpu_queue()) == (None, "gpu")
+    monkeypatch.setenv("DCTP_GPU_POOL", "gpu_slots")
+    monkeypatch.setenv("DCTP_GPU_QUEUE", "cuda")
+    assert (gpu_pool(), gpu_queue()) == ("gpu_slots", "cuda")
 
 
 def test_params_are_described(dagbag):
@@ -143,11 +181,12 @@ def test_rescore_dag_re_decides_one_date_without_model_tasks(dagbag):
     dag = dagbag.dags["dctp_rescore"]
     assert sorted(dag.task_ids) == sorted(RESCORE_TASKS)
     assert type(dag.timetable).__name__ == "NullTimetable"  # manual only
-    for upstream, downstream in zip(RESCORE_TASKS[1:], RESCORE_TASKS[2:]):
+    for upstream, downstream in zip(RESCORE_TASKS, RESCORE_TASKS[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     for task_id in RESCORE_TASKS:
         task = dag.get_task(task_id)
-        assert task.retries >= 2 and task.on_failure_callback and (task.doc_md or task.doc)
+        assert task.retries == 0 if task_id == "preflight" else task.retries >= 2
+        assert task.on_failure_callback and (task.doc_md or task.doc)
         assert task.queue != "gpu", "re-deciding runs no model"
     params = dag.params
     assert {"date", "quality_thresholds", "min_quality", "review_below"} <= set(params.keys())

@@ -1,0 +1,344 @@
+"""The preflight checks, one function each: what was found, and on failure the command or setting that fixes it.
+
+Every check that does I/O retries a transient fault briefly (a network blip must not fail a run) and turns any other
+error into a failed check naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from dctp_tasks.config import PipelineConfig, default_config_path
+from dctp_tasks.errors import is_transient
+from dctp_tasks.preflight import DEFAULT_POOL, GPU_POOL_ENV, GPU_QUEUE_ENV, GPU_TASKS, AirflowFacts, Check, Unknown
+from dctp_tasks.storage import Storage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Airflow versions the package supports: the DAGs use the Task SDK (``airflow.sdk``) of Airflow 3.1 and later.
+SUPPORTED_AIRFLOW = ">=3.1.0,<3.4"
+#: Airflow versions the tests run on: every test on the newest, DAG parsing and installation on the oldest.
+TESTED_AIRFLOW = ("3.1.8", "3.3.2")
+#: Packages a run needs beside Airflow, with the versions the tests ran (``constraints.txt``).
+TESTED_PACKAGES = {
+    "apache-airflow-providers-standard": "1.21.0",
+    "apache-airflow-providers-postgres": "7.1.1",
+    "apache-airflow-providers-celery": "3.26.0",
+    "apache-airflow-providers-amazon": "9.39.0",
+    "deltalake": "1.6.6",
+    "pyarrow": "25.0.1",
+}
+#: Delta writer features deltalake 1.6 commits to (probed by appending to a table that declares each one; the test
+#: suite re-probes the installed deltalake). A table with any other writer feature is readable, not writable.
+WRITABLE_DELTA_FEATURES = frozenset({
+    "appendOnly", "invariants", "checkConstraints", "changeDataFeed", "generatedColumns", "columnMapping",
+    "deletionVectors", "timestampNtz", "v2Checkpoint", "variantType", "variantType-preview",
+})
+MAX_WRITER_VERSION = 7
+#: Attempts and first pause of a check's I/O when the fault is transient.
+ATTEMPTS, PAUSE_SECONDS = 3, 1.0
+
+
+def retrying(action: Callable[[], T], attempts: int = ATTEMPTS, pause: float = PAUSE_SECONDS) -> T:
+    """Return ``action()``, retrying transient faults (``is_transient``) with a doubling pause."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            log.info("preflight: transient %s (%s), trying again", type(exc).__name__, exc)
+            time.sleep(pause * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:400]
+
+
+def check_config(load: Callable[[], PipelineConfig]) -> tuple[PipelineConfig | None, Check]:
+    path = default_config_path()
+    try:
+        config = load()
+    except Exception as exc:
+        return None, Check("config", "fail", f"{path}: {_error(exc)}",
+                           "fix the file, or set DCTP_CONFIG to the config file (DCTP_HOME to the folder holding "
+                           "include/config/dctp.yaml)")
+    return config, Check("config", "ok", f"{path} (hash {config.config_hash()})")
+
+
+def check_data_root(storage: Storage) -> Check:
+    """Write, read back and delete a small probe file under the data root."""
+    path = storage.path("state", "preflight", f"probe-{uuid.uuid4().hex}.txt")
+    payload = f"dctp preflight {time.time()}".encode()
+
+    def probe() -> bytes:
+        storage.write_bytes(path, payload)
+        try:
+            return storage.read_bytes(path)
+        finally:
+            storage.delete_files([path])
+
+    s3 = storage.scheme == "s3"
+    fix = ("create the bucket and check the credentials and endpoint_url of the aws_default connection (or the AWS_* "
+           "environment), or set DCTP_DATA_ROOT" if s3 else
+           "create the folder and let the Airflow user write to it on every worker, or set DCTP_DATA_ROOT")
+    try:
+        echoed = retrying(probe)
+    except Exception as exc:
+        return Check("data root", "fail", f"{storage.root} is not writable: {_error(exc)}", fix)
+    if echoed != payload:
+        return Check("data root", "fail", f"{storage.root} returned other bytes than were written", fix)
+    return Check("data root", "ok", f"{storage.root} (wrote, read back and deleted a probe file)")
+
+
+def check_pool(facts: AirflowFacts, name: str | None) -> Check:
+    """The GPU tasks' pool exists and has slots; without ``DCTP_GPU_POOL`` they use ``default_pool``."""
+    target = name or DEFAULT_POOL
+    tasks = " and ".join(GPU_TASKS)
+    try:
+        slots = facts.pool_slots(target)
+    except Unknown as exc:
+        if name is None:  # every Airflow has it; whether it has free slots is the scheduler's concern
+            return Check(f"pool {target}", "ok", f"{tasks} use {DEFAULT_POOL} ({GPU_POOL_ENV} unset; not read: {exc})")
+        return Check(f"pool {target}", "skip", str(exc), "run `dctp doctor` where the `airflow` command works")
+    if slots is None:
+        if name is None:
+            return Check(f"pool {target}", "fail", f"{DEFAULT_POOL} is missing: no task can be scheduled",
+                         f"airflow pools set {DEFAULT_POOL} 128 'Default pool'")
+        return Check(f"pool {target}", "fail",
+                     f"pool {name!r} ({GPU_POOL_ENV}) does not exist: {tasks} would stay 'scheduled' forever",
+                     f"airflow pools set {name} 1 'DCTP GPU tasks, one slot per GPU' (or unset {GPU_POOL_ENV} "
+                     f"on the scheduler and dag-processor: the GPU tasks then use {DEFAULT_POOL})")
+    if slots == 0:
+        return Check(f"pool {target}", "fail", f"pool {target!r} has 0 slots: {tasks} can never start",
+                     f"airflow pools set {target} 1 'DCTP GPU tasks, one slot per GPU'")
+    shown = "unlimited" if slots < 0 else f"{slots} slot(s)"
+    return Check(f"pool {target}", "ok", f"{shown} for {tasks}" + ("" if name else f" ({GPU_POOL_ENV} unset)"))
+
+
+def check_queues(facts: AirflowFacts, gpu_queue: str) -> list[Check]:
+    """With a Celery executor, some worker consumes the default queue and the GPU queue."""
+    try:
+        executor = facts.executor()
+    except Unknown as exc:
+        return [Check("queues", "skip", str(exc))]
+    if "celery" not in executor.lower():
+        return [Check("queues", "ok", f"{executor} runs every task itself: queues do not apply")]
+    default = facts.default_queue()
+    checks = []
+    for queue in dict.fromkeys([default, gpu_queue]):
+        users = ("every task" if queue == default == gpu_queue else
+                 " and ".join(GPU_TASKS) if queue == gpu_queue else "every task but the GPU ones")
+        try:
+            workers = retrying(lambda q=queue: facts.queue_consumers(q))
+        except Unknown as exc:
+            checks.append(Check(f"queue {queue}", "skip", str(exc)))
+            continue
+        except Exception as exc:
+            checks.append(Check(f"queue {queue}", "fail", f"cannot ask the Celery workers: {_error(exc)}",
+                                "check [celery] broker_url and that the broker runs"))
+            continue
+        if workers:
+            checks.append(Check(f"queue {queue}", "ok", f"consumed by {len(workers)} worker(s): "
+                                                          f"{', '.join(sorted(workers)[:4])} ({users})"))
+            continue
+        fix = f"start a worker on it: airflow celery worker --queues {queue}"
+        if queue == gpu_queue:
+            fix += (f" (on a GPU host), or set {GPU_QUEUE_ENV}={default} on the scheduler, dag-processor and workers "
+                    f"to run the GPU tasks on the CPU workers")
+        checks.append(Check(f"queue {queue}", "fail",
+                            f"no Celery worker consumes queue {queue!r}: {users} would stay 'queued'", fix))
+    return checks
+
+
+def active_postgres_sources(config: PipelineConfig) -> dict[str, str]:
+    """Return ``source name -> conn_id`` of every enabled PostgreSQL source a run reads."""
+    wanted = set(config.ingest.include_sources)
+    return {name: source.postgres.conn_id for name, source in sorted(config.ingest.sources.items())
+            if source.postgres is not None and source.enabled and (not wanted or name in wanted)}
+
+
+def check_connections(config: PipelineConfig, facts: AirflowFacts | None) -> list[Check]:
+    """Every connection a configured source reads exists, connects and sees its table."""
+    checks = []
+    for source, conn_id in active_postgres_sources(config).items():
+        table = config.ingest.sources[source].postgres
+        name = f"connection {conn_id}"
+        if facts is None:
+            checks.append(Check(name, "skip", f"source {source!r} reads it; no Airflow installation to ask"))
+            continue
+        try:
+            checks.append(_check_postgres(facts, conn_id, source, table.schema_name, table.table))
+        except Exception as exc:
+            checks.append(Check(name, "fail", f"source {source!r}: cannot query {table.schema_name}.{table.table}: "
+                                              f"{_error(exc)}",
+                                f"check host, port, database and credentials of {conn_id}, and that the table exists"))
+    return checks
+
+
+def _check_postgres(facts: AirflowFacts, conn_id: str, source: str, schema: str, table: str) -> Check:
+    from psycopg2 import sql
+
+    name = f"connection {conn_id}"
+    if facts.connection_uri(conn_id) is None:
+        return Check(name, "fail", f"not defined: source {source!r} reads it",
+                     f"airflow connections add {conn_id} --conn-uri postgresql://USER:PASSWORD@HOST:5432/DB (or "
+                     f"AIRFLOW_CONN_{conn_id.upper()}), or disable the source")
+
+    def query() -> None:
+        connection = facts.connect_postgres(conn_id)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql.SQL("SELECT 1 FROM {}.{} LIMIT 0").format(sql.Identifier(schema),
+                                                                               sql.Identifier(table)))
+        finally:
+            connection.close()
+
+    retrying(query)
+    return Check(name, "ok", f"connects; {schema}.{table} readable (source {source!r})")
+
+
+def check_models(config: PipelineConfig) -> list[Check]:
+    """Every model a run loads is on disk (runs load them offline), by scorer and dedup stage."""
+    from dctp_tasks.preflight.models import model_checks
+
+    return model_checks(config)
+
+
+def check_mlflow(tracking: Any) -> Check:
+    """The tracking URI answers (a server) or its store is writable (SQLite or a folder)."""
+    from dctp_tasks.tracking import tracking_uri
+
+    if not tracking.enabled:
+        return Check("mlflow", "skip", "tracking.enabled is false: runs log nothing to MLflow")
+    uri = tracking_uri(tracking)
+    parsed = urlparse(uri)
+    fix = ("start the tracking server, or set MLFLOW_TRACKING_URI (or tracking.tracking_uri), or "
+           "tracking.enabled: false")
+    try:
+        if parsed.scheme in {"http", "https"}:
+            status = retrying(lambda: _http_status(f"{uri.rstrip('/')}/health"))
+            if status != 200:
+                return Check("mlflow", "fail", f"{uri}/health answered HTTP {status}", fix)
+            return Check("mlflow", "ok", f"{uri} answers /health")
+        if parsed.scheme == "sqlite":
+            return _writable_folder("mlflow", Path(uri.removeprefix("sqlite:///")).parent, uri, fix)
+        if parsed.scheme in {"", "file"}:
+            return _writable_folder("mlflow", Path(parsed.path or uri), uri, fix)
+        from mlflow.tracking import MlflowClient
+
+        retrying(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1))
+        return Check("mlflow", "ok", f"{uri} answers")
+    except Exception as exc:
+        return Check("mlflow", "fail", f"{uri} unreachable: {_error(exc)}", fix)
+
+
+def _http_status(url: str, timeout: float = 5.0) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:
+            raise ConnectionError(f"HTTP {exc.code} from {url}") from exc  # a server restarting: transient
+        return exc.code
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        raise reason if isinstance(reason, OSError) else ConnectionError(str(reason)) from exc
+
+
+def _writable_folder(name: str, folder: Path, uri: str, fix: str) -> Check:
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return Check(name, "fail", f"{uri}: {existing or folder} is not a writable folder", fix)
+    return Check(name, "ok", f"{uri} (folder writable)")
+
+
+def check_delta(storage: Storage, dataset: str) -> Check:
+    """This deltalake can read the exported table's protocol and commit to it."""
+    import deltalake
+
+    from dctp_tasks.export import dataset_dir
+
+    table_dir = dataset_dir(dataset)
+    version = deltalake.__version__
+    fix = ("upgrade deltalake on every worker (pip install -U deltalake), or export to a new table "
+           "(export.dataset_name)")
+    try:
+        if not retrying(lambda: storage.exists(table_dir, "_delta_log")):
+            return Check("delta table", "ok", f"{table_dir} does not exist yet: the first export creates it")
+        table = retrying(lambda: deltalake.DeltaTable(storage.uri(table_dir),
+                                                      storage_options=storage.delta_storage_options()))
+    except Exception as exc:
+        return Check("delta table", "fail", f"deltalake {version} cannot read {table_dir}: {_error(exc)}", fix)
+    protocol = table.protocol()
+    features = sorted(set(protocol.reader_features or []) | set(protocol.writer_features or []))
+    shown = (f"protocol reader {protocol.min_reader_version} / writer {protocol.min_writer_version}"
+             + (f", features {', '.join(features)}" if features else ""))
+    unwritable = sorted(set(protocol.writer_features or []) - WRITABLE_DELTA_FEATURES)
+    if protocol.min_writer_version > MAX_WRITER_VERSION or unwritable:
+        what = ", ".join(unwritable) or f"writer version {protocol.min_writer_version}"
+        return Check("delta table", "fail",
+                     f"{table_dir} ({shown}) is readable, but deltalake {version} cannot commit to it: {what}", fix)
+    return Check("delta table", "ok", f"{table_dir} version {table.version()}, {shown}; deltalake {version} reads "
+                                      "and writes it")
+
+
+def installed(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_airflow_versions(facts: AirflowFacts | None, config: PipelineConfig | None = None) -> list[Check]:
+    """Airflow is a supported 3.x; the providers a run imports are installed (tested versions shown)."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    airflow = installed("apache-airflow-core") or installed("apache-airflow")
+    tested = " and ".join(TESTED_AIRFLOW)
+    if airflow is None:
+        return [Check("airflow version", "skip", "Airflow is not installed here")]
+    checks = []
+    if Version(airflow) not in SpecifierSet(SUPPORTED_AIRFLOW):
+        checks.append(Check("airflow version", "fail", f"Airflow {airflow} is not supported ({SUPPORTED_AIRFLOW})",
+                            f"run DCTP on Airflow {SUPPORTED_AIRFLOW} (tested: {tested})"))
+    else:
+        note = "tested" if airflow in TESTED_AIRFLOW else f"supported {SUPPORTED_AIRFLOW}; tested {tested}"
+        checks.append(Check("airflow version", "ok", f"Airflow {airflow} ({note})"))
+    needed = {"apache-airflow-providers-standard": "the DAGs' @task decorators"}
+    if config is not None and active_postgres_sources(config):
+        needed["apache-airflow-providers-postgres"] = "PostgreSQL sources"
+    try:
+        if facts is not None and "celery" in facts.executor().lower():
+            needed["apache-airflow-providers-celery"] = "the CeleryExecutor"
+    except Unknown:
+        pass
+    for package in ("apache-airflow-providers-standard", "apache-airflow-providers-postgres",
+                    "apache-airflow-providers-celery", "deltalake", "pyarrow"):
+        want, have = TESTED_PACKAGES[package], installed(package)
+        name = package.replace("apache-airflow-providers-", "provider ")
+        if have is None:
+            if package in needed or not package.startswith("apache-airflow-providers-"):
+                checks.append(Check(name, "fail", f"{package} is not installed ({needed.get(package, 'a run')} "
+                                                  "needs it)", f"pip install {package}=={want}"))
+            continue
+        if Version(have) < Version(want):
+            checks.append(Check(name, "warn", f"{have}, older than the tested {want}",
+                                f"pip install {package}=={want}"))
+        else:
+            checks.append(Check(name, "ok", have + ("" if have == want else f" (tested {want})")))
+    return checks
