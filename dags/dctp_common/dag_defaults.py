@@ -10,6 +10,8 @@ from datetime import timedelta
 
 from airflow.sdk import Param
 
+from dctp_common.compat import RETRY_EXPONENTIAL_BACKOFF
+
 # GPU-heavy tasks go to this Celery queue (executors without queues ignore it) and, only when DCTP_GPU_POOL names
 # one, to that Airflow pool: unset, they use default_pool, so a fresh Airflow needs nothing created first. Env vars,
 # not config: no I/O at parse. `dctp doctor` and the preflight task check both exist.
@@ -31,7 +33,7 @@ DEFAULT_ARGS = {
     "owner": "dctp",
     "retries": 2,
     "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": 2.0,
+    "retry_exponential_backoff": RETRY_EXPONENTIAL_BACKOFF,
     "max_retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(hours=2),
     "on_failure_callback": _on_failure,

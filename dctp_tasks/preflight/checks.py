@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from dctp_tasks.config import PipelineConfig, default_config_path
+from dctp_tasks.config import PipelineConfig, dctp_home, default_config_path
 from dctp_tasks.errors import is_transient
 from dctp_tasks.preflight import DEFAULT_POOL, GPU_POOL_ENV, GPU_QUEUE_ENV, GPU_TASKS, AirflowFacts, Check, Unknown
 from dctp_tasks.storage import Storage
@@ -62,17 +62,22 @@ def retrying(action: Callable[[], T], attempts: int = ATTEMPTS, pause: float = P
 
 
 def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:400]
+    """Return the error on one line (a pydantic error's lines joined, without its documentation links)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("For further")]
+    return f"{type(exc).__name__}: {'; '.join(lines)}"[:500]
 
 
 def check_config(load: Callable[[], PipelineConfig]) -> tuple[PipelineConfig | None, Check]:
     path = default_config_path()
     try:
         config = load()
+    except FileNotFoundError as exc:  # the file, or a model folder a setting names (the shipped ones: include/)
+        return None, Check("config", "fail", f"{path}: {_error(exc)}",
+                           f"set DCTP_HOME to the folder holding include/ (now {dctp_home()}) and DCTP_CONFIG to the "
+                           "config file, or fix the path the config names")
     except Exception as exc:
         return None, Check("config", "fail", f"{path}: {_error(exc)}",
-                           "fix the file, or set DCTP_CONFIG to the config file (DCTP_HOME to the folder holding "
-                           "include/config/dctp.yaml)")
+                           "fix the setting the error names (DCTP_CONFIG points at the file)")
     return config, Check("config", "ok", f"{path} (hash {config.config_hash()})")
 
 

@@ -11,12 +11,15 @@ while ``dctp_daily`` re-runs the same date: both commit, and every version balan
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import time
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
+from tests.airflow_stack import BIN
 from tests.cluster.conftest import CPU_HOST, GPU_HOST, Cluster
 from tests.conftest import REPO
 
@@ -51,49 +54,9 @@ def gpu_task_ids(cluster: Cluster) -> set[str]:
     return {t["task_id"] for t in tasks if t["queue"] == "gpu"}
 
 
-def backfill(cluster: Cluster, dates: list[str]) -> dict:
-    """Create a backfill over ``dates`` (consecutive), after checking its dry run plans exactly those runs."""
-    body = {"dag_id": DAG_ID, "from_date": f"{dates[0]}T00:00:00Z", "to_date": f"{dates[-1]}T00:00:00Z",
-            # the dedup tasks and export depend on the past: a backfill must say how to treat existing runs
-            "reprocess_behavior": "failed", "max_active_runs": 3}
-    planned = cluster.api("POST", "/backfills/dry_run", json=body)["backfills"]
-    assert sorted(p["logical_date"][:10] for p in planned) == dates, f"dry run planned {planned}"
-    return cluster.api("POST", "/backfills", json=body)
-
-
-def dag_runs(cluster: Cluster) -> dict[str, dict]:
-    """Every run of the DAG by its logical date (YYYY-MM-DD)."""
-    runs = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns", params={"limit": 100})["dag_runs"]
-    return {r["logical_date"][:10]: r for r in runs}
-
-
-def task_instances(cluster: Cluster, run_id: str) -> dict[str, dict]:
-    tis = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
-    return {ti["task_id"]: ti for ti in tis["task_instances"]}
-
-
-def wait_for_runs(cluster: Cluster, backfill_id: int, dates: list[str], timeout: float) -> dict[str, dict]:
-    def finished():
-        done = cluster.api("GET", f"/backfills/{backfill_id}")["completed_at"]
-        runs = dag_runs(cluster)
-        states = {dt: runs.get(dt, {}).get("state") for dt in dates}
-        if any(s == "failed" for s in states.values()):
-            return runs  # fail fast: the assertion below names the failed tasks
-        return runs if done and all(s in {"success", "failed"} for s in states.values()) else None
-
-    runs = cluster.wait(f"the backfill of {dates} to finish", finished, timeout, interval=5)
-    for dt in dates:
-        run = runs[dt]
-        if run["state"] != "success":
-            bad = {t: ti["state"] for t, ti in task_instances(cluster, run["dag_run_id"]).items()
-                   if ti["state"] != "success"}
-            pytest.fail(f"{DAG_ID} {dt} ended {run['state']}; tasks not successful: {bad}\n{cluster.logs()}")
-    return runs
-
-
 def assert_routing(cluster: Cluster, run_id: str, gpu_tasks: set[str]) -> None:
     """Every attempt of every task ran where the DAG routes it: GPU tasks on the GPU worker, the rest on CPU."""
-    for task_id, ti in task_instances(cluster, run_id).items():
+    for task_id, ti in cluster.task_instances(DAG_ID, run_id).items():
         tries = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/tries")
         for attempt in [ti, *tries["task_instances"]]:
             where = (attempt["hostname"], attempt["queue"])
@@ -107,7 +70,7 @@ def assert_routing(cluster: Cluster, run_id: str, gpu_tasks: set[str]) -> None:
 
 def retried(cluster: Cluster, run_id: str, task: str) -> bool:
     """Whether ``task``'s first attempt failed and a retry is due or running (an outcome now fails the test)."""
-    ti = task_instances(cluster, run_id)[task]
+    ti = cluster.task_instances(DAG_ID, run_id)[task]
     assert ti["state"] not in {"failed", "success", "upstream_failed"}, \
         f"{task} ended {ti['state']} during the outage (try {ti['try_number']})"
     return ti["state"] == "up_for_retry" or ti["try_number"] >= 2
@@ -178,8 +141,8 @@ def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
     assert "dedup_semantic" in gpu_tasks, f"the DAG routes no task to the gpu queue: {gpu_tasks}"
     assert cluster.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})["is_paused"] is False
 
-    created = backfill(cluster, DATES)
-    runs = wait_for_runs(cluster, created["id"], DATES, BACKFILL_TIMEOUT)
+    created = cluster.backfill(DAG_ID, DATES)
+    runs = cluster.wait_for_runs(DAG_ID, created["id"], DATES, BACKFILL_TIMEOUT)
     print(f"backfill of {len(DATES)} dates took {time.monotonic() - started:.0f} s")
 
     assert all(runs[dt]["run_type"] == "backfill" for dt in DATES)
@@ -205,6 +168,43 @@ def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
     assert len(mlflow_runs) == len(DATES)
 
 
+def doctor(cluster: Cluster, **env: str) -> tuple[int, dict[str, dict]]:
+    """Run ``dctp doctor --json`` with the deployment's environment (plus ``env``); return its exit code and checks."""
+    result = subprocess.run([str(BIN / "dctp"), "--json", "doctor"], env={**cluster.env, **env}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.strip(), result.stderr[-3000:]
+    return result.returncode, {c["name"]: c for c in json.loads(result.stdout)}
+
+
+def test_preflight_and_doctor_check_the_celery_queues_and_the_gpu_pool(landed: Cluster):
+    cluster = landed
+    runs = cluster.dag_runs(DAG_ID)
+    if DATES[0] not in runs or runs[DATES[0]]["state"] != "success":
+        pytest.skip("needs the dates backfilled by test_backfill_through_rest_api_routes_gpu_tasks")
+    # the run's own preflight asked the broker which workers consume each queue
+    checks = {c["name"]: c for c in cluster.xcom(DAG_ID, runs[DATES[0]]["dag_run_id"], "preflight")}
+    assert checks["queue default"]["status"] == "ok" and CPU_HOST in checks["queue default"]["detail"], checks
+    assert checks["queue gpu"]["status"] == "ok" and GPU_HOST in checks["queue gpu"]["detail"], checks
+    assert checks["pool gpu"]["status"] == "skip", "a task cannot read pools: it must not claim to have checked"
+    assert not [c for c in checks.values() if c["status"] == "fail"]
+
+    code, checks = doctor(cluster)
+    assert code == 0, checks
+    assert checks["pool gpu"]["status"] == "ok" and checks["pool gpu"]["detail"].startswith("1 slot(s)")
+    assert checks["data root"]["status"] == "ok" and checks["data root"]["detail"].startswith("s3://")
+    assert GPU_HOST in checks["queue gpu"]["detail"] and CPU_HOST in checks["queue default"]["detail"]
+    assert checks["delta table"]["status"] == "ok" and "reads and writes it" in checks["delta table"]["detail"]
+
+    # a GPU queue no worker consumes, a pool nobody created: each fails with the command that fixes it
+    code, checks = doctor(cluster, DCTP_GPU_QUEUE="cuda", DCTP_GPU_POOL="gpu_missing")
+    assert code == 1
+    assert checks["queue cuda"]["status"] == "fail"
+    assert "airflow celery worker --queues cuda" in checks["queue cuda"]["fix"]
+    assert checks["pool gpu_missing"]["status"] == "fail"
+    assert "airflow pools set gpu_missing" in checks["pool gpu_missing"]["fix"]
+    assert checks["queue default"]["status"] == "ok"
+
+
 def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     from mlflow.tracking import MlflowClient
 
@@ -222,10 +222,10 @@ def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     # ingest's first attempt meets the cut in the middle of its reads.
     cluster.proxy.fail("cut-reads", path=b"/landing/")
     try:
-        created = backfill(cluster, [FAULT_DATE])
+        created = cluster.backfill(DAG_ID, [FAULT_DATE])
 
         def run_id():
-            return dag_runs(cluster).get(FAULT_DATE, {}).get("dag_run_id")
+            return cluster.dag_runs(DAG_ID).get(FAULT_DATE, {}).get("dag_run_id")
 
         fault_run = cluster.wait(f"the {FAULT_DATE} run to be created", run_id, 120)
         cluster.wait(f"{READ_FAULT_TASK} to fail its attempt while its reads are cut and be up for retry",
@@ -237,7 +237,7 @@ def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     # S3 goes down as soon as the task before the target is done, so the target's first attempt meets the outage
     upstream = "ingest"
     cluster.wait(f"{upstream} of {FAULT_DATE} to succeed",
-                 lambda: task_instances(cluster, fault_run)[upstream]["state"] == "success", 300, interval=1)
+                 lambda: cluster.task_instances(DAG_ID, fault_run)[upstream]["state"] == "success", 300, interval=1)
     cluster.proxy.fail("reset")
     fault_started = time.monotonic()
     try:
@@ -248,10 +248,10 @@ def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     outage = time.monotonic() - fault_started
     assert cluster.proxy.refused > cut, "the outage never met an S3 request"
 
-    runs = wait_for_runs(cluster, created["id"], [FAULT_DATE], FAULT_RUN_TIMEOUT)
+    runs = cluster.wait_for_runs(DAG_ID, created["id"], [FAULT_DATE], FAULT_RUN_TIMEOUT)
     print(f"fault run took {time.monotonic() - started:.0f} s (S3 down {outage:.0f} s, "
           f"{cluster.proxy.refused} connections refused)")
-    tis = task_instances(cluster, runs[FAULT_DATE]["dag_run_id"])
+    tis = cluster.task_instances(DAG_ID, runs[FAULT_DATE]["dag_run_id"])
     for task in (READ_FAULT_TASK, FAULT_TASK):
         assert tis[task]["try_number"] >= 2, f"{task} was not retried: {tis[task]}"
         tries = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{fault_run}/taskInstances/{task}/tries")
@@ -299,10 +299,11 @@ def test_rescore_while_the_daily_dag_reruns_the_same_date(landed: Cluster):
     body = {"dag_id": DAG_ID, "from_date": f"{dt}T00:00:00Z", "to_date": f"{dt}T00:00:00Z",
             "reprocess_behavior": "completed", "max_active_runs": 1}
     created = cluster.api("POST", "/backfills", json=body)
-    daily = cluster.wait(f"the re-run of {dt} to be queued", lambda: dag_runs(cluster)[dt]["dag_run_id"], 120)
+    daily = cluster.wait(f"the re-run of {dt} to be queued", lambda: cluster.dag_runs(DAG_ID)[dt]["dag_run_id"], 120)
     # The rescore starts while the daily run scores, so their decide and export tasks overlap.
     cluster.wait(f"the re-run of {dt} to score",
-                 lambda: task_instances(cluster, daily)["score"]["state"] in {"running", "success"}, 300, interval=1)
+                 lambda: cluster.task_instances(DAG_ID, daily)["score"]["state"] in {"running", "success"}, 300,
+                 interval=1)
     rescore = cluster.api("POST", "/dags/dctp_rescore/dagRuns", json={
         "logical_date": None, "conf": {"date": dt, "quality_thresholds": {"heuristics.too_few_words": 60}}})
 
@@ -311,7 +312,7 @@ def test_rescore_while_the_daily_dag_reruns_the_same_date(landed: Cluster):
         return run if run["state"] in {"success", "failed"} else None
 
     outcome = cluster.wait("dctp_rescore to finish", rescored, 600)
-    wait_for_runs(cluster, created["id"], [dt], FAULT_RUN_TIMEOUT)
+    cluster.wait_for_runs(DAG_ID, created["id"], [dt], FAULT_RUN_TIMEOUT)
 
     history = commits(cluster)
     mine = [c for c in history[before:] if c[f"{METADATA_PREFIX}dt"] == dt]

@@ -189,3 +189,27 @@ def test_a_missing_source_waits_then_fails_naming_it(dag, airflow_db, storage):
     with pytest.raises(FileNotFoundError):
         staged(storage, "dctp_daily", DT, "ingest")
     assert staged_drops(storage, "dctp_daily", DT).num_rows == 0
+
+
+def test_a_failed_preflight_fails_the_run_at_once_naming_the_fix(dag, airflow_db, storage, tmp_path, monkeypatch,
+                                                                  capfd):
+    from airflow.utils.session import create_session
+
+    empty = tmp_path / "no-models"
+    monkeypatch.setenv("DCTP_MODEL_CACHE", str(empty))  # SmolLM2 was never prepared here
+
+    result = run(dag, {}, expect="failed")
+
+    with create_session() as session:
+        checked = result.get_task_instance("preflight", session=session)
+        assert (checked.state, checked.try_number, checked.max_tries) == ("failed", 1, 0), "no retries"
+        assert result.get_task_instance("start_run", session=session).state in {"upstream_failed", None}
+    output = capfd.readouterr()
+    logged = output.out + output.err
+    assert "FAIL  model SmolLM2" in logged and str(empty) in logged and "prepare_models.py" in logged
+    assert "preflight FAILED" in logged
+    with pytest.raises(FileNotFoundError):
+        staged(storage, "dctp_daily", DT, "ingest")
+
+    # with perplexity switched off for the run, nothing needs SmolLM2 and the preflight passes
+    run(dag, {"config_overrides": FAST})

@@ -1,0 +1,85 @@
+"""The supported Airflow range, tested at both ends: everything runs on the newest (this venv); on the oldest, in a
+venv of its own (``make install`` builds it from ``constraints-airflow-3.1.8.txt``), the DAGs parse with the same
+tasks, routing and retries, and the library's install resolves beside it without changing Airflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.specifiers import SpecifierSet
+
+from dctp_tasks.preflight.checks import SUPPORTED_AIRFLOW, TESTED_AIRFLOW
+from tests.conftest import REPO, unavailable
+
+OLDEST = "3.1.8"
+OLDEST_PYTHON = REPO / f".venv-airflow-{OLDEST}" / "bin" / "python"
+
+_PARSE = """
+import json, sys
+import airflow
+from airflow.models.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
+print(json.dumps({"version": airflow.__version__, "errors": bag.import_errors,
+                  "dags": {d.dag_id: {t.task_id: {"queue": t.queue, "pool": t.pool, "retries": t.retries,
+                                                  "upstream": sorted(t.upstream_task_ids)} for t in d.tasks}
+                           for d in bag.dags.values()},
+                  "timetable": type(bag.dags["dctp_daily"].timetable).__name__}))
+"""
+
+
+@pytest.fixture(scope="module")
+def oldest() -> Path:
+    if not OLDEST_PYTHON.exists():
+        unavailable(f"no Airflow {OLDEST} venv at {OLDEST_PYTHON.parent.parent}: run `make install`")
+    return OLDEST_PYTHON
+
+
+def test_the_supported_range_is_the_tested_one():
+    supported = SpecifierSet(SUPPORTED_AIRFLOW)
+    assert OLDEST in supported and metadata.version("apache-airflow-core") in supported
+    assert set(TESTED_AIRFLOW) == {OLDEST, metadata.version("apache-airflow-core")}
+    assert "3.0.6" not in supported and "3.4.0" not in supported
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["airflow"]
+    assert f"apache-airflow-core{SUPPORTED_AIRFLOW}" in extra
+
+
+def test_the_dags_parse_on_the_oldest_supported_airflow(oldest, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DCTP_GPU"))}
+    env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__LOAD_EXAMPLES="False", PYTHONPATH=str(REPO / "dags"))
+    result = subprocess.run([str(oldest), "-c", _PARSE, str(REPO / "dags")], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    old = json.loads(result.stdout.strip().splitlines()[-1])
+    assert old["version"] == OLDEST
+    assert old["errors"] == {}
+
+    # the same DAGs as on the newest Airflow: tasks, wiring, routing, retries
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    new = {d.dag_id: {t.task_id: {"queue": t.queue, "pool": t.pool, "retries": t.retries,
+                                  "upstream": sorted(t.upstream_task_ids)} for t in d.tasks}
+           for d in bag.dags.values()}
+    assert old["dags"] == new
+    assert old["timetable"] == "CronDataIntervalTimetable"
+
+
+def test_the_library_installs_beside_the_oldest_airflow_without_changing_it(oldest):
+    # `make install` resolved `pip install ".[airflow]" apache-airflow-core==3.1.8` there (a dry run) and kept pip's
+    # report of what it would install
+    report = oldest.parent.parent / "dctp-install-report.json"
+    if not report.exists():
+        unavailable(f"no install report at {report}: run `make install`")
+    planned = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+               for item in json.loads(report.read_text())["install"]}
+    assert "dctp" in planned
+    touched = sorted(name for name in planned if name in {"apache-airflow", "apache-airflow-core",
+                                                          "apache-airflow-task-sdk"})
+    assert touched == [], f"installing the library would change Airflow: {touched}"
+    assert planned.get("apache-airflow-providers-postgres"), "the airflow extra brings the postgres provider"
