@@ -38,7 +38,35 @@ def artifact_root(config: TrackingConfig) -> str:
 def _client(config: TrackingConfig):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri(config))
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///") and uri not in _READY_SQLITE:
+        return _create_sqlite_store(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+#: SQLite tracking stores this process has opened (their schema exists).
+_READY_SQLITE: set[str] = set()
+
+
+def _create_sqlite_store(uri: str):
+    """Return a client of a SQLite store opened under an exclusive file lock: MLflow creates or migrates the schema
+    when a process first opens the store, and the first runs of a backfill (several ``start_run`` tasks at once)
+    would otherwise race each other's migrations."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    lock = Path(uri.removeprefix("sqlite:///")).with_suffix(".dctp-lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    _READY_SQLITE.add(uri)
+    return client
 
 
 def open_run(config: TrackingConfig, experiment: str, run_name: str, tags: dict[str, str],

@@ -50,3 +50,25 @@ def test_a_rerun_with_other_settings_gets_a_run_that_shows_them(cfg):
     # the next re-run with the new settings reopens the new run, not the superseded one
     assert tracking.open_run(cfg, "dag", "manual__1", {"config_hash": "b"},
                              {"normalize.min_chars": "80", "batch_size": "10000"}) == again
+
+
+_OPEN_RUN = """
+import sys
+from dctp_tasks import tracking
+from dctp_tasks.config import TrackingConfig
+cfg = TrackingConfig(tracking_uri=sys.argv[1], artifact_root=sys.argv[2])
+print(tracking.open_run(cfg, "dag", sys.argv[3], {"dt": "2026-01-01"}, {"a": "1"}))
+"""
+
+
+def test_the_first_runs_of_a_backfill_create_the_sqlite_store_once(cfg):
+    # three start_run tasks at once on a store that does not exist yet: MLflow's schema migrations must not race
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_RUN, cfg.tracking_uri, cfg.artifact_root, f"run-{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    outcomes = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in outcomes] == [0, 0, 0], [err[-1500:] for _, _, err in outcomes]
+    assert {r.data.tags[tracking.RUN_ID_TAG] for i in range(3) for r in runs_of(cfg, f"run-{i}")} == \
+        {"run-0", "run-1", "run-2"}

@@ -42,50 +42,44 @@ class AirflowCli:
         self.timeout = timeout
 
     @cache  # noqa: B019 (one instance per doctor run; the cache is the point)
-    def _run(self, *args: str) -> tuple[int, str]:
+    def _run(self, *args: str) -> tuple[int, str, str]:
+        """Return the exit code, stdout and stderr of ``airflow *args``."""
         try:
             done = subprocess.run([self.command, *args], capture_output=True, text=True, timeout=self.timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise Unknown(f"`airflow {' '.join(args)}` could not run: {exc}") from exc
-        return done.returncode, (done.stdout + "\n" + done.stderr).strip()
+        return done.returncode, done.stdout.strip(), done.stderr.strip()
 
     def prefetch(self, calls: list[tuple[str, ...]]) -> None:
         """Run several ``airflow`` calls at once (each pays Airflow's start-up, a few seconds)."""
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(lambda call: self._run(*call), calls))
 
-    def _json(self, *args: str) -> list[dict] | None:
-        code, output = self._run(*args, "-o", "json")
+    def _json(self, *args: str, missing: str) -> list[dict] | None:
+        """Return the JSON rows ``airflow *args -o json`` prints; ``None`` when it fails saying ``missing``."""
+        code, out, err = self._run(*args, "-o", "json")
         if code != 0:
-            return None
-        line = next((ln for ln in reversed(output.splitlines()) if ln.startswith("[")), None)
+            if missing in f"{out}\n{err}".lower():
+                return None
+            raise Unknown(f"`airflow {' '.join(args)}` failed (exit {code}): {(err or out)[-300:]}")
+        line = next((ln for ln in reversed(out.splitlines()) if ln.startswith("[")), None)
         if line is None:
-            raise Unknown(f"`airflow {' '.join(args)}` printed no JSON: {output[-300:]}")
+            raise Unknown(f"`airflow {' '.join(args)}` printed no JSON: {out[-300:]}")
         return json.loads(line)
 
     def _value(self, section: str, key: str) -> str:
-        code, output = self._run("config", "get-value", section, key)
-        if code != 0:
-            raise Unknown(f"`airflow config get-value {section} {key}` failed: {output[-300:]}")
-        return output.splitlines()[-1].strip()
+        code, out, err = self._run("config", "get-value", section, key)
+        if code != 0 or not out:
+            raise Unknown(f"`airflow config get-value {section} {key}` failed: {(err or out)[-300:]}")
+        return out.splitlines()[-1].strip()
 
     def pool_slots(self, name: str) -> int | None:
-        rows = self._json("pools", "get", name)
-        if rows is None:
-            code, output = self._run("pools", "get", name, "-o", "json")
-            if "does not exist" in output:
-                return None
-            raise Unknown(f"`airflow pools get {name}` failed (exit {code}): {output[-300:]}")
-        return int(rows[0]["slots"])
+        rows = self._json("pools", "get", name, missing="does not exist")
+        return None if rows is None else int(rows[0]["slots"])
 
     def connection(self, conn_id: str) -> dict | None:
-        rows = self._json("connections", "get", conn_id)
-        if rows is None:
-            code, output = self._run("connections", "get", conn_id, "-o", "json")
-            if "not found" in output.lower():
-                return None
-            raise Unknown(f"`airflow connections get {conn_id}` failed (exit {code}): {output[-300:]}")
-        return rows[0]
+        rows = self._json("connections", "get", conn_id, missing="not found")
+        return None if rows is None else rows[0]
 
     def connection_uri(self, conn_id: str) -> str | None:
         conn = self.connection(conn_id)
