@@ -145,7 +145,7 @@ def check_queues(facts: AirflowFacts, gpu_queue: str) -> list[Check]:
         users = ("every task" if queue == default == gpu_queue else
                  " and ".join(GPU_TASKS) if queue == gpu_queue else "every task but the GPU ones")
         try:
-            workers = retrying(lambda q=queue: facts.queue_consumers(q))
+            workers = _consumers(facts, queue)
         except Unknown as exc:
             checks.append(Check(f"queue {queue}", "skip", str(exc)))
             continue
@@ -164,6 +164,18 @@ def check_queues(facts: AirflowFacts, gpu_queue: str) -> list[Check]:
         checks.append(Check(f"queue {queue}", "fail",
                             f"no Celery worker consumes queue {queue!r}: {users} would stay 'queued'", fix))
     return checks
+
+
+def _consumers(facts: AirflowFacts, queue: str, pauses: tuple[float, ...] = (2.0, 5.0)) -> list[str]:
+    """Ask the workers which consume ``queue``; with no answer, ask again after each pause (a worker whose main
+    process is busy may miss one broadcast's deadline) before concluding that none does."""
+    workers = retrying(lambda: facts.queue_consumers(queue))
+    for pause in pauses:
+        if workers:
+            break
+        time.sleep(pause)
+        workers = retrying(lambda: facts.queue_consumers(queue))
+    return workers
 
 
 def active_postgres_sources(config: PipelineConfig) -> dict[str, str]:
