@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from dctp_tasks.preflight.checks import SUPPORTED_AIRFLOW, TESTED_AIRFLOW
+from dctp_tasks.preflight.versions import SUPPORTED_AIRFLOW, TESTED_AIRFLOW
 from tests.conftest import REPO, unavailable
 
 OLDEST = "3.1.8"

@@ -85,23 +85,23 @@ class PreflightFailed(RuntimeError):
 
 
 def run_preflight(facts: AirflowFacts | None, storage: Callable[[], Storage],
-                  config: Callable[[], PipelineConfig] = load_config, *, probe_models: bool = True) -> list[Check]:
+                  config: Callable[[], PipelineConfig] = load_config) -> list[Check]:
     """Run every check and return them in order; a check that cannot run says why instead of raising.
 
     ``facts`` ``None`` skips the Airflow checks (no Airflow installation to ask). ``storage`` and ``config`` are
     factories, so a broken data root or config becomes a failed check, not an exception.
     """
     from dctp_tasks.preflight.checks import (
-        check_airflow_versions,
         check_config,
         check_connections,
         check_data_root,
-        check_delta,
         check_mlflow,
         check_models,
         check_pool,
         check_queues,
     )
+    from dctp_tasks.preflight.delta import check_delta
+    from dctp_tasks.preflight.versions import check_airflow_versions
 
     checks: list[Check] = []
     loaded, result = check_config(config)
@@ -126,8 +126,7 @@ def run_preflight(facts: AirflowFacts | None, storage: Callable[[], Storage],
                                                         "config, which did not load"))
         return checks
     checks.extend(check_connections(loaded, facts))
-    if probe_models:
-        checks.extend(check_models(loaded))
+    checks.extend(check_models(loaded))
     checks.append(check_mlflow(loaded.tracking))
     if root is not None:
         checks.append(check_delta(root, loaded.export.dataset_name))

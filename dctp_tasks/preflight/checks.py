@@ -11,7 +11,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -24,26 +23,6 @@ from dctp_tasks.storage import Storage
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Airflow versions the package supports: the DAGs use the Task SDK (``airflow.sdk``) of Airflow 3.1 and later.
-SUPPORTED_AIRFLOW = ">=3.1.0,<3.4"
-#: Airflow versions the tests run on: every test on the newest, DAG parsing and installation on the oldest.
-TESTED_AIRFLOW = ("3.1.8", "3.3.2")
-#: Packages a run needs beside Airflow, with the versions the tests ran (``constraints.txt``).
-TESTED_PACKAGES = {
-    "apache-airflow-providers-standard": "1.21.0",
-    "apache-airflow-providers-postgres": "7.1.1",
-    "apache-airflow-providers-celery": "3.26.0",
-    "apache-airflow-providers-amazon": "9.39.0",
-    "deltalake": "1.6.6",
-    "pyarrow": "25.0.1",
-}
-#: Delta writer features deltalake 1.6 commits to (probed by appending to a table that declares each one; the test
-#: suite re-probes the installed deltalake). A table with any other writer feature is readable, not writable.
-WRITABLE_DELTA_FEATURES = frozenset({
-    "appendOnly", "invariants", "checkConstraints", "changeDataFeed", "generatedColumns", "columnMapping",
-    "deletionVectors", "timestampNtz", "v2Checkpoint", "variantType", "variantType-preview",
-})
-MAX_WRITER_VERSION = 7
 #: Attempts and first pause of a check's I/O when the fault is transient.
 ATTEMPTS, PAUSE_SECONDS = 3, 1.0
 
@@ -61,7 +40,7 @@ def retrying(action: Callable[[], T], attempts: int = ATTEMPTS, pause: float = P
     raise AssertionError("unreachable")
 
 
-def _error(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """Return the error on one line (a pydantic error's lines joined, without its documentation links)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("For further")]
     return f"{type(exc).__name__}: {'; '.join(lines)}"[:500]
@@ -72,11 +51,11 @@ def check_config(load: Callable[[], PipelineConfig]) -> tuple[PipelineConfig | N
     try:
         config = load()
     except FileNotFoundError as exc:  # the file, or a model folder a setting names (the shipped ones: include/)
-        return None, Check("config", "fail", f"{path}: {_error(exc)}",
+        return None, Check("config", "fail", f"{path}: {describe_error(exc)}",
                            f"set DCTP_HOME to the folder holding include/ (now {dctp_home()}) and DCTP_CONFIG to the "
                            "config file, or fix the path the config names")
     except Exception as exc:
-        return None, Check("config", "fail", f"{path}: {_error(exc)}",
+        return None, Check("config", "fail", f"{path}: {describe_error(exc)}",
                            "fix the setting the error names (DCTP_CONFIG points at the file)")
     return config, Check("config", "ok", f"{path} (hash {config.config_hash()})")
 
@@ -100,7 +79,7 @@ def check_data_root(storage: Storage) -> Check:
     try:
         echoed = retrying(probe)
     except Exception as exc:
-        return Check("data root", "fail", f"{storage.root} is not writable: {_error(exc)}", fix)
+        return Check("data root", "fail", f"{storage.root} is not writable: {describe_error(exc)}", fix)
     if echoed != payload:
         return Check("data root", "fail", f"{storage.root} returned other bytes than were written", fix)
     return Check("data root", "ok", f"{storage.root} (wrote, read back and deleted a probe file)")
@@ -150,7 +129,7 @@ def check_queues(facts: AirflowFacts, gpu_queue: str) -> list[Check]:
             checks.append(Check(f"queue {queue}", "skip", str(exc)))
             continue
         except Exception as exc:
-            checks.append(Check(f"queue {queue}", "fail", f"cannot ask the Celery workers: {_error(exc)}",
+            checks.append(Check(f"queue {queue}", "fail", f"cannot ask the Celery workers: {describe_error(exc)}",
                                 "check [celery] broker_url and that the broker runs"))
             continue
         if workers:
@@ -196,9 +175,11 @@ def check_connections(config: PipelineConfig, facts: AirflowFacts | None) -> lis
             continue
         try:
             checks.append(_check_postgres(facts, conn_id, source, table.schema_name, table.table))
+        except Unknown as exc:
+            checks.append(Check(name, "skip", str(exc)))
         except Exception as exc:
             checks.append(Check(name, "fail", f"source {source!r}: cannot query {table.schema_name}.{table.table}: "
-                                              f"{_error(exc)}",
+                                              f"{describe_error(exc)}",
                                 f"check host, port, database and credentials of {conn_id}, and that the table exists"))
     return checks
 
@@ -257,7 +238,7 @@ def check_mlflow(tracking: Any) -> Check:
         retrying(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1))
         return Check("mlflow", "ok", f"{uri} answers")
     except Exception as exc:
-        return Check("mlflow", "fail", f"{uri} unreachable: {_error(exc)}", fix)
+        return Check("mlflow", "fail", f"{uri} unreachable: {describe_error(exc)}", fix)
 
 
 def _http_status(url: str, timeout: float = 5.0) -> int:
@@ -281,81 +262,3 @@ def _writable_folder(name: str, folder: Path, uri: str, fix: str) -> Check:
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         return Check(name, "fail", f"{uri}: {existing or folder} is not a writable folder", fix)
     return Check(name, "ok", f"{uri} (folder writable)")
-
-
-def check_delta(storage: Storage, dataset: str) -> Check:
-    """This deltalake can read the exported table's protocol and commit to it."""
-    import deltalake
-
-    from dctp_tasks.export import dataset_dir
-
-    table_dir = dataset_dir(dataset)
-    version = deltalake.__version__
-    fix = ("upgrade deltalake on every worker (pip install -U deltalake), or export to a new table "
-           "(export.dataset_name)")
-    try:
-        if not retrying(lambda: storage.exists(table_dir, "_delta_log")):
-            return Check("delta table", "ok", f"{table_dir} does not exist yet: the first export creates it")
-        table = retrying(lambda: deltalake.DeltaTable(storage.uri(table_dir),
-                                                      storage_options=storage.delta_storage_options()))
-    except Exception as exc:
-        return Check("delta table", "fail", f"deltalake {version} cannot read {table_dir}: {_error(exc)}", fix)
-    protocol = table.protocol()
-    features = sorted(set(protocol.reader_features or []) | set(protocol.writer_features or []))
-    shown = (f"protocol reader {protocol.min_reader_version} / writer {protocol.min_writer_version}"
-             + (f", features {', '.join(features)}" if features else ""))
-    unwritable = sorted(set(protocol.writer_features or []) - WRITABLE_DELTA_FEATURES)
-    if protocol.min_writer_version > MAX_WRITER_VERSION or unwritable:
-        what = ", ".join(unwritable) or f"writer version {protocol.min_writer_version}"
-        return Check("delta table", "fail",
-                     f"{table_dir} ({shown}) is readable, but deltalake {version} cannot commit to it: {what}", fix)
-    return Check("delta table", "ok", f"{table_dir} version {table.version()}, {shown}; deltalake {version} reads "
-                                      "and writes it")
-
-
-def installed(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def check_airflow_versions(facts: AirflowFacts | None, config: PipelineConfig | None = None) -> list[Check]:
-    """Airflow is a supported 3.x; the providers a run imports are installed (tested versions shown)."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import Version
-
-    airflow = installed("apache-airflow-core") or installed("apache-airflow")
-    tested = " and ".join(TESTED_AIRFLOW)
-    if airflow is None:
-        return [Check("airflow version", "skip", "Airflow is not installed here")]
-    checks = []
-    if Version(airflow) not in SpecifierSet(SUPPORTED_AIRFLOW):
-        checks.append(Check("airflow version", "fail", f"Airflow {airflow} is not supported ({SUPPORTED_AIRFLOW})",
-                            f"run DCTP on Airflow {SUPPORTED_AIRFLOW} (tested: {tested})"))
-    else:
-        note = "tested" if airflow in TESTED_AIRFLOW else f"supported {SUPPORTED_AIRFLOW}; tested {tested}"
-        checks.append(Check("airflow version", "ok", f"Airflow {airflow} ({note})"))
-    needed = {"apache-airflow-providers-standard": "the DAGs' @task decorators"}
-    if config is not None and active_postgres_sources(config):
-        needed["apache-airflow-providers-postgres"] = "PostgreSQL sources"
-    try:
-        if facts is not None and "celery" in facts.executor().lower():
-            needed["apache-airflow-providers-celery"] = "the CeleryExecutor"
-    except Unknown:
-        pass
-    for package in ("apache-airflow-providers-standard", "apache-airflow-providers-postgres",
-                    "apache-airflow-providers-celery", "deltalake", "pyarrow"):
-        want, have = TESTED_PACKAGES[package], installed(package)
-        name = package.replace("apache-airflow-providers-", "provider ")
-        if have is None:
-            if package in needed or not package.startswith("apache-airflow-providers-"):
-                checks.append(Check(name, "fail", f"{package} is not installed ({needed.get(package, 'a run')} "
-                                                  "needs it)", f"pip install {package}=={want}"))
-            continue
-        if Version(have) < Version(want):
-            checks.append(Check(name, "warn", f"{have}, older than the tested {want}",
-                                f"pip install {package}=={want}"))
-        else:
-            checks.append(Check(name, "ok", have + ("" if have == want else f" (tested {want})")))
-    return checks

@@ -12,16 +12,10 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from dctp_tasks.preflight import Check, PreflightFailed, raise_on_failure, render
-from dctp_tasks.preflight import checks as preflight_checks
-from dctp_tasks.preflight.checks import (
-    SUPPORTED_AIRFLOW,
-    TESTED_PACKAGES,
-    WRITABLE_DELTA_FEATURES,
-    check_airflow_versions,
-    check_data_root,
-    check_delta,
-    retrying,
-)
+from dctp_tasks.preflight import versions as preflight_versions
+from dctp_tasks.preflight.checks import check_data_root, retrying
+from dctp_tasks.preflight.delta import WRITABLE_DELTA_FEATURES, check_delta
+from dctp_tasks.preflight.versions import SUPPORTED_AIRFLOW, TESTED_PACKAGES, check_airflow_versions
 from dctp_tasks.storage import Storage
 from tests.conftest import REPO
 
@@ -101,14 +95,14 @@ def test_the_tested_versions_are_the_pinned_ones():
     pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     assert {package: pins[package] for package in TESTED_PACKAGES} == TESTED_PACKAGES
-    assert pins["apache-airflow"] in preflight_checks.TESTED_AIRFLOW
+    assert pins["apache-airflow"] in preflight_versions.TESTED_AIRFLOW
 
 
 @pytest.mark.parametrize(("version", "status"), [("2.10.5", "fail"), ("3.0.6", "fail"), ("3.1.8", "ok"),
                                                  ("3.2.2", "ok"), ("3.4.0", "fail")])
 def test_airflow_versions_outside_the_supported_range_fail(monkeypatch, version, status):
-    real = preflight_checks.installed
-    monkeypatch.setattr(preflight_checks, "installed",
+    real = preflight_versions.installed
+    monkeypatch.setattr(preflight_versions, "installed",
                         lambda p: version if p in {"apache-airflow-core", "apache-airflow"} else real(p))
     check = check_airflow_versions(None)[0]
     assert check.status == status, check
@@ -117,8 +111,8 @@ def test_airflow_versions_outside_the_supported_range_fail(monkeypatch, version,
 
 
 def test_a_missing_provider_fails_with_the_pip_command(monkeypatch):
-    real = preflight_checks.installed
-    monkeypatch.setattr(preflight_checks, "installed",
+    real = preflight_versions.installed
+    monkeypatch.setattr(preflight_versions, "installed",
                         lambda p: None if p == "apache-airflow-providers-standard" else real(p))
     [check] = [c for c in check_airflow_versions(None) if c.name == "provider standard"]
     assert check.status == "fail" and check.fix == "pip install apache-airflow-providers-standard==1.21.0"
