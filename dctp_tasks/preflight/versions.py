@@ -56,9 +56,8 @@ def check_airflow_versions(facts: AirflowFacts | None, config: PipelineConfig | 
             needed["apache-airflow-providers-celery"] = "the CeleryExecutor"
     except Unknown:
         pass
-    for package in ("apache-airflow-providers-standard", "apache-airflow-providers-postgres",
-                    "apache-airflow-providers-celery", "deltalake", "pyarrow"):
-        want, have = TESTED_PACKAGES[package], installed(package)
+    for package, want in TESTED_PACKAGES.items():
+        have = installed(package)
         name = package.replace("apache-airflow-providers-", "provider ")
         if have is None:
             if package in needed or not package.startswith("apache-airflow-providers-"):
