@@ -4,11 +4,13 @@
 Turns one day of raw text and instruction data into a new version of the curated Delta table:
 
 `preflight` → `start_run` → `wait_for_landing` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` →
-`dedup_semantic` → `score` → `score_models` → `decide` → `export` → `finish_run`
+`dedup_semantic` → `score` → `score_models` → `decide` → `export` → `finish_run`, with `preflight_gpu` between
+`preflight` and `dedup_semantic`
 
-* **Preflight**: the first task checks what the run needs (config, data root, queues, connections, models, MLflow,
-  the Delta table, versions) and fails at once, one line per problem with its fix; `dctp doctor` runs the same
-  checks from a shell (and also checks the pools, which a task cannot read).
+* **Preflight**: the first task checks what the run needs (config, data root, queues, connections, MLflow, the
+  Delta table, versions) and `preflight_gpu` checks the models on a GPU worker before `dedup_semantic`; each fails
+  at once, one line per problem with its fix. `dctp doctor` runs the same checks from a shell (and also checks the
+  pools, which a task cannot read).
 * **Partition**: each run processes the landing folders `landing/{source}/dt=YYYY-MM-DD` of its data
   interval start (manual runs without a logical date use their `run_after` day) and the configured
   PostgreSQL tables' rows inside the interval.
@@ -101,7 +103,15 @@ def dctp_daily():
         """Check what the run needs; fail at once, naming each missing piece and its fix."""
         from dctp_common.preflight import run_checks
 
-        return run_checks(get_current_context())
+        return run_checks(get_current_context(), "daily")
+
+    # on a GPU worker, where the models load; in default_pool, so a missing GPU pool cannot hold it back
+    @task(retries=0, execution_timeout=timedelta(minutes=10), queue=GPU_QUEUE)
+    def preflight_gpu() -> list[dict]:
+        """Check what the GPU tasks need on the worker that runs them: the data root and the prepared models."""
+        from dctp_common.preflight import run_checks
+
+        return run_checks(get_current_context(), "daily_gpu")
 
     @task(execution_timeout=timedelta(minutes=10))
     def start_run() -> dict:
@@ -202,13 +212,17 @@ def dctp_daily():
         return finish(_ctx(), started, ingested["total"], exported)
 
     started = start_run()
-    preflight() >> started
+    checked = preflight()
+    checked >> started
+    checked_gpu = preflight_gpu()
+    checked >> checked_gpu
     ingested = ingest(started)
     wait_for_landing(started) >> ingested
     normalized = normalize(started, ingested)
     exact = dedup_exact(started, normalized)
     near = dedup_near(started, exact)
     semantic = dedup_semantic(started, near)
+    checked_gpu >> semantic
     model_scored = score_models(started, score(started, semantic))
     decided = decide(started, model_scored)
     exported = export(started, ingested, decided, dropped=[ingested, normalized, exact, near, semantic, decided])

@@ -58,7 +58,7 @@ def dctp_rescore():
         """Check what the run needs; fail at once, naming each missing piece and its fix."""
         from dctp_common.preflight import run_checks
 
-        return run_checks(get_current_context())
+        return run_checks(get_current_context(), "rescore")
 
     @task(execution_timeout=timedelta(minutes=10))
     def start_run() -> dict:

@@ -35,6 +35,23 @@ def artifact_root(config: TrackingConfig) -> str:
     return config.artifact_root or os.environ.get("MLFLOW_ARTIFACT_ROOT") or default
 
 
+def _experiment_id(client, config: TrackingConfig, experiment: str) -> str:
+    """Return the experiment's id, creating it; when the first runs of a backfill create it at once, the ones that
+    lose the race read the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(experiment)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment,
+                                        artifact_location=f"{artifact_root(config).rstrip('/')}/{experiment}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
 def _client(config: TrackingConfig):
     from mlflow.tracking import MlflowClient
 
@@ -74,9 +91,7 @@ def open_run(config: TrackingConfig, experiment: str, run_name: str, tags: dict[
     """Return the MLflow run id for this DAG run: create it, or reopen it when the DAG run is re-run with the same
     params; a re-run with changed params gets a new MLflow run that supersedes the old one."""
     client = _client(config)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(
-        experiment, artifact_location=f"{artifact_root(config).rstrip('/')}/{experiment}")
+    experiment_id = _experiment_id(client, config, experiment)
     existing = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run_name}'",
                                   max_results=1, order_by=["attributes.start_time DESC"])
     fresh = {k: v[:MAX_PARAM_LENGTH] for k, v in params.items()}

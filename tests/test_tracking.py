@@ -62,13 +62,14 @@ print(tracking.open_run(cfg, "dag", sys.argv[3], {"dt": "2026-01-01"}, {"a": "1"
 
 
 def test_the_first_runs_of_a_backfill_create_the_sqlite_store_once(cfg):
-    # three start_run tasks at once on a store that does not exist yet: MLflow's schema migrations must not race
+    # three start_run tasks at once on a store that does not exist yet: neither MLflow's schema migrations nor the
+    # experiment's creation may fail one of them
     import subprocess
     import sys
 
     procs = [subprocess.Popen([sys.executable, "-c", _OPEN_RUN, cfg.tracking_uri, cfg.artifact_root, f"run-{i}"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
-    outcomes = [(p.wait(timeout=300), *p.communicate()) for p in procs]
-    assert [code for code, _, _ in outcomes] == [0, 0, 0], [err[-1500:] for _, _, err in outcomes]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outputs]
     assert {r.data.tags[tracking.RUN_ID_TAG] for i in range(3) for r in runs_of(cfg, f"run-{i}")} == \
         {"run-0", "run-1", "run-2"}

@@ -26,8 +26,12 @@ class TaskFacts:
             return None
 
     def connect_postgres(self, conn_id: str):
+        import os
+
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
+        # libpq's own default waits as long as the OS does; a connection's extra connect_timeout still wins
+        os.environ.setdefault("PGCONNECT_TIMEOUT", "10")
         return PostgresHook(postgres_conn_id=conn_id).get_conn()
 
     def executor(self) -> str:
@@ -47,17 +51,20 @@ class TaskFacts:
         return sorted(worker for worker, queues in replies.items() if any(q.get("name") == queue for q in queues))
 
 
-def run_checks(context: dict[str, Any]) -> list[dict]:
-    """Run every preflight check with this run's config; fail the task at once, with each failed check's fix."""
+def run_checks(context: dict[str, Any], scope: str) -> list[dict]:
+    """Run the preflight checks of ``scope`` (``daily``, ``daily_gpu`` or ``rescore``) with this run's config; fail
+    the task at once, with each failed check's fix."""
     from dctp_common.compat import AirflowFailException
     from dctp_common.runtime import data_storage, resolve_config
-    from dctp_tasks.preflight import PreflightFailed, raise_on_failure, render, run_preflight
+    from dctp_tasks import preflight
 
+    groups = {"daily": preflight.DAILY_GROUPS, "daily_gpu": preflight.DAILY_GPU_GROUPS,
+              "rescore": preflight.RESCORE_GROUPS}[scope]
     params = context.get("params") or {}
-    checks = run_preflight(TaskFacts(), data_storage, lambda: resolve_config(params))
-    print(render(checks))
+    checks = preflight.run_preflight(TaskFacts(), data_storage, lambda: resolve_config(params), groups)
+    print(preflight.render(checks))
     try:
-        raise_on_failure(checks)
-    except PreflightFailed as exc:
+        preflight.raise_on_failure(checks)
+    except preflight.PreflightFailed as exc:
         raise AirflowFailException(str(exc)) from exc
     return [check.as_dict() for check in checks]

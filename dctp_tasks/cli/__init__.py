@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "doctor":  # it checks the data root and the config itself, failures included
         code, checks, text = doctor(args.root, args)
-        print(json.dumps(checks, indent=2) if args.json else text)
+        try:
+            print(json.dumps(checks, indent=2) if args.json else text)
+        except BrokenPipeError:  # piped into head: the reader has what it wanted
+            sys.stderr.close()
         return code
     root = args.root or data_root()
     try:

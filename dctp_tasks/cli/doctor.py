@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="the airflow command to ask (default: the one beside this Python, else on PATH)")
     doctor.add_argument("--no-airflow", action="store_true",
                         help="skip the checks that ask Airflow (pools, queues, connections)")
+    doctor.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the checks as JSON (as `dctp --json doctor`)")
 
 
 class AirflowCli:
@@ -44,16 +47,27 @@ class AirflowCli:
     @cache  # noqa: B019 (one instance per doctor run; the cache is the point)
     def _run(self, *args: str) -> tuple[int, str, str]:
         """Return the exit code, stdout and stderr of ``airflow *args``."""
+        # plain output: rich's colour codes would hide the JSON line
+        env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"} | {"NO_COLOR": "1"}
         try:
-            done = subprocess.run([self.command, *args], capture_output=True, text=True, timeout=self.timeout)
+            done = subprocess.run([self.command, *args], capture_output=True, text=True, timeout=self.timeout,
+                                  env=env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise Unknown(f"`airflow {' '.join(args)}` could not run: {exc}") from exc
         return done.returncode, done.stdout.strip(), done.stderr.strip()
 
     def prefetch(self, calls: list[tuple[str, ...]]) -> None:
-        """Run several ``airflow`` calls at once (each pays Airflow's start-up, a few seconds)."""
+        """Run several ``airflow`` calls at once (each pays Airflow's start-up, a few seconds). A call that cannot
+        run is not cached: the check that needs it runs it again and reports why."""
+
+        def run(call: tuple[str, ...]) -> None:
+            try:
+                self._run(*call)
+            except Unknown:
+                pass
+
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(lambda call: self._run(*call), calls))
+            list(pool.map(run, calls))
 
     def _json(self, *args: str, missing: str) -> list[dict] | None:
         """Return the JSON rows ``airflow *args -o json`` prints; ``None`` when it fails saying ``missing``."""
@@ -74,11 +88,11 @@ class AirflowCli:
         return out.splitlines()[-1].strip()
 
     def pool_slots(self, name: str) -> int | None:
-        rows = self._json("pools", "get", name, missing="does not exist")
+        rows = self._json("pools", "get", name, missing=f"pool {name} does not exist".lower())
         return None if rows is None else int(rows[0]["slots"])
 
     def connection(self, conn_id: str) -> dict | None:
-        rows = self._json("connections", "get", conn_id, missing="not found")
+        rows = self._json("connections", "get", conn_id, missing="connection not found.")
         return None if rows is None else rows[0]
 
     def connection_uri(self, conn_id: str) -> str | None:

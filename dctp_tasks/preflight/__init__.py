@@ -84,9 +84,21 @@ class PreflightFailed(RuntimeError):
     """At least one check failed; the message holds every check's line."""
 
 
+#: The groups of checks. ``gpu routing`` is the GPU tasks' pool and queue; ``queues`` the default queue.
+EVERY_GROUP = frozenset({"data root", "queues", "gpu routing", "versions", "connections", "models", "mlflow",
+                         "delta"})
+#: What each DAG task checks, where it runs: the models load on the GPU workers, so they are checked there.
+DAILY_GROUPS = EVERY_GROUP - {"models"}
+DAILY_GPU_GROUPS = frozenset({"data root", "versions", "models"})
+#: Re-deciding runs no model, reads no source and has no GPU task.
+RESCORE_GROUPS = frozenset({"data root", "queues", "versions", "mlflow", "delta"})
+
+
 def run_preflight(facts: AirflowFacts | None, storage: Callable[[], Storage],
-                  config: Callable[[], PipelineConfig] = load_config) -> list[Check]:
-    """Run every check and return them in order; a check that cannot run says why instead of raising.
+                  config: Callable[[], PipelineConfig] = load_config,
+                  groups: frozenset[str] = EVERY_GROUP) -> list[Check]:
+    """Run the config check and the checks of ``groups``, in order; a check that cannot run fails, saying why,
+    instead of raising.
 
     ``facts`` ``None`` skips the Airflow checks (no Airflow installation to ask). ``storage`` and ``config`` are
     factories, so a broken data root or config becomes a failed check, not an exception.
@@ -103,34 +115,55 @@ def run_preflight(facts: AirflowFacts | None, storage: Callable[[], Storage],
     from dctp_tasks.preflight.delta import check_delta
     from dctp_tasks.preflight.versions import check_airflow_versions
 
+    unknown = set(groups) - EVERY_GROUP
+    if unknown:
+        raise ValueError(f"unknown preflight groups {sorted(unknown)}; known: {sorted(EVERY_GROUP)}")
     checks: list[Check] = []
     loaded, result = check_config(config)
     checks.append(result)
     root = None
-    try:
-        root = storage()
-    except Exception as exc:  # an unusable DCTP_DATA_ROOT or aws_default: said by the data-root check
-        checks.append(Check("data root", "fail", f"cannot open the data root: {type(exc).__name__}: {exc}",
-                            "set DCTP_DATA_ROOT to file:///… or s3://bucket/prefix (credentials: aws_default)"))
-    if root is not None:
-        checks.append(check_data_root(root))
-    if facts is None:
+    if "data root" in groups or "delta" in groups:
+        try:
+            root = storage()
+        except Exception as exc:  # an unusable DCTP_DATA_ROOT or aws_default: said by the data-root check
+            checks.append(Check("data root", "fail", f"cannot open the data root: {type(exc).__name__}: {exc}",
+                                "set DCTP_DATA_ROOT to file:///… or s3://bucket/prefix (credentials: aws_default)"))
+    if root is not None and "data root" in groups:
+        checks.extend(_guarded("data root", lambda: [check_data_root(root)]))
+    if facts is None and groups & {"queues", "gpu routing"}:
         checks.append(Check("airflow", "skip", "no Airflow installation to ask: pools, queues and connections "
                                                "not checked", "run `dctp doctor` where the `airflow` command works"))
-    else:
-        checks.append(check_pool(facts, gpu_pool()))
-        checks.extend(check_queues(facts, gpu_queue()))
-    checks.extend(check_airflow_versions(facts, loaded))
+    elif facts is not None:
+        if "gpu routing" in groups:
+            checks.extend(_guarded(f"pool {gpu_pool() or DEFAULT_POOL}", lambda: [check_pool(facts, gpu_pool())]))
+        if groups & {"queues", "gpu routing"}:
+            queue = gpu_queue() if "gpu routing" in groups else None
+            checks.extend(_guarded("queues", lambda: check_queues(facts, queue)))
+    if "versions" in groups:
+        checks.extend(_guarded("versions", lambda: check_airflow_versions(facts, loaded)))
     if loaded is None:
         checks.append(Check("config-dependent", "skip", "connections, models, MLflow and the Delta table need the "
                                                         "config, which did not load"))
         return checks
-    checks.extend(check_connections(loaded, facts))
-    checks.extend(check_models(loaded))
-    checks.append(check_mlflow(loaded.tracking))
-    if root is not None:
-        checks.append(check_delta(root, loaded.export.dataset_name))
+    if "connections" in groups:
+        checks.extend(_guarded("connections", lambda: check_connections(loaded, facts)))
+    if "models" in groups:
+        checks.extend(_guarded("models", lambda: check_models(loaded)))
+    if "mlflow" in groups:
+        checks.extend(_guarded("mlflow", lambda: [check_mlflow(loaded.tracking)]))
+    if root is not None and "delta" in groups:
+        checks.extend(_guarded("delta table", lambda: [check_delta(root, loaded.export.dataset_name)]))
     return checks
+
+
+def _guarded(name: str, run: Callable[[], list[Check]]) -> list[Check]:
+    """Return the checks ``run`` makes; when it raises, one failed check saying the check itself could not run."""
+    try:
+        return run()
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:400]
+        return [Check(name, "fail", f"the check could not run: {type(exc).__name__}: {text}",
+                      "see the error; run `dctp doctor` where the deployment's environment is set")]
 
 
 def failures(checks: list[Check]) -> list[Check]:

@@ -110,18 +110,18 @@ def check_pool(facts: AirflowFacts, name: str | None) -> Check:
     return Check(f"pool {target}", "ok", f"{shown} for {tasks}" + ("" if name else f" ({GPU_POOL_ENV} unset)"))
 
 
-def check_queues(facts: AirflowFacts, gpu_queue: str) -> list[Check]:
-    """With a Celery executor, some worker consumes the default queue and the GPU queue."""
+def check_queues(facts: AirflowFacts, gpu_queue: str | None) -> list[Check]:
+    """With a Celery executor, some worker consumes the default queue (and ``gpu_queue``, unless ``None``)."""
     try:
         executor = facts.executor()
+        if "celery" not in executor.lower():
+            return [Check("queues", "ok", f"{executor} runs every task itself: queues do not apply")]
+        default = facts.default_queue()
     except Unknown as exc:
         return [Check("queues", "skip", str(exc))]
-    if "celery" not in executor.lower():
-        return [Check("queues", "ok", f"{executor} runs every task itself: queues do not apply")]
-    default = facts.default_queue()
     checks = []
-    for queue in dict.fromkeys([default, gpu_queue]):
-        users = ("every task" if queue == default == gpu_queue else
+    for queue in dict.fromkeys([default, gpu_queue or default]):
+        users = ("every task" if queue == default == (gpu_queue or default) else
                  " and ".join(GPU_TASKS) if queue == gpu_queue else "every task but the GPU ones")
         try:
             workers = _consumers(facts, queue)
@@ -221,24 +221,47 @@ def check_mlflow(tracking: Any) -> Check:
         return Check("mlflow", "skip", "tracking.enabled is false: runs log nothing to MLflow")
     uri = tracking_uri(tracking)
     parsed = urlparse(uri)
+    shown = _without_password(uri)
     fix = ("start the tracking server, or set MLFLOW_TRACKING_URI (or tracking.tracking_uri), or "
            "tracking.enabled: false")
     try:
         if parsed.scheme in {"http", "https"}:
             status = retrying(lambda: _http_status(f"{uri.rstrip('/')}/health"))
             if status != 200:
-                return Check("mlflow", "fail", f"{uri}/health answered HTTP {status}", fix)
-            return Check("mlflow", "ok", f"{uri} answers /health")
+                return Check("mlflow", "fail", f"{shown}/health answered HTTP {status}", fix)
+            return Check("mlflow", "ok", f"{shown} answers /health")
         if parsed.scheme == "sqlite":
-            return _writable_folder("mlflow", Path(uri.removeprefix("sqlite:///")).parent, uri, fix)
+            return _writable_folder("mlflow", Path(uri.removeprefix("sqlite:///")).parent, shown, fix)
         if parsed.scheme in {"", "file"}:
-            return _writable_folder("mlflow", Path(parsed.path or uri), uri, fix)
+            return _writable_folder("mlflow", Path(parsed.path or uri), shown, fix)
+        if parsed.scheme.split("+")[0] in {"postgresql", "mysql"}:
+            retrying(lambda: _sql_ping(uri))  # the store's database answers (MLflow itself would retry ~100 s)
+            return Check("mlflow", "ok", f"{shown} answers")
         from mlflow.tracking import MlflowClient
 
-        retrying(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1))
-        return Check("mlflow", "ok", f"{uri} answers")
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        return Check("mlflow", "ok", f"{shown} answers")
     except Exception as exc:
-        return Check("mlflow", "fail", f"{uri} unreachable: {describe_error(exc)}", fix)
+        return Check("mlflow", "fail", f"{shown} unreachable: {describe_error(exc)}", fix)
+
+
+def _without_password(uri: str) -> str:
+    """Return ``uri`` with any password masked: check lines reach task logs and XComs."""
+    parsed = urlparse(uri)
+    if not parsed.password:
+        return uri
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
+
+
+def _sql_ping(uri: str, timeout: int = 5) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": timeout}, poolclass=sqlalchemy.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    finally:
+        engine.dispose()
 
 
 def _http_status(url: str, timeout: float = 5.0) -> int:

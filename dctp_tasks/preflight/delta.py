@@ -13,6 +13,14 @@ WRITABLE_DELTA_FEATURES = frozenset({
     "deletionVectors", "timestampNtz", "v2Checkpoint", "variantType", "variantType-preview",
 })
 MAX_WRITER_VERSION = 7
+#: What a legacy writer version (before table features, version 7) implies a writer supports.
+LEGACY_WRITER_FEATURES = {
+    2: {"appendOnly", "invariants"},
+    3: {"checkConstraints"},
+    4: {"changeDataFeed", "generatedColumns"},
+    5: {"columnMapping"},
+    6: {"identityColumns"},
+}
 
 
 def check_delta(storage: Storage, dataset: str) -> Check:
@@ -36,7 +44,10 @@ def check_delta(storage: Storage, dataset: str) -> Check:
     features = sorted(set(protocol.reader_features or []) | set(protocol.writer_features or []))
     shown = (f"protocol reader {protocol.min_reader_version} / writer {protocol.min_writer_version}"
              + (f", features {', '.join(features)}" if features else ""))
-    unwritable = sorted(set(protocol.writer_features or []) - WRITABLE_DELTA_FEATURES)
+    declared = set(protocol.writer_features or [])
+    if protocol.min_writer_version < MAX_WRITER_VERSION:
+        declared = set().union(*(f for v, f in LEGACY_WRITER_FEATURES.items() if v <= protocol.min_writer_version))
+    unwritable = sorted(declared - WRITABLE_DELTA_FEATURES)
     if protocol.min_writer_version > MAX_WRITER_VERSION or unwritable:
         what = ", ".join(unwritable) or f"writer version {protocol.min_writer_version}"
         return Check("delta table", "fail",

@@ -95,7 +95,7 @@ def _folder_check(name: str, folder: Path, used_by: str, fix: str) -> Check:
 def _named_model(name: str, model: str, used_by: str, offline: bool) -> Check:
     """A local folder must hold the model; a Hugging Face id must be in the local cache when loaded offline."""
     path = Path(model).expanduser()
-    if path.is_absolute() or model.startswith("."):
+    if path.exists() or path.is_absolute() or model.startswith("."):
         return _folder_check(name, path, used_by, f"copy the model to {path} on every worker")
     from huggingface_hub import try_to_load_from_cache
 

@@ -48,13 +48,13 @@ def landed(cluster: Cluster) -> Cluster:
     return cluster
 
 
-def gpu_task_ids(cluster: Cluster) -> set[str]:
-    """The tasks the DAG itself routes to the GPU queue (read from the serialized DAG, never hard-coded)."""
+def gpu_task_ids(cluster: Cluster) -> dict[str, str]:
+    """The tasks the DAG itself routes to the GPU queue, with their pool (read from the serialized DAG)."""
     tasks = cluster.api("GET", f"/dags/{DAG_ID}/tasks")["tasks"]
-    return {t["task_id"] for t in tasks if t["queue"] == "gpu"}
+    return {t["task_id"]: t["pool"] for t in tasks if t["queue"] == "gpu"}
 
 
-def assert_routing(cluster: Cluster, run_id: str, gpu_tasks: set[str]) -> None:
+def assert_routing(cluster: Cluster, run_id: str, gpu_tasks: dict[str, str]) -> None:
     """Every attempt of every task ran where the DAG routes it: GPU tasks on the GPU worker, the rest on CPU."""
     for task_id, ti in cluster.task_instances(DAG_ID, run_id).items():
         tries = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/tries")
@@ -62,7 +62,7 @@ def assert_routing(cluster: Cluster, run_id: str, gpu_tasks: set[str]) -> None:
             where = (attempt["hostname"], attempt["queue"])
             if task_id in gpu_tasks:
                 assert where == (GPU_HOST, "gpu"), f"{run_id} {task_id} try {attempt['try_number']} ran on {where}"
-                assert attempt["pool"] == "gpu", f"{task_id} took pool {attempt['pool']}"
+                assert attempt["pool"] == gpu_tasks[task_id], f"{task_id} took pool {attempt['pool']}"
             else:
                 assert where == (CPU_HOST, "default"), \
                     f"{run_id} {task_id} try {attempt['try_number']} ran on {where}"
@@ -138,7 +138,8 @@ def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
     cluster = landed
     started = time.monotonic()
     gpu_tasks = gpu_task_ids(cluster)
-    assert "dedup_semantic" in gpu_tasks, f"the DAG routes no task to the gpu queue: {gpu_tasks}"
+    # the GPU tasks take the pool DCTP_GPU_POOL names; the GPU worker's own preflight never waits on it
+    assert gpu_tasks == {"dedup_semantic": "gpu", "score_models": "gpu", "preflight_gpu": "default_pool"}, gpu_tasks
     assert cluster.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})["is_paused"] is False
 
     created = cluster.backfill(DAG_ID, DATES)
@@ -187,6 +188,10 @@ def test_preflight_and_doctor_check_the_celery_queues_and_the_gpu_pool(landed: C
     assert checks["queue gpu"]["status"] == "ok" and GPU_HOST in checks["queue gpu"]["detail"], checks
     assert checks["pool gpu"]["status"] == "skip", "a task cannot read pools: it must not claim to have checked"
     assert not [c for c in checks.values() if c["status"] == "fail"]
+    # the models are checked on the GPU worker, where they load
+    on_gpu = {c["name"]: c for c in cluster.xcom(DAG_ID, runs[DATES[0]]["dag_run_id"], "preflight_gpu")}
+    assert on_gpu["model MiniLM"]["status"] == on_gpu["model toxicity"]["status"] == "ok", on_gpu
+    assert on_gpu["data root"]["status"] == "ok" and not any(name.startswith("model") for name in checks)
 
     code, checks = doctor(cluster)
     assert code == 0, checks

@@ -12,10 +12,11 @@ import pytest
 
 from tests.conftest import REPO
 
-EXPECTED_TASKS = ["preflight", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
-                  "dedup_semantic", "score", "score_models", "decide", "export", "finish_run"]
+EXPECTED_TASKS = ["preflight", "preflight_gpu", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact",
+                  "dedup_near", "dedup_semantic", "score", "score_models", "decide", "export", "finish_run"]
 HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "export"}
 GPU_TASKS = {"dedup_semantic", "score_models"}  # model inference
+GPU_QUEUE_TASKS = GPU_TASKS | {"preflight_gpu"}  # the models are checked where they load
 RESCORE_TASKS = ["preflight", "start_run", "decide", "export", "finish_run"]
 
 
@@ -82,6 +83,9 @@ def test_dag_shape(dagbag):
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
+    # the GPU worker checks its models before the first GPU task, in parallel with the CPU stages
+    assert dag.get_task("preflight").downstream_task_ids == {"start_run", "preflight_gpu"}
+    assert dag.get_task("preflight_gpu").downstream_task_ids == {"dedup_semantic"}
     # relevance in score_models reads the centroids the previous date's decide writes
     assert dag.get_task("score_models").wait_for_downstream
     # the landing sensor frees its worker slot while it waits
@@ -92,7 +96,7 @@ def test_dag_shape(dagbag):
 @pytest.mark.parametrize("task_id", EXPECTED_TASKS)
 def test_every_task_retries_with_backoff_and_timeout(dagbag, task_id):
     task = dagbag.dags["dctp_daily"].get_task(task_id)
-    if task_id == "preflight":  # a failed check is a missing piece: retrying cannot supply it
+    if task_id.startswith("preflight"):  # a failed check is a missing piece: retrying cannot supply it
         assert task.retries == 0
     else:
         assert task.retries >= 2
@@ -123,7 +127,7 @@ def test_gpu_tasks_need_no_pool_of_their_own_by_default():
     for dag_id, tasks in routing.items():
         for task_id, (queue, pool) in tasks.items():
             assert pool == "default_pool", f"{dag_id}.{task_id} takes pool {pool} without DCTP_GPU_POOL"
-            assert queue == ("gpu" if task_id in GPU_TASKS and dag_id == "dctp_daily" else "default"), \
+            assert queue == ("gpu" if task_id in GPU_QUEUE_TASKS and dag_id == "dctp_daily" else "default"), \
                 f"{dag_id}.{task_id} on queue {queue}"
 
 
@@ -131,8 +135,10 @@ def test_gpu_pool_and_queue_come_from_the_environment():
     routing = _routing(DCTP_GPU_POOL="gpu_slots", DCTP_GPU_QUEUE="cuda")
     daily = routing["dctp_daily"]
     assert {t for t, (queue, pool) in daily.items() if (queue, pool) == ("cuda", "gpu_slots")} == GPU_TASKS
+    # the GPU worker's preflight never waits on the pool it may be checking for
+    assert daily["preflight_gpu"] == ["cuda", "default_pool"]
     assert all((queue, pool) == ("default", "default_pool") for t, (queue, pool) in daily.items()
-               if t not in GPU_TASKS)
+               if t not in GPU_QUEUE_TASKS)
 
 
 def test_the_dags_and_the_preflight_read_the_same_routing(monkeypatch):

@@ -201,15 +201,16 @@ def test_a_failed_preflight_fails_the_run_at_once_naming_the_fix(dag, airflow_db
     result = run(dag, {}, expect="failed")
 
     with create_session() as session:
-        checked = result.get_task_instance("preflight", session=session)
+        assert result.get_task_instance("preflight", session=session).state == "success"
+        checked = result.get_task_instance("preflight_gpu", session=session)
         assert (checked.state, checked.try_number, checked.max_tries) == ("failed", 1, 0), "no retries"
-        assert result.get_task_instance("start_run", session=session).state in {"upstream_failed", None}
+        for downstream in ("dedup_semantic", "score_models", "export"):
+            assert result.get_task_instance(downstream, session=session).state in {"upstream_failed", None}
     output = capfd.readouterr()
     logged = output.out + output.err
     assert "FAIL  model SmolLM2" in logged and str(empty) in logged and "prepare_models.py" in logged
     assert "preflight FAILED" in logged
-    with pytest.raises(FileNotFoundError):
-        staged(storage, "dctp_daily", DT, "ingest")
+    assert not storage.exists("datasets", "curated"), "nothing exported"
 
     # with perplexity switched off for the run, nothing needs SmolLM2 and the preflight passes
     run(dag, {"config_overrides": FAST})

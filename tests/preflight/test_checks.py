@@ -74,6 +74,19 @@ def test_a_writer_feature_this_deltalake_cannot_commit_with_fails(storage, featu
     assert check.status == "fail" and "is readable, but deltalake" in check.detail and feature in check.detail
 
 
+@pytest.mark.parametrize(("writer_version", "status"), [(5, "ok"), (6, "fail")])
+def test_a_legacy_writer_version_implies_its_features(storage, writer_version, status):
+    # writer version 6 means identity columns, which deltalake 1.6 cannot write; 5 (column mapping) it can
+    table_dir = make_table(storage)
+    (table_dir / "_delta_log" / f"{1:020d}.json").write_text(
+        json.dumps({"protocol": {"minReaderVersion": 1, "minWriterVersion": writer_version}}) + "\n"
+        + json.dumps({"commitInfo": {"timestamp": 1}}) + "\n")
+    check = check_delta(storage, "curated")
+    assert check.status == status, check
+    if status == "fail":
+        assert check.detail.endswith("cannot commit to it: identityColumns")
+
+
 def test_writable_features_are_what_the_installed_deltalake_commits_with(tmp_path):
     # re-probe: append to a table declaring each feature; a deltalake upgrade that changes support shows up here
     writable = set()
@@ -155,3 +168,27 @@ def test_failures_raise_with_every_failed_line_and_fix():
     assert "airflow pools set gpu 1 x" in message and "prepare it" in message and "fine" not in message
     assert render(checks).splitlines()[-1] == "preflight FAILED: 1 ok, 1 warn, 2 fail"
     raise_on_failure(checks[:1] + checks[2:3])  # warnings do not fail a run
+
+
+def test_an_mlflow_store_in_postgresql_is_pinged_with_its_password_masked(pg_dsn):
+    from dctp_tasks.config import TrackingConfig
+    from dctp_tasks.preflight.checks import check_mlflow
+
+    check = check_mlflow(TrackingConfig(tracking_uri=pg_dsn))
+    assert check.status == "ok" and check.detail == f"{pg_dsn} answers"
+    host = pg_dsn.split("@", 1)[1]
+    check = check_mlflow(TrackingConfig(tracking_uri=f"postgresql://nobody:s3cret@{host}"))
+    assert check.status == "fail" and "unreachable" in check.detail
+    assert "s3cret" not in check.line() and "nobody:***@" in check.detail
+
+
+def test_a_local_model_folder_is_read_as_a_folder(tmp_path, monkeypatch):
+    from dctp_tasks.preflight.models import _named_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "minilm").mkdir(parents=True)
+    check = _named_model("model models/minilm", "models/minilm", "dedup_semantic", offline=True)
+    assert check.status == "fail" and "lacks config.json or weights" in check.detail
+    (tmp_path / "models" / "minilm" / "config.json").write_text("{}")
+    (tmp_path / "models" / "minilm" / "model.safetensors").write_bytes(b"")
+    assert _named_model("model models/minilm", "models/minilm", "dedup_semantic", offline=True).status == "ok"
