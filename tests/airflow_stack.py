@@ -270,11 +270,10 @@ def metadata_database(prefix: str) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def stopped_on_exit(stack_services: list[Service], marker: str) -> Iterator[None]:
-    """Stop every started process on exit (SIGTERM from a cancelled CI job included); fail on any process left."""
+def sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM (a cancelled or timed-out CI job) into KeyboardInterrupt, so every teardown still runs."""
 
     def interrupted(signum, frame):
-        # a CI job cancelled or timed out: unwind through pytest's teardown so nothing outlives the test
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt(f"signal {signum}: stopping the deployment")
 
@@ -282,7 +281,16 @@ def stopped_on_exit(stack_services: list[Service], marker: str) -> Iterator[None
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+@contextmanager
+def stopped_on_exit(stack_services: list[Service], marker: str) -> Iterator[None]:
+    """Stop every started process on exit; fail on any process left."""
+    try:
+        yield
+    finally:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the teardown
         stopping = time.monotonic()
         for service in reversed(stack_services):
             stop(service)
@@ -292,6 +300,6 @@ def stopped_on_exit(stack_services: list[Service], marker: str) -> Iterator[None
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        signal.signal(signal.SIGTERM, previous_handler)
+        signal.signal(signal.SIGTERM, previous)
         print(f"teardown took {time.monotonic() - stopping:.0f} s")
         assert not leftover, f"processes left after teardown (killed now): {leftover}"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.airflow_stack import READY_TIMEOUT, Stack, clean_env, metadata_database, stopped_on_exit
+from tests.airflow_stack import READY_TIMEOUT, Stack, clean_env, metadata_database, sigterm_unwinds, stopped_on_exit
 from tests.cluster.faulty_proxy import FaultyProxy
 from tests.cluster.hostname import HOSTNAME_ENV
 from tests.conftest import REPO, free_port, unavailable
@@ -144,7 +144,7 @@ def cluster(moto_server, tmp_path_factory) -> Iterator[Cluster]:
     from mlflow.tracking import MlflowClient
 
     home = tmp_path_factory.mktemp("cluster")
-    with metadata_database("dctp_cluster") as (db_url, marker):
+    with sigterm_unwinds(), metadata_database("dctp_cluster") as (db_url, marker):
         broker, broker_url = _redis_db(marker)
         proxy = FaultyProxy(("127.0.0.1", int(moto_server.rsplit(":", 1)[1])))
         try:

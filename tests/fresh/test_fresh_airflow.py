@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.airflow_stack import BIN, Stack, clean_env, metadata_database, stopped_on_exit
+from tests.airflow_stack import BIN, Stack, clean_env, metadata_database, sigterm_unwinds, stopped_on_exit
 from tests.conftest import REPO, free_port
 
 DAG_ID = "dctp_daily"
@@ -39,7 +39,7 @@ def fresh(tmp_path_factory) -> Iterator[Stack]:
     airflow_home = home / "airflow"
     airflow_home.mkdir()
     copy_package(airflow_home)
-    with metadata_database("dctp_fresh") as (db_url, marker):
+    with sigterm_unwinds(), metadata_database("dctp_fresh") as (db_url, marker):
         api_port = free_port()
         password = secrets.token_urlsafe(16)
         (home / "passwords.json").write_text(json.dumps({"admin": password}))
