@@ -318,7 +318,7 @@ def _read_parquet(stream, gz: bool, batch_size: int) -> Iterator[Event]:
         yield BadRow(row + 1, "truncated_file", f"Parquet data ends early after row {row}: {exc}")
 
 
-def _sql_module(connection):
+def sql_module(connection):
     # The postgres provider hands out psycopg2 or psycopg (3) connections; each needs its own sql module.
     if type(connection).__module__.startswith("psycopg2"):
         from psycopg2 import sql
@@ -336,7 +336,7 @@ def read_postgres(connection, schema: str, table: str, timestamp_column: str, st
     or one with a NULL timestamp, is then read by the run of the day it arrived.
     ``connection`` is a psycopg2 or psycopg connection; a server-side cursor keeps memory bounded.
     """
-    sql = _sql_module(connection)
+    sql = sql_module(connection)
     query = sql.SQL("SELECT * FROM {}.{} WHERE {ts} >= %s AND {ts} < %s ORDER BY {ts}, 1").format(
         sql.Identifier(schema), sql.Identifier(table), ts=sql.Identifier(ingested_at_column or timestamp_column)
     )
@@ -352,7 +352,7 @@ def read_postgres(connection, schema: str, table: str, timestamp_column: str, st
 
 def table_has_rows(connection, pg: PostgresSourceConfig, start: datetime, end: datetime) -> bool:
     """Return whether ``pg``'s table has a row a run of ``[start, end)`` would read (one indexed ``LIMIT 1``)."""
-    sql = _sql_module(connection)
+    sql = sql_module(connection)
     query = sql.SQL("SELECT 1 FROM {}.{} WHERE {ts} >= %s AND {ts} < %s LIMIT 1").format(
         sql.Identifier(pg.schema_name), sql.Identifier(pg.table),
         ts=sql.Identifier(pg.ingested_at_column or pg.timestamp_column)
@@ -368,7 +368,7 @@ def null_timestamp_rows(connection, pg: PostgresSourceConfig) -> int:
     That column is ``ingested_at_column`` when set, else ``timestamp_column``. Logs a warning naming the count
     and the fix when there are any. One ``COUNT(*)``; an index on the column answers it without a table scan.
     """
-    sql = _sql_module(connection)
+    sql = sql_module(connection)
     column = pg.ingested_at_column or pg.timestamp_column
     query = sql.SQL("SELECT count(*) FROM {}.{} WHERE {} IS NULL").format(
         sql.Identifier(pg.schema_name), sql.Identifier(pg.table), sql.Identifier(column)

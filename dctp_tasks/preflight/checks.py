@@ -185,7 +185,7 @@ def check_connections(config: PipelineConfig, facts: AirflowFacts | None) -> lis
 
 
 def _check_postgres(facts: AirflowFacts, conn_id: str, source: str, schema: str, table: str) -> Check:
-    from psycopg2 import sql
+    from dctp_tasks.ingest.readers import sql_module
 
     name = f"connection {conn_id}"
     if facts.connection_uri(conn_id) is None:
@@ -195,6 +195,7 @@ def _check_postgres(facts: AirflowFacts, conn_id: str, source: str, schema: str,
 
     def query() -> None:
         connection = facts.connect_postgres(conn_id)
+        sql = sql_module(connection)  # the provider hands out psycopg2 or psycopg (3) connections
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql.SQL("SELECT 1 FROM {}.{} LIMIT 0").format(sql.Identifier(schema),
