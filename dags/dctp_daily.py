@@ -4,8 +4,9 @@
 Turns one day of raw text and instruction data into a new version of the curated Delta table:
 
 `preflight` → `start_run` → `wait_for_landing` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` →
-`dedup_semantic` → `score` → `score_models` → `decide` → `export` → `finish_run`, with `preflight_gpu` between
-`preflight` and `dedup_semantic`
+`dedup_semantic` → `score` → `score_models` → `decide` → `select_for_annotation` → `export` → `finish_run`, with
+`preflight_gpu` between `preflight` and `dedup_semantic`, and `feedback_db` (the feedback store's migrations)
+before `select_for_annotation`
 
 * **Preflight**: the first task checks what the run needs (config, data root, queues, connections, MLflow, the
   Delta table, versions) and `preflight_gpu` checks the models on a GPU worker before `dedup_semantic`; each fails
@@ -29,6 +30,12 @@ Turns one day of raw text and instruction data into a new version of the curated
   composite `quality`, filters (ledger reason = the rule, e.g. `too_few_words`), marks `review` rows and
   redacts PII. Unchanged scores are never recomputed: to re-decide a date with new thresholds, trigger
   `dctp_rescore` (or run `dctp rescore DATE --set toxicity.toxic=0.9`).
+* **Annotation**: `select_for_annotation` picks at most `annotation.budget` of the day's documents (the Param
+  `annotation_budget`; 0 switches it off) for expert judgement — the least certain, the ones the scorers disagree
+  on, a random share, and an audit share of filtered rows, spread over domains, sources and embedding clusters —
+  and queues them in the feedback store (connection `dctp_feedback`, else SQLite under `$AIRFLOW_HOME`), each
+  assigned to `annotation.experts_per_item` experts of the roster. Experts judge with `dctp annotate`; a re-run
+  keeps a batch anyone has judged. `dctp queue` shows what is waiting.
 * **Backfills**: re-running any date gives the same result; the dedup tasks and `export` wait for the
   previous date (`depends_on_past`), so history has no holes.
 * **Tracking**: one MLflow run per DAG run (experiment `dctp_daily`, run name = run id).
@@ -74,6 +81,9 @@ PARAMS = {
                                             "semantic duplicates (empty: config default, 0.95). Per-domain values: "
                                             'config_overrides {"dedup_semantic.domain_thresholds": {"news": 0.92}}.'),
     **QUALITY_PARAMS,
+    "annotation_budget": Param(None, type=["null", "integer"], minimum=0, title="Annotation budget",
+                               description="Documents to choose for expert judgement today (0: none; empty: config "
+                                           "default, 100)."),
     "batch_size": Param(None, type=["null", "integer"], minimum=1, title="Batch size",
                         description="Rows per Arrow batch in every stage (empty: config default, 10000)."),
     "config_overrides": CONFIG_OVERRIDES,
@@ -184,11 +194,32 @@ def dctp_daily():
         return _stage(_ctx(), started, score_day, "gpu", upstream=scored)
 
     @task
+    def feedback_db() -> dict:
+        """Apply the feedback store's missing migrations (idempotent; connection dctp_feedback, else SQLite)."""
+        from dctp_common.runtime import upgrade_feedback_store
+
+        return upgrade_feedback_store()
+
+    @task
     def decide(started: dict, scored: dict) -> dict:
         """Apply the rules and the composite to the stored scores: filter, mark review rows, redact PII, report."""
         from dctp_tasks.quality.decide import decide_day
 
         return _stage(_ctx(), started, decide_day, upstream=scored)
+
+    # reads the earlier dates' batches (what is queued, who has open work): dates go in order, like the dedup tasks
+    @task(depends_on_past=True)
+    def select_for_annotation(started: dict, decided: dict, store: dict) -> dict:
+        """Choose the day's documents for expert judgement within the budget; queue and assign them."""
+        from dctp_common.runtime import feedback_store
+        from dctp_tasks.feedback.select import select_for_annotation_day
+
+        run = _ctx()
+        with feedback_store(run.config) as store_:
+            return _stage(run, started, select_for_annotation_day, store=store_, input_stage=decided["output_stage"],
+                          input_version=decided["version"], scores_dag_id=decided["scores_dag_id"],
+                          scores_stage=decided["scores_stage"], scores_version=decided["scores_version"],
+                          run_id=run.run_id, mlflow_run_id=started["mlflow_run_id"])
 
     @task(depends_on_past=True)
     def export(started: dict, ingested: dict, decided: dict, dropped: list[dict]) -> dict:
@@ -209,7 +240,7 @@ def dctp_daily():
         """Prove the ledger balances against the committed Delta version; close the MLflow run."""
         from dctp_common.runtime import finish
 
-        return finish(_ctx(), started, ingested["total"], exported)
+        return finish(_ctx(), started, ingested["total"], exported, stamp_batch=True)
 
     started = start_run()
     checked = preflight()
@@ -225,7 +256,11 @@ def dctp_daily():
     checked_gpu >> semantic
     model_scored = score_models(started, score(started, semantic))
     decided = decide(started, model_scored)
+    store = feedback_db()
+    checked >> store
+    selected = select_for_annotation(started, decided, store)
     exported = export(started, ingested, decided, dropped=[ingested, normalized, exact, near, semantic, decided])
+    selected >> exported
     finish_run(started, ingested, exported)
 
 

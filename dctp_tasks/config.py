@@ -278,6 +278,100 @@ class TrackingConfig(_Strict):
     enabled: bool = True
 
 
+EXPERT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$"
+"""An expert's name: their Airflow user name (letters, digits and ``_ . @ + -``; an e-mail address fits)."""
+
+
+class ExpertConfig(_Strict):
+    """One named expert of the annotation roster."""
+
+    weight: float = Field(1.0, gt=0.0)
+    """How much this expert's judgement counts against others' when judgements are merged (1.0 = an average
+    expert)."""
+    seniority: Literal["junior", "regular", "senior"] = "regular"
+    """Seniors get the documents the experts disagree on when one more judgement is needed."""
+    domains: list[str] = Field(default_factory=list)
+    """Domains this expert may judge (a document's ``domain``); empty: every domain."""
+
+    def judges(self, domain: str | None) -> bool:
+        return not self.domains or domain in self.domains
+
+
+#: Strategies ``select_for_annotation`` mixes; diversity (k-center greedy) is applied on top of the first two.
+STRATEGIES = ("uncertainty", "qbc", "random")
+
+
+class AnnotationConfig(_Strict):
+    """Active-learning selection of documents for expert judgement (``dctp_tasks.feedback.select``)."""
+
+    budget: int = Field(100, ge=0)
+    """Documents chosen per day at most (0 switches selection off); a DAG Param sets it per run."""
+    audit_share: float = Field(0.1, ge=0.0, le=1.0)
+    """Share of the budget taken at random from the day's *filtered* rows, so experts also catch what the filters
+    removed wrongly (0.1 = 10 of 100)."""
+    strategies: dict[str, float] = Field(default_factory=lambda: {"uncertainty": 0.5, "qbc": 0.3, "random": 0.2})
+    """Share of the rest of the budget per strategy (normalised to sum to 1): ``uncertainty`` (composite quality
+    closest to ``quality.review_below``, and the trained classifiers' margin), ``qbc`` (the scorers disagree, and a
+    bootstrap committee of classifiers trained on expert labels disagrees, once there are enough labels),
+    ``random`` (an unbiased sample: it estimates the filters' precision)."""
+    uncertainty_measure: Literal["margin", "least_confidence", "entropy"] = "margin"
+    """How a trained classifier's probability becomes uncertainty (they rank a binary classifier alike)."""
+    diversity: bool = True
+    """Pick uncertainty and qbc documents by k-center greedy over their MiniLM vectors among each strategy's top
+    candidates, so one batch never spends its budget on one cluster."""
+    diversity_pool: int = Field(10, ge=1)
+    """Candidates per chosen document that k-center greedy chooses among (10: the 10 x n most informative)."""
+    stratify_by: list[Literal["domain", "source"]] = Field(default_factory=lambda: ["domain", "source"])
+    """Record fields whose values make the strata the budget is split across (empty: one stratum)."""
+    stratification: Literal["proportional", "equal"] = "proportional"
+    """Split the budget across strata in proportion to their rows, or equally."""
+    min_per_stratum: int = Field(1, ge=0)
+    """Documents each stratum gets at least (when it has them and the budget allows)."""
+    committee_min_labels: int = Field(20, ge=4)
+    """Expert judgements (good/bad, on documents with stored vectors) needed before the bootstrap committee of
+    classifiers joins ``qbc``; fewer, and ``qbc`` is the scorers' vote entropy alone."""
+    committee_size: int = Field(5, ge=2)
+    """Logistic regressions in the bootstrap committee."""
+    experts_per_item: int = Field(2, ge=1)
+    """Experts each document is assigned to; 2 or more makes agreement measurable."""
+    due_days: int = Field(7, ge=1)
+    """Days an assignment is due after it is made."""
+    experts: dict[str, ExpertConfig] = Field(default_factory=dict)
+    """The roster: expert name (their Airflow user name) -> weight, seniority, domains. Only experts named here
+    may judge."""
+    categories: list[str] = Field(default_factory=lambda: ["toxic", "low_quality", "pii", "off_topic", "duplicate",
+                                                           "wrong_language", "other"])
+    """Optional reason categories an expert may attach to a judgement."""
+    seed: int = 0
+    """Seed of the random share and of tie-breaks (mixed with the date, so each day draws anew)."""
+
+    @field_validator("experts")
+    @classmethod
+    def _expert_names(cls, value: dict[str, ExpertConfig]) -> dict[str, ExpertConfig]:
+        bad = [name for name in value if not re.match(EXPERT_NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(f"expert names {bad} are not valid: use the Airflow user name ({EXPERT_NAME_PATTERN})")
+        return value
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(STRATEGIES))
+        if unknown:
+            raise ValueError(f"unknown annotation strategies {unknown}; known: {list(STRATEGIES)}")
+        if any(share < 0 for share in value.values()) or not sum(value.values()) > 0:
+            raise ValueError(f"annotation.strategies shares must be >= 0 with a positive sum; got {value}")
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _category_names(cls, value: list[str]) -> list[str]:
+        bad = [c for c in value if not re.match(r"^[a-z][a-z0-9_]{0,63}$", c)]
+        if bad or len(set(value)) != len(value):
+            raise ValueError(f"annotation.categories must be distinct lowercase names; got {value}")
+        return value
+
+
 DEFAULT_SCORERS: dict[str, dict[str, Any]] = {
     "heuristics": {}, "language": {}, "pii": {}, "credibility": {}, "perplexity": {}, "relevance": {}, "toxicity": {},
 }
@@ -321,6 +415,7 @@ class PipelineConfig(_Strict):
     dedup_near: NearDedupConfig = Field(default_factory=NearDedupConfig)
     dedup_semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -347,6 +442,9 @@ RUN_OVERRIDABLE: tuple[str, ...] = (
     "dedup_semantic.history_batch_size", "dedup_semantic.nprobe",
     "quality.enabled", "quality.thresholds", "quality.domain_thresholds", "quality.weights", "quality.min_quality",
     "quality.review_below", "quality.scorers.*.enabled", "quality.scorers.*.batch_size",
+    "annotation.budget", "annotation.audit_share", "annotation.strategies", "annotation.uncertainty_measure",
+    "annotation.diversity", "annotation.diversity_pool", "annotation.stratify_by", "annotation.stratification",
+    "annotation.min_per_stratum", "annotation.experts_per_item", "annotation.due_days", "annotation.seed",
     "export.validation_fraction", "export.test_fraction",
 )
 

@@ -30,6 +30,7 @@ PARAM_OVERRIDES = {
     "batch_size": "batch_size",
     "min_quality": "quality.min_quality",
     "review_below": "quality.review_below",
+    "annotation_budget": "annotation.budget",
 }
 
 
@@ -107,8 +108,11 @@ def track(run: RunContext, started: dict, result) -> dict:
     return result.as_dict()
 
 
-def finish(run: RunContext, started: dict, ingested: int, exported: dict) -> dict:
-    """Prove the date's ledger balances against the committed Delta version; log it and close the MLflow run."""
+def finish(run: RunContext, started: dict, ingested: int, exported: dict, stamp_batch: bool = False) -> dict:
+    """Prove the date's ledger balances against the committed Delta version; log it and close the MLflow run.
+
+    With ``stamp_batch``, the date's annotation batch records the table version its documents were exported in.
+    """
     from dctp_tasks import tracking
     from dctp_tasks.export import committed_ledger, open_table, rows_for_dt
     from dctp_tasks.ledger import check_ledger, ledger_report
@@ -127,6 +131,9 @@ def finish(run: RunContext, started: dict, ingested: int, exported: dict) -> dic
     print(report.render())
     with permanent_errors():
         check_ledger(report)
+    if stamp_batch:
+        with feedback_store(run.config) as store:
+            store.stamp_table_version(run.dt, version)
     if mlflow_run_id:
         tracking.close_run(cfg, mlflow_run_id)
     return report.as_dict()
@@ -184,6 +191,47 @@ def landing_ready(run: RunContext, connect: Callable[[str], object]):
                  check.deadline.isoformat())
     return PokeReturnValue(is_done=check.ready, xcom_value={"expected": list(check.expected),
                                                            "missing": [m.name for m in check.missing]})
+
+
+def feedback_engine():
+    """Return the feedback store's engine: the Airflow connection ``dctp_feedback`` through the postgres provider's
+    hook when it is defined (any secrets backend), else ``$DCTP_FEEDBACK_URL``, else SQLite under ``$AIRFLOW_HOME``."""
+    from dctp_common.compat import AirflowNotFoundException
+    from dctp_tasks.feedback import db
+
+    try:
+        BaseHook.get_connection(db.CONN_ID)
+    except AirflowNotFoundException:
+        return db.create_feedback_engine(db.feedback_url())
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    return db.create_feedback_engine(PostgresHook(postgres_conn_id=db.CONN_ID).sqlalchemy_url)
+
+
+@contextmanager
+def feedback_store(config: PipelineConfig) -> Iterator:
+    """Open the feedback store (its schema must be current: ``feedback_db`` upgrades it) with the config's roster."""
+    from dctp_tasks.feedback.store import FeedbackStore
+
+    engine = feedback_engine()
+    try:
+        with permanent_errors():
+            yield FeedbackStore(engine, config.annotation)
+    finally:
+        engine.dispose()
+
+
+def upgrade_feedback_store() -> dict:
+    """Apply the feedback store's missing migrations; return where it is and what was applied."""
+    from dctp_tasks.feedback import db
+
+    engine = feedback_engine()
+    try:
+        applied = db.upgrade(engine)
+        return {"store": engine.url.render_as_string(hide_password=True), "applied": applied,
+                "schema_version": db.LATEST}
+    finally:
+        engine.dispose()
 
 
 def postgres_connector() -> Callable[[str], object]:

@@ -1,6 +1,8 @@
 """``dctp``: look at what the pipeline exported — versions, contents, files, diffs, each date's ledger and score
-report — re-decide a date with new quality thresholds, train a classifier scorer, score any file, and check that
-runs can start (``dctp doctor``).
+report — re-decide a date with new quality thresholds, train a classifier scorer, score any file, check that
+runs can start (``dctp doctor``), and work with the feedback store: its schema (``dctp db upgrade``), the queue,
+judging in the terminal (``dctp annotate``), importing and exporting judgements, and comparing active-learning
+strategies offline (``dctp al-simulate``).
 
 The data root comes from ``--root`` or ``$DCTP_DATA_ROOT`` (default ``$AIRFLOW_HOME/dctp-data``); S3 roots use
 the AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …).
@@ -15,13 +17,18 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from sqlalchemy.exc import OperationalError
 
+from dctp_tasks.cli import feedback as feedback_cli
+from dctp_tasks.cli.al_simulate import add_parser as add_al_simulate_parser
+from dctp_tasks.cli.al_simulate import al_simulate
 from dctp_tasks.cli.doctor import add_parser as add_doctor_parser
 from dctp_tasks.cli.doctor import doctor
 from dctp_tasks.cli.score import add_parser as add_score_parser
 from dctp_tasks.cli.score import score_file
 from dctp_tasks.config import load_config
 from dctp_tasks.export import METADATA_PREFIX, committed_ledger, open_table
+from dctp_tasks.feedback.db import SchemaOutdated
 from dctp_tasks.ledger import ledger_report
 from dctp_tasks.staging import staged_rejects
 from dctp_tasks.storage import Storage, check_date, check_name, data_root
@@ -67,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--positive-label", default=None, help="the label value that means positive (default: 1/true)")
     add_score_parser(sub)
     add_doctor_parser(sub)
+    feedback_cli.add_parsers(sub)
+    add_al_simulate_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "doctor":  # it checks the data root and the config itself, failures included
@@ -85,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "dag_id", None) is not None:
             check_name(args.dag_id, "--dag-id")
         out = COMMANDS[args.command](storage, dataset, args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, SchemaOutdated) as exc:
         print(f"dctp: {exc}", file=sys.stderr)
+        return 2
+    except OperationalError as exc:
+        print(f"dctp: cannot reach the feedback store: {str(exc.orig).strip()}", file=sys.stderr)
         return 2
     except Exception as exc:  # deltalake raises its own TableNotFoundError etc.
         if type(exc).__name__ in {"TableNotFoundError", "DeltaError"}:
@@ -283,8 +295,15 @@ def _render(command: str, out) -> str:
         return "\n".join(lines)
     if command == "train-scorer":
         return json.dumps(out, indent=2, default=str)
-    if command == "score":
+    if command in ("score", "al-simulate"):
         return out["summary"]
+    if command == "queue":
+        return feedback_cli.render_queue(out)
+    if command == "db":
+        return (f"feedback store {out['store']}: schema version {out['schema_version']}"
+                + (f" (applied now: {', '.join(map(str, out['applied']))})" if out["applied"] else " (up to date)"))
+    if command == "annotate":
+        return ""
     if command == "ledger":
         lines = [out["text"], f"  (export version {out['version']})"]
         for reason, rows in out["examples"].items():
@@ -295,5 +314,7 @@ def _render(command: str, out) -> str:
 
 
 COMMANDS = {"versions": versions, "show": show, "files": files, "diff": diff, "ledger": ledger, "report": report,
-            "rescore": rescore, "train-scorer": train_scorer, "score": score_file}
+            "rescore": rescore, "train-scorer": train_scorer, "score": score_file, "db": feedback_cli.db_command,
+            "queue": feedback_cli.queue_command, "annotate": feedback_cli.annotate_command,
+            "feedback": feedback_cli.feedback_command, "al-simulate": al_simulate}
 

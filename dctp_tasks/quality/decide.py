@@ -66,7 +66,7 @@ def decide_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
     with Timer() as timer:
         decisions = decide_scores(storage, in_dir, q, scorers, config.batch_size) if q.enabled \
             else unjudged(storage, in_dir)
-        redact = _redactor(q)
+        redact = redactor(q)
         schema = storage.parquet_schema(in_dir)
         schema = pa.schema([*schema, *[f for f in QUALITY_FIELDS if f.name not in schema.names]])
         offset = 0
@@ -225,7 +225,7 @@ def _update_centroids(storage: Storage, dt: str, out_dir: str, scorers: list[Sco
     return {"centroid_vectors_reused": lookup.reused, "centroid_vectors_encoded": lookup.encoded}
 
 
-def _redactor(q: QualityConfig):
+def redactor(q: QualityConfig):
     """Return a function redacting PII in a table's text columns, or ``None`` when PII is not redacted.
 
     The ``pii`` scorer's settings decide, whether or not quality is judged at all: switching scoring off must not

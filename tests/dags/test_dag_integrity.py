@@ -13,8 +13,9 @@ import pytest
 from tests.conftest import REPO
 
 EXPECTED_TASKS = ["preflight", "preflight_gpu", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact",
-                  "dedup_near", "dedup_semantic", "score", "score_models", "decide", "export", "finish_run"]
-HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "export"}
+                  "dedup_near", "dedup_semantic", "score", "score_models", "decide", "feedback_db",
+                  "select_for_annotation", "export", "finish_run"]
+HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "select_for_annotation", "export"}
 GPU_TASKS = {"dedup_semantic", "score_models"}  # model inference
 GPU_QUEUE_TASKS = GPU_TASKS | {"preflight_gpu"}  # the models are checked where they load
 RESCORE_TASKS = ["preflight", "start_run", "decide", "export", "finish_run"]
@@ -79,12 +80,14 @@ def test_dag_shape(dagbag):
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
     chain = ["preflight", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
-             "dedup_semantic", "score", "score_models", "decide", "export", "finish_run"]
+             "dedup_semantic", "score", "score_models", "decide", "select_for_annotation", "export", "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
     # the GPU worker checks its models before the first GPU task, in parallel with the CPU stages
-    assert dag.get_task("preflight").downstream_task_ids == {"start_run", "preflight_gpu"}
+    assert dag.get_task("preflight").downstream_task_ids == {"start_run", "preflight_gpu", "feedback_db"}
+    # the feedback store's migrations are applied before selection reads or writes it
+    assert dag.get_task("feedback_db").downstream_task_ids == {"select_for_annotation"}
     assert dag.get_task("preflight_gpu").downstream_task_ids == {"dedup_semantic"}
     # relevance in score_models reads the centroids the previous date's decide writes
     assert dag.get_task("score_models").wait_for_downstream

@@ -1,0 +1,1 @@
+"""Expert feedback: the store, active-learning selection, and what judgements change."""

@@ -1,0 +1,182 @@
+"""The select_for_annotation stage on a real scored and decided day: budget, audit share, strata, snapshots,
+assignments, exclusions, the committee, and re-runs that keep judged batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dctp_tasks.config import load_config
+from dctp_tasks.feedback.select import AUDIT, select_for_annotation_day
+from dctp_tasks.feedback.store import FeedbackStore
+from dctp_tasks.quality import registry
+from dctp_tasks.quality.decide import decide_day
+from dctp_tasks.quality.scoring import score_day
+from dctp_tasks.staging import stage_rejects, stage_rows
+from dctp_tasks.storage import Storage
+from tests.conftest import stage_dedup_input
+
+DAG = "dag"
+DOMAINS = ("news", "forum", "science")
+EXPERTS = {"alice": {}, "bob": {"domains": ["news"]}, "carol": {"seniority": "senior"}}
+
+
+@pytest.fixture(autouse=True)
+def test_scorers(monkeypatch):
+    monkeypatch.setitem(registry.BUILTIN, "length", ("tests.quality.scorers_for_tests", "LengthScorer",
+                                                      "LengthConfig"))
+    monkeypatch.setitem(registry.BUILTIN, "xmodel", ("tests.quality.scorers_for_tests", "XModelScorer",
+                                                      "XModelConfig"))
+
+
+def day_rows(dt: str, n: int = 240, prefix: str = "") -> list[tuple]:
+    """Texts of many lengths (the length scorer's quality) and x shares (the xmodel scorer's), in 3 domains and 2
+    sources; every 10th row carries an e-mail address, and texts under 20 characters fail the length rule."""
+    rng = np.random.default_rng(abs(hash((dt, prefix))) % 2**32)
+    rows = []
+    for i in range(n):
+        words = int(rng.integers(1, 30))
+        text = " ".join(f"w{j}" for j in range(words)) + " xxxxxxxx" * int(rng.integers(0, 4)) + f" row {i}"
+        if i % 10 == 0:
+            text += " mail me at someone@example.com"
+        rows.append((f"{('web', 'forum')[i % 2]}/{prefix}{i}", text, None, DOMAINS[i % 3]))
+    return rows
+
+
+def settings(**overrides) -> dict:
+    return {"quality.scorers": {"length": {}, "xmodel": {}, "pii": {}}, "annotation.budget": 40,
+            "annotation.experts": EXPERTS, "annotation.diversity": False, **overrides}
+
+
+def decided(storage: Storage, dt: str, cfg, rows: list[tuple]) -> dict:
+    stage_dedup_input(storage, DAG, dt, "dedup_semantic", rows)
+    cpu = score_day(storage, cfg, DAG, dt, "cpu")
+    gpu = score_day(storage, cfg, DAG, dt, "gpu", input_stage=cpu.output_stage or cpu.stage, input_version=cpu.version)
+    result = decide_day(storage, cfg, DAG, dt, input_stage=gpu.output_stage or gpu.stage, input_version=gpu.version)
+    return result.as_dict()
+
+
+def select(storage, store, cfg, dt: str, decision: dict):
+    return select_for_annotation_day(storage, cfg, DAG, dt, store=store, input_version=decision["version"],
+                                     scores_version=decision["scores_version"], run_id=f"run-{dt}")
+
+
+@pytest.fixture
+def world(tmp_path):
+    storage = Storage((tmp_path / "data").as_uri())
+    cfg = load_config(overrides=settings())
+    store = FeedbackStore.open(f"sqlite:///{tmp_path}/feedback.db", cfg.annotation, upgrade=True)
+    yield storage, store, cfg
+    store.engine.dispose()
+
+
+def test_the_batch_meets_budget_audit_share_mix_and_strata(world):
+    storage, store, cfg = world
+    dt = "2026-05-01"
+    decision = decided(storage, dt, cfg, day_rows(dt))
+    result = select(storage, store, cfg, dt, decision)
+
+    queue = store.open_queue("alice", limit=None) + store.open_queue("bob", limit=None)
+    items = {i.doc_id: store.history(i.doc_id).item for i in queue}
+    assert result.extra["selected"] == 40 == store.batch(dt).items
+    assert result.extra["picked_audit"] == 4, "10 % of the budget audits the filtered rows"
+    # the other 36 split 0.5 / 0.3 / 0.2 within each stratum, by largest remainder
+    assert result.extra["picked_uncertainty"] + result.extra["picked_qbc"] + result.extra["picked_random"] == 36
+    assert result.extra["picked_uncertainty"] > result.extra["picked_qbc"] > 0 and result.extra["picked_random"] > 0
+    strata = [k for k in result.extra if k.startswith("stratum.")]
+    assert len(strata) == 6, "3 domains x 2 sources, each with at least its minimum"
+    kept = set(storage.read_table(stage_rows(storage, DAG, dt, "quality", decision["version"]),
+                                  columns=["doc_id"]).column("doc_id").to_pylist())
+    filtered = {r["doc_id"]: r for r in stage_rejects(storage, DAG, dt, "quality", decision["version"]).to_pylist()}
+    everything = store.counts(dt)
+    assert everything["items"] == 40 and everything["assignments"] == 80
+    for item in items.values():
+        if item.strategy == AUDIT:
+            assert item.pool == "filtered" and item.doc_id in filtered
+            assert item.filter_reason == filtered[item.doc_id]["reason"] and item.verdict == "fail"
+        else:
+            assert item.pool == "kept" and item.doc_id in kept and item.verdict in ("pass", "review")
+        assert "someone@example.com" not in item.text, "the expert sees the text as exported: PII redacted"
+        assert set(item.scores) == {"length", "xmodel", "pii"}
+    report = storage.read_bytes(storage.path(result.extra["report"])).decode()
+    assert "chosen **40**" in report and "| audit | 4 |" in report
+
+
+def test_uncertainty_takes_the_rows_nearest_the_review_line(world):
+    storage, store, cfg = world
+    dt = "2026-05-02"
+    cfg = load_config(overrides=settings(**{"annotation.strategies": {"uncertainty": 1.0},
+                                            "annotation.audit_share": 0.0, "annotation.stratify_by": [],
+                                            "annotation.budget": 10}))
+    decision = decided(storage, dt, cfg, day_rows(dt))
+    select(storage, store, cfg, dt, decision)
+    batch = [store.history(doc_id).item for doc_id in store.queued_doc_ids()]
+    chosen = sorted(abs(i.quality - cfg.quality.review_below) for i in batch)
+    all_quality = storage.read_table(stage_rows(storage, DAG, dt, "quality", decision["version"]),
+                                     columns=["quality"]).column("quality").to_numpy()
+    nearest = np.sort(np.abs(all_quality - cfg.quality.review_below))[:10]
+    assert len(batch) == 10 and np.allclose(chosen, nearest, atol=1e-6)
+
+
+def test_experts_get_their_domains_balanced_and_two_per_item(world):
+    storage, store, cfg = world
+    dt = "2026-05-03"
+    select(storage, store, cfg, dt, decided(storage, dt, cfg, day_rows(dt)))
+    counts = store.counts(dt)["experts"]
+    for name in ("alice", "bob", "carol"):
+        for item in store.open_queue(name, limit=None):
+            assert EXPERTS[name].get("domains") is None or item.domain in EXPERTS[name]["domains"]
+    news = sum(1 for doc_id in store.queued_doc_ids() if store.history(doc_id).item.domain == "news")
+    assert sum(c["open"] for c in counts.values()) == 80, "two experts per document"
+    assert counts["bob"]["open"] == news, "bob may judge only news, and, least loaded, gets every news document"
+    assert abs(counts["alice"]["open"] - counts["carol"]["open"]) <= 1
+
+
+def test_a_queued_document_is_never_chosen_again_and_budget_zero_is_off(world):
+    storage, store, cfg = world
+    rows = day_rows("2026-05-04")
+    select(storage, store, cfg, "2026-05-04", decided(storage, "2026-05-04", cfg, rows))
+    first = set(store.queued_doc_ids())
+    # the next date holds the same documents again (as a re-delivered source would)
+    result = select(storage, store, cfg, "2026-05-05", decided(storage, "2026-05-05", cfg, rows))
+    second = set(store.queued_doc_ids()) - first
+    assert result.extra["already_queued"] == 40 and len(second) == 40 and not second & first
+
+    off = load_config(overrides=settings(**{"annotation.budget": 0}))
+    result = select(storage, store, off, "2026-05-06", decided(storage, "2026-05-06", off, day_rows("2026-05-06")))
+    assert result.extra == {"selected": 0, "switched_off": 1} and store.batch("2026-05-06") is None
+
+
+def test_a_rerun_replaces_an_unjudged_batch_and_keeps_a_judged_one(world):
+    storage, store, cfg = world
+    dt = "2026-05-07"
+    decision = decided(storage, dt, cfg, day_rows(dt))
+    select(storage, store, cfg, dt, decision)
+    first = store.batch(dt)
+    other = load_config(overrides=settings(**{"annotation.budget": 30}))
+    select(storage, store, other, dt, decision)
+    second = store.batch(dt)
+    assert second.batch_id != first.batch_id and second.items == 30
+
+    item = store.next_item("alice")
+    store.submit("alice", item.item_id, "good")
+    before = {i.doc_id for i in store.open_queue("carol", limit=None)}
+    result = select(storage, store, cfg, dt, decision)
+    assert result.extra["kept_judged_batch"] == 1 and store.batch(dt).batch_id == second.batch_id
+    assert store.batch(dt).items == 30 and {i.doc_id for i in store.open_queue("carol", limit=None)} == before
+
+
+def test_the_committee_of_expert_labels_joins_qbc(world):
+    storage, store, cfg = world
+    cfg = load_config(overrides=settings(**{"annotation.committee_min_labels": 20, "annotation.budget": 40}))
+    store.config = cfg.annotation
+    select(storage, store, cfg, "2026-05-08", decided(storage, "2026-05-08", cfg, day_rows("2026-05-08")))
+    result = select(storage, store, cfg, "2026-05-09", decided(storage, "2026-05-09", cfg, day_rows("2026-05-09",
+                                                                                                     prefix="b")))
+    assert result.extra["committee_labels"] == 0, "no judgements yet: the scorers' vote entropy alone"
+    for item in store.open_queue("carol", limit=None)[:30]:
+        store.submit("carol", item.item_id, "good" if (item.quality or 0) > 0.5 else "bad")
+    dt = "2026-05-10"
+    result = select(storage, store, cfg, dt, decided(storage, dt, cfg, day_rows(dt, prefix="c")))
+    assert result.extra["committee_labels"] == 30 and result.extra["picked_qbc"] > 0
+    assert result.extra["vectors_encoded"] > 0, "no stored vectors in this test: the judged documents were encoded"
