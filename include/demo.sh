@@ -22,21 +22,29 @@ airflow db migrate > "$DEMO_HOME/db-migrate.log" 2>&1 || { tail -20 "$DEMO_HOME/
 
 CONF='{}'
 PG_ARGS=()
+# The demo's own config: the defaults plus a roster of three experts, so each date's batch for annotation is
+# assigned (and the table source when DCTP_DEMO_PG is set: a source is the deployment's setting, which a run's
+# config_overrides may not add).
+export DCTP_CONFIG="$DEMO_HOME/dctp.yaml"
 if [ -n "${DCTP_DEMO_PG:-}" ]; then
   export AIRFLOW_CONN_DCTP_SOURCE_PG="$DCTP_DEMO_PG"
   PG_ARGS=(--pg-dsn "$DCTP_DEMO_PG")
-  # A table source is the deployment's setting (the config file): a run's config_overrides may not add one.
-  export DCTP_CONFIG="$DEMO_HOME/dctp.yaml"
-  "$BIN/python" - "$REPO/include/config/dctp.yaml" "$DCTP_CONFIG" <<'PY'
+fi
+"$BIN/python" - "$REPO/include/config/dctp.yaml" "$DCTP_CONFIG" "${DCTP_DEMO_PG:+pg}" <<'PY'
 import sys
 
 import yaml
 
 config = yaml.safe_load(open(sys.argv[1]))
-config["ingest"]["sources"]["articles_db"]["enabled"] = True
+config["annotation"]["experts"] = {
+    "alice": {"seniority": "senior"},
+    "bob": {"domains": ["science", "technology", "health", "finance"]},
+    "carol": {"weight": 0.8, "seniority": "junior"},
+}
+if sys.argv[3] == "pg":
+    config["ingest"]["sources"]["articles_db"]["enabled"] = True
 yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
 PY
-fi
 
 echo "==> Demo corpus for ${DATES[*]} into $DCTP_DATA_ROOT/landing"
 "$BIN/python" "$REPO/include/demo_corpus.py" --root "$DCTP_DATA_ROOT" --dates "${DATES[@]}" "${PG_ARGS[@]}" \
@@ -68,6 +76,13 @@ echo "==> Quality score report of ${DATES[0]} (every date: dctp report DATE; re-
 dctp report "${DATES[0]}" > "$DEMO_HOME/quality-${DATES[0]}.md"
 head -40 "$DEMO_HOME/quality-${DATES[0]}.md"
 echo "    (the whole report: $DEMO_HOME/quality-${DATES[0]}.md; plots in MLflow under plots/)"
+echo
+echo "==> Selection for annotation of ${DATES[-1]} (every date: reports/dt=DATE/select_for_annotation.md)"
+cat "${DCTP_DATA_ROOT#file://}/reports/dt=${DATES[-1]}/select_for_annotation.md"
+echo
+echo "==> The annotation queue (feedback store: $AIRFLOW_HOME/dctp_feedback.db)"
+dctp queue
+echo "    judge it in the terminal:  DCTP_CONFIG=$DCTP_CONFIG AIRFLOW_HOME=$AIRFLOW_HOME $BIN/dctp annotate --expert alice"
 echo
 echo "==> MLflow: experiment dctp_daily, one run per date (run ids in 'dctp versions' above)"
 echo "    look at them with:  $BIN/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI --port 5000"

@@ -92,6 +92,18 @@ def pg_table_name(pg_conn):
 
 
 @pytest.fixture
+def pg_database(pg_conn) -> str:
+    """A new, empty database on the local server (dropped afterwards); yields its ``postgresql://`` URI."""
+    name = f"dctp_test_{uuid.uuid4().hex[:10]}"
+    with pg_conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://{pg_conn.info.user}@127.0.0.1:5432/{name}"
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture
 def articles_table(pg_conn, pg_table_name) -> str:
     """An empty articles table with a business timestamp and an ingestion-time column, as a source would have."""
     with pg_conn.cursor() as cur:

@@ -24,6 +24,7 @@ from dctp_tasks.feedback.store import LABELS, FeedbackStore, QueueItem
 from dctp_tasks.storage import Storage, check_date
 
 EXPORT_COLUMNS = ("doc_id", "expert", "label", "category", "rationale", "created_at")
+TRAIL_COLUMNS = ("annotation_id", "retracts", "client")
 _KEYS = {"g": "good", "b": "bad", "s": "skip"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
@@ -98,9 +99,10 @@ def feedback_command(storage: Storage, dataset: str, args: argparse.Namespace) -
         missing = [c for c in ("doc_id", "expert", "label") if c not in table.column_names]
         if missing:
             raise ValueError(f"{path} has no column {missing[0]!r}; its columns are {table.column_names}")
-        return {"file": str(path), **store.import_judgements(table.to_pylist(), client=f"import:{path.name}"[:64])}
+        client = ("import:" + re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name))[:64]
+        return {"file": str(path), **store.import_judgements(table.to_pylist(), client=client)}
     rows = store.export_judgements(trail=args.trail)
-    columns = list(rows[0]) if rows else list(EXPORT_COLUMNS)
+    columns = list(rows[0]) if rows else [*EXPORT_COLUMNS, *(TRAIL_COLUMNS if args.trail else ())]
     table = pa.Table.from_pylist(rows, schema=pa.schema(
         [(c, pa.timestamp("us", tz="UTC") if c == "created_at" else pa.int64()
           if c in ("annotation_id", "retracts") else pa.string()) for c in columns]))

@@ -228,15 +228,18 @@ def feedback_url() -> str | URL:
     if os.environ.get("DCTP_FEEDBACK_URL"):
         return os.environ["DCTP_FEEDBACK_URL"]
     conn = os.environ.get(f"AIRFLOW_CONN_{CONN_ID.upper()}")
-    if not conn:
-        return default_url()
+    return connection_url(conn) if conn else default_url()
+
+
+def connection_url(conn: str) -> URL:
+    """Return the SQLAlchemy URL of an Airflow connection given as a URI (``postgresql://…``) or as JSON."""
     if conn.lstrip().startswith("{"):
         fields = json.loads(conn)
         return postgres_url(fields.get("host"), fields.get("port"), fields.get("login"), fields.get("password"),
                             fields.get("schema"))
     parts = urlsplit(conn)
     if parts.scheme not in {"postgres", "postgresql"}:
-        raise ValueError(f"AIRFLOW_CONN_{CONN_ID.upper()} must be a postgres:// connection, got {parts.scheme}://")
+        raise ValueError(f"the {CONN_ID} connection must be a postgres:// connection, got {parts.scheme}://")
     return postgres_url(parts.hostname, parts.port, unquote(parts.username or "") or None,
                         unquote(parts.password or "") or None, parts.path.lstrip("/") or None)
 
@@ -266,7 +269,7 @@ def create_feedback_engine(url: str | URL) -> Engine:
         dbapi_connection.isolation_level = None  # transactions are begun below, not by the driver
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _wal(cursor)
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -275,6 +278,22 @@ def create_feedback_engine(url: str | URL) -> Engine:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _wal(cursor, timeout: float = 30.0) -> None:
+    """Switch a SQLite database to WAL once. Switching ignores the busy timeout (two connections opening a new file
+    at once fail at once with "database is locked"), so it waits here instead."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + timeout
+    while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def applied_versions(engine: Engine) -> list[int]:

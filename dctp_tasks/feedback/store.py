@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -215,25 +215,34 @@ class FeedbackStore:
         roster = self.expert(expert)
         self._check_judgement(label, category, rationale, client, request_id)
         rationale = rationale.strip() or None if rationale else None
-        with self.engine.begin() as conn:
-            row = self._item_row(conn, item_id)
-            if not roster.judges(row["domain"]):
-                raise FeedbackError(f"expert {expert!r} may not judge domain {row['domain']!r} (their domains: "
-                                    f"{', '.join(roster.domains)})")
-            repeated = self._repeated(conn, expert, request_id, item_id=item_id, label=label)
-            if repeated is not None:
-                return repeated
-            annotation_id = conn.execute(annotations.insert().returning(annotations.c.annotation_id), {
-                "item_id": item_id, "expert": expert, "label": label, "category": category,
-                "rationale": rationale, "retracts": None, "created_at": created_at or _now(), "client": client,
-                "request_id": request_id}).scalar_one()
-            return self._judgement(conn, annotation_id)
+        try:
+            with self.engine.begin() as conn:
+                row = self._item_row(conn, item_id)
+                if not roster.judges(row["domain"]):
+                    raise FeedbackError(f"expert {expert!r} may not judge domain {row['domain']!r} (their domains: "
+                                        f"{', '.join(roster.domains)})")
+                repeated = self._repeated(conn, expert, request_id, item_id=item_id, label=label)
+                if repeated is not None:
+                    return repeated
+                annotation_id = conn.execute(annotations.insert().returning(annotations.c.annotation_id), {
+                    "item_id": item_id, "expert": expert, "label": label, "category": category,
+                    "rationale": rationale, "retracts": None, "created_at": _utc(created_at) if created_at else _now(),
+                    "client": client, "request_id": request_id}).scalar_one()
+                return self._judgement(conn, annotation_id)
+        except sa.exc.IntegrityError:
+            return self._after_race(expert, request_id, item_id=item_id, label=label)
 
     def retract_last(self, expert: str, *, client: str = "api", request_id: str | None = None) -> Judgement | None:
         """Take back ``expert``'s most recent effective judgement (undo) with a retraction row; return that row, or
         ``None`` when they have nothing left to take back. The item returns to their open queue."""
         self.expert(expert)
         _check_client(client, request_id)
+        try:
+            return self._retract_last(expert, client, request_id)
+        except sa.exc.IntegrityError:
+            return self._after_race(expert, request_id)
+
+    def _retract_last(self, expert: str, client: str, request_id: str | None) -> Judgement | None:
         with self.engine.begin() as conn:
             repeated = self._repeated(conn, expert, request_id)
             if repeated is not None:
@@ -302,8 +311,9 @@ class FeedbackStore:
             query = query.where(items.c.dt == dt)
         with self._reading() as conn:
             rows = conn.execute(query).mappings().all()
-            trail = [_judgement(r, "") for r in conn.execute(
-                sa.select(annotations).where(annotations.c.item_id.in_({r["item_id"] for r in rows}))).mappings()]
+            wanted = {r["item_id"] for r in rows}
+            trail = [_judgement(r, "") for r in conn.execute(sa.select(annotations)).mappings()
+                     if r["item_id"] in wanted]
         effective = effective_judgements(trail, by_item=True)
         groups: dict[tuple[str, str], dict] = {}
         for r in rows:
@@ -342,8 +352,9 @@ class FeedbackStore:
             query = query.where(items.c.dt != exclude_dt)
         with self._reading() as conn:
             pairs = conn.execute(query).all()
-            trail = [_judgement(r, "") for r in conn.execute(
-                sa.select(annotations).where(annotations.c.item_id.in_({i for i, _ in pairs}))).mappings()]
+            wanted = {i for i, _ in pairs}
+            trail = [_judgement(r, "") for r in conn.execute(sa.select(annotations)).mappings()
+                     if r["item_id"] in wanted]
         effective = effective_judgements(trail, by_item=True)
         load = dict.fromkeys(self.roster, 0)
         for item_id, expert in pairs:
@@ -357,11 +368,13 @@ class FeedbackStore:
         """Store ``new_items`` as date ``dt``'s batch, replacing an earlier batch of the date only if nobody has
         judged any of it; return the batch and whether it was (re)written (``False``: a judged batch was kept)."""
         for item in new_items:
+            if item.dt != dt:
+                raise FeedbackError(f"queue item {item.doc_id!r} is of dt={item.dt}, not of the batch's {dt}")
             if item.pool not in ("kept", "filtered"):
                 raise FeedbackError(f"queue item {item.doc_id!r}: pool must be kept or filtered, not {item.pool!r}")
             for name in item.experts:
                 self.expert(name)
-        now = assigned_at or _now()
+        now = _utc(assigned_at) if assigned_at else _now()
         due = now + timedelta(days=self.config.due_days)
         with self.engine.begin() as conn:
             existing = self._batch(conn, dt)
@@ -378,7 +391,7 @@ class FeedbackStore:
                 "mlflow_run_id": mlflow_run_id, "staged_version": staged_version, "table_version": None,
                 "items": len(new_items)}).scalar_one()
             for position, item in enumerate(new_items):
-                values = {k: v for k, v in asdict(item).items() if k != "experts"}
+                values = {f.name: getattr(item, f.name) for f in fields(item) if f.name != "experts"}
                 values.update(batch_id=batch_id, position=position, staged_version=staged_version,
                               scores=json.dumps(_json_safe(item.scores), sort_keys=True),
                               quality=_finite(item.quality), strategy_score=_finite(item.strategy_score))
@@ -402,13 +415,15 @@ class FeedbackStore:
         """Return every queued document with an effective good/bad judgement: ``doc_id``, ``dt``, ``text`` and its
         ``good`` and ``bad`` counts (skips left out)."""
         with self._reading() as conn:
-            rows = {r["item_id"]: dict(r) for r in conn.execute(sa.select(items.c.item_id, items.c.doc_id, items.c.dt,
-                                                                          items.c.text)).mappings()}
             trail = [_judgement(r, "") for r in conn.execute(sa.select(annotations)).mappings()]
-        counts: dict[int, Counter] = {}
-        for j in effective_judgements(trail, by_item=True).values():
-            if j.label in ("good", "bad"):
-                counts.setdefault(j.item_id, Counter())[j.label] += 1
+            counts: dict[int, Counter] = {}
+            for j in effective_judgements(trail, by_item=True).values():
+                if j.label in ("good", "bad"):
+                    counts.setdefault(j.item_id, Counter())[j.label] += 1
+            rows = {r["item_id"]: r for r in conn.execute(sa.select(
+                items.c.item_id, items.c.doc_id, items.c.dt, items.c.text).where(
+                items.c.item_id.in_(sa.select(annotations.c.item_id).where(
+                    annotations.c.label.in_(("good", "bad")))))).mappings()}
         return [{**{k: rows[i][k] for k in ("doc_id", "dt", "text")}, "good": c["good"], "bad": c["bad"]}
                 for i, c in sorted(counts.items())]
 
@@ -424,9 +439,9 @@ class FeedbackStore:
         _check_client(client, None)
         problems: list[str] = []
         with self._reading() as conn:
-            item_rows = {r["doc_id"]: r for r in conn.execute(
-                sa.select(items.c.item_id, items.c.doc_id, items.c.domain)
-                .where(items.c.doc_id.in_({str(r.get("doc_id")) for r in rows}))).mappings()}
+            item_rows = {r["doc_id"]: r for chunk in _chunks({str(r.get("doc_id")) for r in rows})
+                         for r in conn.execute(sa.select(items.c.item_id, items.c.doc_id, items.c.domain)
+                                               .where(items.c.doc_id.in_(chunk))).mappings()}
         prepared = []
         for number, row in enumerate(rows, start=1):
             try:
@@ -452,8 +467,9 @@ class FeedbackStore:
             shown = "; ".join(problems[:20]) + (f"; … {len(problems) - 20} more" if len(problems) > 20 else "")
             raise FeedbackError(f"{len(problems)} of {len(rows)} rows refused, nothing imported: {shown}")
         with self.engine.begin() as conn:
-            seen = set(conn.execute(sa.select(annotations.c.expert, annotations.c.request_id).where(
-                annotations.c.request_id.in_({p["request_id"] for p in prepared}))).all())
+            seen = {tuple(r) for chunk in _chunks({p["request_id"] for p in prepared})
+                    for r in conn.execute(sa.select(annotations.c.expert, annotations.c.request_id).where(
+                        annotations.c.request_id.in_(chunk)))}
             fresh, skipped = [], 0
             for p in prepared:
                 if (p["expert"], p["request_id"]) in seen:
@@ -494,9 +510,9 @@ class FeedbackStore:
         return row
 
     def _judged_items(self, conn: sa.Connection, expert: str, item_ids: list[int]) -> set[int]:
+        wanted = set(item_ids)
         trail = [_judgement(r, "") for r in conn.execute(
-            sa.select(annotations).where(annotations.c.expert == expert,
-                                         annotations.c.item_id.in_(set(item_ids)))).mappings()]
+            sa.select(annotations).where(annotations.c.expert == expert)).mappings() if r["item_id"] in wanted]
         return {item_id for item_id, _ in effective_judgements(trail, by_item=True)}
 
     def _repeated(self, conn: sa.Connection, expert: str, request_id: str | None, **same: Any) -> Judgement | None:
@@ -510,6 +526,15 @@ class FeedbackStore:
         if any(row[k] != v for k, v in same.items()) or (not same and row["label"] is not None):
             raise FeedbackError(f"request id {request_id!r} of {expert!r} was already used for another judgement")
         return self._judgement(conn, row["annotation_id"])
+
+    def _after_race(self, expert: str, request_id: str | None, **same: Any) -> Judgement:
+        """A concurrent call with the same request id won the insert: return its row (the unique key held)."""
+        if request_id is not None:
+            with self._reading() as conn:
+                repeated = self._repeated(conn, expert, request_id, **same)
+            if repeated is not None:
+                return repeated
+        raise
 
     def _judgement(self, conn: sa.Connection, annotation_id: int) -> Judgement:
         row = conn.execute(sa.select(annotations, items.c.doc_id).join(
@@ -537,6 +562,13 @@ def effective_judgements(trail: Sequence[Judgement], by_item: bool = False) -> d
         if j.label is not None and j.annotation_id not in retracted:
             out[(j.item_id, j.expert) if by_item else j.expert] = j
     return out
+
+
+def _chunks(values: set, size: int = 5_000) -> Iterator[list]:
+    """Split an IN list: SQLite allows at most 32,766 bound parameters per statement."""
+    ordered = sorted(values)
+    for start in range(0, len(ordered), size):
+        yield ordered[start:start + size]
 
 
 def _check_client(client: str, request_id: str | None) -> None:

@@ -2,7 +2,8 @@
 
 ``dctp doctor`` and the first task of every DAG run the same checks: the config, the data root (reachable and
 writable), the GPU pool and the Celery queues, the connections the config names, the prepared models, the MLflow
-tracking server, the Delta table's protocol, and the Airflow and provider versions. What a check needs from Airflow
+tracking server, the Delta table's protocol, the feedback store and its roster, and the Airflow and provider
+versions. What a check needs from Airflow
 (pools, connections, the executor, Celery workers) comes through an ``AirflowFacts`` object, so this package never
 imports Airflow: the DAG's task reads them through the Task SDK, ``dctp doctor`` through the ``airflow`` command.
 """
@@ -86,7 +87,7 @@ class PreflightFailed(RuntimeError):
 
 #: The groups of checks. ``gpu routing`` is the GPU tasks' pool and queue; ``queues`` the default queue.
 EVERY_GROUP = frozenset({"data root", "queues", "gpu routing", "versions", "connections", "models", "mlflow",
-                         "delta"})
+                         "delta", "feedback"})
 #: What each DAG task checks, where it runs: the models load on the GPU workers, so they are checked there.
 DAILY_GROUPS = EVERY_GROUP - {"models"}
 DAILY_GPU_GROUPS = frozenset({"data root", "versions", "models"})
@@ -107,6 +108,7 @@ def run_preflight(facts: AirflowFacts | None, storage: Callable[[], Storage],
         check_config,
         check_connections,
         check_data_root,
+        check_feedback,
         check_mlflow,
         check_models,
         check_pool,
@@ -153,6 +155,11 @@ def run_preflight(facts: AirflowFacts | None, storage: Callable[[], Storage],
         checks.extend(_guarded("mlflow", lambda: [check_mlflow(loaded.tracking)]))
     if root is not None and "delta" in groups:
         checks.extend(_guarded("delta table", lambda: [check_delta(root, loaded.export.dataset_name)]))
+    if "feedback" in groups:
+        from dctp_tasks.feedback.db import CONN_ID
+
+        checks.extend(_guarded("feedback store", lambda: check_feedback(
+            loaded, facts.connection_uri(CONN_ID) if facts is not None else None)))
     return checks
 
 

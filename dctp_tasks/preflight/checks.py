@@ -207,6 +207,43 @@ def _check_postgres(facts: AirflowFacts, conn_id: str, source: str, schema: str,
     return Check(name, "ok", f"connects; {schema}.{table} readable (source {source!r})")
 
 
+def check_feedback(config: PipelineConfig, connection_uri: str | None) -> list[Check]:
+    """The feedback store selection writes to is reachable and not newer than this code; the roster has experts.
+
+    ``connection_uri`` is the ``dctp_feedback`` connection's, when defined; else the store is where ``dctp`` commands
+    look (``$DCTP_FEEDBACK_URL``, else SQLite under ``$AIRFLOW_HOME``).
+    """
+    from dctp_tasks.feedback import db
+
+    name = "feedback store"
+    if config.annotation.budget == 0:
+        return [Check(name, "skip", "annotation.budget is 0: no documents are selected for annotation")]
+    url = db.connection_url(connection_uri) if connection_uri else db.feedback_url()
+    engine = db.create_feedback_engine(url)
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        done = retrying(lambda: db.applied_versions(engine))
+    except Exception as exc:
+        return [Check(name, "fail", f"cannot reach {where}: {describe_error(exc)}",
+                      f"check host, port, database and credentials of the {db.CONN_ID} connection (or "
+                      "DCTP_FEEDBACK_URL); without one the store is SQLite under $AIRFLOW_HOME")]
+    finally:
+        engine.dispose()
+    checks = []
+    newer = [v for v in done if v > db.LATEST]
+    if newer:
+        checks.append(Check(name, "fail", f"{where} has migrations {newer} this code does not know",
+                            "upgrade dctp to the version that migrated the store"))
+    else:
+        behind = "" if db.LATEST in done else f" (feedback_db applies migrations up to {db.LATEST})"
+        checks.append(Check(name, "ok", f"{where}: schema version {max(done, default=0)}{behind}"))
+    if not config.annotation.experts:
+        checks.append(Check("expert roster", "warn", "annotation.experts is empty: documents are selected, but no "
+                                                     "expert is assigned to judge them",
+                            "name the experts (Airflow user names) under annotation.experts in the config file"))
+    return checks
+
+
 def check_models(config: PipelineConfig) -> list[Check]:
     """Every model a run loads is on disk (runs load them offline), by scorer and dedup stage."""
     from dctp_tasks.preflight.models import model_checks

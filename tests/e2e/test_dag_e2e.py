@@ -15,14 +15,19 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
+from dctp_tasks.config import load_config
 from dctp_tasks.export import METADATA_PREFIX, committed_ledger, open_table
+from dctp_tasks.feedback.store import FeedbackStore
 from dctp_tasks.ledger import ledger_report
 from dctp_tasks.storage import S3Options, Storage
 from tests.conftest import REPO, config_file
 from tests.conftest import rejects as staged_drops
 
 DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
-STAGES = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "score", "quality", "export"]
+STAGES = ["ingest", "normalize", "dedup_exact", "dedup_near", "dedup_semantic", "score", "quality",
+          "select_for_annotation", "export"]
+#: The expert roster of the runs (the config file's: a run may not change who judges).
+ROSTER = {"annotation.experts": {"alice": {}, "bob": {"domains": ["news"]}, "carol": {"seniority": "senior"}}}
 #: The S3 run scores without the CPU-slow perplexity model (the local run keeps it), to keep the suite's time.
 NO_PERPLEXITY = {"quality.scorers.perplexity.enabled": False}
 
@@ -84,6 +89,9 @@ def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[s
         assert report.by_outcome["quarantined"] > 0
         check_quality(storage, dt, commit["version"])
 
+    store = FeedbackStore.open(None, load_config().annotation)
+    batches = check_feedback(store, storage, history)
+
     toxic = [r for dt in DATES for r in committed_ledger(storage, "curated", dt)[1].to_pylist()
              if r["reason"] == "toxic"]
     assert toxic and all(r["detail"].startswith("toxicity=") for r in toxic), \
@@ -92,9 +100,15 @@ def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[s
     # later dates lost their copies of earlier documents to history
     assert all(survivors[a].isdisjoint(survivors[b]) for a in DATES for b in DATES if a < b)
 
+    # an expert judges one document of the middle date: its re-run must keep that batch as it is
+    judged = store.open_queue("carol", dt=DATES[1])[0]
+    store.submit("carol", judged.item_id, "bad", category="low_quality", rationale="boilerplate")
     before = partition(storage, DATES[1])
     run_date(dag, DATES[1], conf)
     assert len(commits(storage)) == 4
+    kept = store.batch(DATES[1])
+    assert (kept.batch_id, kept.items, kept.judged) == (batches[DATES[1]].batch_id, batches[DATES[1]].items, 1)
+    assert kept.table_version == commits(storage)[-1]["version"], "the batch names the version now exported"
     after = partition(storage, DATES[1])
     assert after.drop_columns(["lineage", "scores"]).equals(before.drop_columns(["lineage", "scores"])), \
         "re-run changed the date"
@@ -106,8 +120,36 @@ def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[s
     for dt in reversed(DATES):
         run_date(dag, dt, conf)
     assert len(commits(storage)) == 7
+    assert store.batch(DATES[1]).batch_id == batches[DATES[1]].batch_id
+    assert store.batch(DATES[0]).batch_id != batches[DATES[0]].batch_id, "an unjudged batch is chosen anew"
+    check_feedback(store, storage, commits(storage)[-3:])
+    store.engine.dispose()
     assert {dt: set(partition(storage, dt).column("doc_id").to_pylist()) for dt in DATES} == survivors
     return survivors
+
+
+def check_feedback(store: FeedbackStore, storage: Storage, history: list[dict]) -> dict:
+    """Each date has one batch within the budget, from its own rows as exported (kept) or dropped by a quality
+    rule (the audit share), assigned to two experts who may judge its domain; return the batches by date."""
+    batches = {}
+    for commit in history:
+        dt = commit[f"{METADATA_PREFIX}dt"]
+        batch = batches[dt] = store.batch(dt)
+        assert batch is not None and 0 < batch.items <= 100, f"{dt}: no batch within the default budget of 100"
+        assert batch.table_version == commit["version"] and batch.run_id == commit[f"{METADATA_PREFIX}run_id"]
+        exported = {r["doc_id"]: r["text"] for r in partition(storage, dt, commit["version"]).select(
+            ["doc_id", "text"]).to_pylist()}
+        _, rejects = committed_ledger(storage, "curated", dt, commit["version"])
+        filtered = set(rejects.filter(pc.equal(rejects.column("stage"), "quality")).column("doc_id").to_pylist())
+        items = [store.history(doc_id) for doc_id in store.queued_doc_ids() if store.history(doc_id).item.dt == dt]
+        assert len(items) == batch.items
+        audit = [h for h in items if h.item.pool == "filtered"]
+        assert audit and all(h.item.doc_id in filtered and h.item.strategy == "audit" for h in audit)
+        for h in items:
+            if h.item.pool == "kept":
+                assert exported[h.item.doc_id] == h.item.text, "the expert sees the text as it was exported"
+            assert len(h.assigned) == 2 and ("bob" not in h.assigned or h.item.domain == "news")
+    return batches
 
 
 def check_quality(storage: Storage, dt: str, version: int) -> None:
@@ -151,7 +193,8 @@ def check_mlflow(dt_runs: list[str]) -> None:
         artifacts = {a.path for a in client.list_artifacts(finished[0].info.run_id)}
         assert {"ledger.json", "ledger.txt", "reports"} <= artifacts
         reports = {a.path for a in client.list_artifacts(finished[0].info.run_id, "reports")}
-        assert reports == {"reports/dedup_near.md", "reports/dedup_semantic.md", "reports/quality.md"}
+        assert reports == {"reports/dedup_near.md", "reports/dedup_semantic.md", "reports/quality.md",
+                           "reports/select_for_annotation.md"}
         plots = {a.path for a in client.list_artifacts(finished[0].info.run_id, "plots")}
         assert {"plots/quality.png", "plots/heuristics.png", "plots/pii.png"} <= plots
         verdicts = metrics["quality.pass"] + metrics["quality.review"] + metrics["quality.fail"]
@@ -162,6 +205,8 @@ def check_mlflow(dt_runs: list[str]) -> None:
 def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):
     root = (tmp_path / "data").as_uri()
     monkeypatch.setenv("DCTP_DATA_ROOT", root)
+    monkeypatch.setenv("DCTP_CONFIG", str(config_file(tmp_path, ROSTER)))
+    monkeypatch.setenv("DCTP_FEEDBACK_URL", f"sqlite:///{tmp_path}/feedback.db")
     storage = Storage(root)
     demo_corpus().generate(storage, DATES, seed=7, rows_per_day=300)
 
@@ -179,7 +224,9 @@ def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):
 
 
 def test_three_dates_on_s3_with_postgres_source(dag, airflow_db, s3_bucket, moto_server, pg_conn, pg_table_name,
-                                                monkeypatch, tmp_path):
+                                                pg_database, monkeypatch, tmp_path):
+    # the feedback store on PostgreSQL, through the dctp_feedback connection and the postgres provider's hook
+    monkeypatch.setenv("AIRFLOW_CONN_DCTP_FEEDBACK", pg_database)
     # The pipeline must find the endpoint through the aws_default connection, not the environment.
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     connection = {"conn_type": "aws", "login": "testing", "password": "testing",
@@ -196,7 +243,7 @@ def test_three_dates_on_s3_with_postgres_source(dag, airflow_db, s3_bucket, moto
     # A new table source is a deployment change (the config file), never a per-run override.
     monkeypatch.setenv("DCTP_CONFIG", str(config_file(tmp_path, {"ingest.sources.articles_db.enabled": True,
                                                                  "ingest.sources.articles_db.postgres.table":
-                                                                     pg_table_name})))
+                                                                     pg_table_name, **ROSTER})))
     conf = {"config_overrides": NO_PERPLEXITY}
 
     survivors = check_three_dates(dag, storage, conf)

@@ -54,11 +54,19 @@ def dag():
 def storage(tmp_path, monkeypatch) -> Storage:
     root = (tmp_path / "data").as_uri()
     monkeypatch.setenv("DCTP_DATA_ROOT", root)
+    monkeypatch.setenv("DCTP_FEEDBACK_URL", f"sqlite:///{tmp_path}/feedback.db")
     storage = Storage(root)
     demo_corpus().generate(storage, [DT], seed=3, rows_per_day=200)
     storage.write_bytes(storage.path("landing", "web", f"dt={DT}", "extra.jsonl"),
                         "\n".join(json.dumps(r, ensure_ascii=False) for r in EXTRA).encode())
     return storage
+
+
+def feedback_store():
+    from dctp_tasks.config import load_config
+    from dctp_tasks.feedback.store import FeedbackStore
+
+    return FeedbackStore.open(None, load_config().annotation)
 
 
 def run(dag, conf: dict | None = None, expect: str = "success"):
@@ -107,6 +115,7 @@ def test_config_file_switches(dag, airflow_db, storage, tmp_path, monkeypatch):
         "normalize.fix_unicode": False,
         "ingest.max_quarantine_ratio": 0.2,  # the demo's malformed rows are a larger share without forum and news
         "export.meta_fields": ["_file", "author"],
+        "annotation.budget": 0,
         **FAST,
     })))
 
@@ -129,6 +138,7 @@ def test_config_file_switches(dag, airflow_db, storage, tmp_path, monkeypatch):
     tracked = client.search_runs([experiment.experiment_id], filter_string=f"tags.run_id = '{result.run_id}'") \
         if experiment else []
     assert tracked == [], "tracking.enabled false creates no MLflow run"
+    assert feedback_store().batch(DT) is None, "annotation.budget 0 switches selection off"
 
 
 def test_trigger_form_params(dag, airflow_db, storage):
@@ -145,7 +155,9 @@ def test_trigger_form_params(dag, airflow_db, storage):
         "min_quality": 0.88,  # the demo day's composite spans about 0.8-0.95 without perplexity
         "review_below": 1.0,
         "batch_size": 50,
-        "config_overrides": {"normalize.uncurl_quotes": True, "export.test_fraction": 0.5, **FAST},
+        "annotation_budget": 7,
+        "config_overrides": {"normalize.uncurl_quotes": True, "export.test_fraction": 0.5, **FAST,
+                             "annotation.audit_share": 0.3, "annotation.strategies": {"random": 1.0}},
     })
 
     commit, rejects = ledger(storage)
@@ -173,6 +185,11 @@ def test_trigger_form_params(dag, airflow_db, storage):
     params = tracked.data.params
     assert (params["normalize.min_chars"], params["batch_size"], params["quality.review_below"]) == ("80", "50", "1.0")
     assert commit["dctp.config_hash"] == tracked.data.tags["config_hash"]
+    store = feedback_store()
+    batch = store.batch(DT)
+    assert (batch.items, batch.budget, batch.config_hash) == (7, 7, commit["dctp.config_hash"])
+    items = [store.history(doc_id).item for doc_id in store.queued_doc_ids()]
+    assert sorted(i.strategy for i in items) == ["audit"] * 2 + ["random"] * 5, "30 % audit, the rest random"
 
 
 def test_a_missing_source_waits_then_fails_naming_it(dag, airflow_db, storage):

@@ -3,6 +3,8 @@ assignments, exclusions, the committee, and re-runs that keep judged batches."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -32,7 +34,7 @@ def test_scorers(monkeypatch):
 def day_rows(dt: str, n: int = 240, prefix: str = "") -> list[tuple]:
     """Texts of many lengths (the length scorer's quality) and x shares (the xmodel scorer's), in 3 domains and 2
     sources; every 10th row carries an e-mail address, and texts under 20 characters fail the length rule."""
-    rng = np.random.default_rng(abs(hash((dt, prefix))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{dt}/{prefix}".encode()))
     rows = []
     for i in range(n):
         words = int(rng.integers(1, 30))
@@ -174,8 +176,8 @@ def test_the_committee_of_expert_labels_joins_qbc(world):
     result = select(storage, store, cfg, "2026-05-09", decided(storage, "2026-05-09", cfg, day_rows("2026-05-09",
                                                                                                      prefix="b")))
     assert result.extra["committee_labels"] == 0, "no judgements yet: the scorers' vote entropy alone"
-    for item in store.open_queue("carol", limit=None)[:30]:
-        store.submit("carol", item.item_id, "good" if (item.quality or 0) > 0.5 else "bad")
+    for number, item in enumerate(store.open_queue("carol", limit=None)[:30]):
+        store.submit("carol", item.item_id, ("good", "bad")[number % 2])
     dt = "2026-05-10"
     result = select(storage, store, cfg, dt, decided(storage, dt, cfg, day_rows(dt, prefix="c")))
     assert result.extra["committee_labels"] == 30 and result.extra["picked_qbc"] > 0

@@ -192,3 +192,32 @@ def test_a_local_model_folder_is_read_as_a_folder(tmp_path, monkeypatch):
     (tmp_path / "models" / "minilm" / "config.json").write_text("{}")
     (tmp_path / "models" / "minilm" / "model.safetensors").write_bytes(b"")
     assert _named_model("model models/minilm", "models/minilm", "dedup_semantic", offline=True).status == "ok"
+
+
+def test_the_feedback_store_check_on_postgresql_and_sqlite(pg_database, tmp_path, monkeypatch):
+    from dctp_tasks.config import load_config
+    from dctp_tasks.feedback import db
+    from dctp_tasks.preflight.checks import check_feedback
+
+    roster = load_config(overrides={"annotation.experts": {"alice": {}}})
+    [new] = check_feedback(roster, pg_database)
+    assert new.status == "ok" and "schema version 0 (feedback_db applies migrations up to 1)" in new.detail
+    engine = db.create_feedback_engine(db.connection_url(pg_database))
+    db.upgrade(engine)
+    [current] = check_feedback(roster, pg_database)
+    assert current.status == "ok" and current.detail.endswith(f"schema version {db.LATEST}")
+    with engine.begin() as conn:  # a store migrated by a newer dctp
+        conn.exec_driver_sql(f"INSERT INTO {db.MIGRATIONS_TABLE} VALUES ({db.LATEST + 1}, 'future', now(), 'x')")
+    engine.dispose()
+    [newer] = check_feedback(roster, pg_database)
+    assert newer.status == "fail" and "upgrade dctp" in newer.fix
+
+    [down] = check_feedback(roster, "postgresql://nobody@127.0.0.1:1/nowhere")
+    assert down.status == "fail" and "cannot reach" in down.detail and "dctp_feedback" in down.fix
+
+    monkeypatch.setenv("DCTP_FEEDBACK_URL", f"sqlite:///{tmp_path}/feedback.db")
+    store, empty_roster = check_feedback(load_config(), None)
+    assert store.status == "ok" and "feedback.db" in store.detail
+    assert empty_roster.status == "warn" and "annotation.experts" in empty_roster.fix
+    [off] = check_feedback(load_config(overrides={"annotation.budget": 0}), None)
+    assert off.status == "skip"
