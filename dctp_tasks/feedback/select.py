@@ -62,11 +62,13 @@ def select_for_annotation_day(storage: Storage, config: PipelineConfig, dag_id: 
     result = StageResult(STAGE, storage.uri(kept_dir), version=input_version, output_stage=input_stage)
     with Timer() as timer:
         existing = store.batch(dt)
+        result.total = storage.count_rows(kept_dir)  # the decided rows, filtered ones added below when selecting
         if cfg.budget == 0:
-            result.extra = {"selected": 0, "switched_off": 1}
+            result.extra = {"selected": 0, "switched_off": 1, "vectors_encoded": 0}
             log.info("select_for_annotation dt=%s: annotation.budget is 0, selection is off", dt)
         elif existing is not None and existing.judged:
-            result.extra = {"selected": existing.items, "kept_judged_batch": 1, "batch_id": existing.batch_id}
+            result.extra = {"selected": existing.items, "kept_judged_batch": 1, "batch_id": existing.batch_id,
+                            "vectors_encoded": 0}
             log.info("select_for_annotation dt=%s: batch %d has %d judgements already; kept as it is", dt,
                      existing.batch_id, existing.judged)
         else:

@@ -71,7 +71,7 @@ def train_classifier(storage: Storage, name: str, data_path: str | Path, text_co
     embedding = embedding or EmbeddingConfig()
     path = Path(data_path)
     table = read_labeled(path, text_column, label_column)
-    texts, y, positive = _labels(table, text_column, label_column, positive_label)
+    texts, y, positive = binary_labels(table, text_column, label_column, positive_label)
     counts = np.bincount(y, minlength=2)
     if counts.min() < 2:
         raise ValueError(f"{path}: {label_column!r} == {positive!r} gives {int(counts[1])} positive and "
@@ -154,7 +154,7 @@ def read_labeled(path: Path, text_column: str, label_column: str) -> pa.Table:
     return table.select([text_column, label_column])
 
 
-def _labels(table: pa.Table, text_column: str, label_column: str,
+def binary_labels(table: pa.Table, text_column: str, label_column: str,
             positive_label: str | int | bool | None) -> tuple[list[str], np.ndarray, str]:
     """Return texts, 0/1 targets and the positive label (as text); rows with no label are dropped."""
     table = table.filter(pc.is_valid(table.column(label_column)))

@@ -136,7 +136,8 @@ def check_feedback(store: FeedbackStore, storage: Storage, history: list[dict]) 
         dt = commit[f"{METADATA_PREFIX}dt"]
         batch = batches[dt] = store.batch(dt)
         assert batch is not None and 0 < batch.items <= 100, f"{dt}: no batch within the default budget of 100"
-        assert batch.table_version == commit["version"] and batch.run_id == commit[f"{METADATA_PREFIX}run_id"]
+        assert batch.table_version == commit["version"], "the batch names the version its documents are in"
+        assert batch.judged or batch.run_id == commit[f"{METADATA_PREFIX}run_id"], "a judged batch is kept"
         exported = {r["doc_id"]: r["text"] for r in partition(storage, dt, commit["version"]).select(
             ["doc_id", "text"]).to_pylist()}
         _, rejects = committed_ledger(storage, "curated", dt, commit["version"])
@@ -200,6 +201,8 @@ def check_mlflow(dt_runs: list[str]) -> None:
         verdicts = metrics["quality.pass"] + metrics["quality.review"] + metrics["quality.fail"]
         assert verdicts == metrics["quality.total"]
         assert metrics["score_models.embeddings_encoded"] == 0, "relevance reuses semantic dedup's vectors"
+        assert metrics["select_for_annotation.vectors_encoded"] == 0, "diversity reuses semantic dedup's vectors"
+        assert metrics["select_for_annotation.selected"] == 100, "the default budget, a batch kept or chosen anew"
 
 
 def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):

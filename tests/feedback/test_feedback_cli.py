@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import sys
-import uuid
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -149,51 +148,38 @@ def test_store_defaults_to_sqlite_under_airflow_home(capsys, monkeypatch, tmp_pa
     assert str(home / "dctp_feedback.db") in out and "applied now: 1" in out
 
 
-def test_store_from_the_airflow_connection_is_postgresql(capsys, monkeypatch, tmp_path, pg_dsn):
+def test_store_from_the_airflow_connection_is_postgresql(capsys, monkeypatch, tmp_path, pg_dsn, pg_database):
     import psycopg2
 
-    name = f"dctp_cli_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(pg_dsn, dbname="postgres", connect_timeout=5)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+    name = make_url(pg_database).database
+    pg = make_url(pg_dsn)
+    monkeypatch.setenv("AIRFLOW_CONN_DCTP_FEEDBACK", pg_database)
+    code, out, err = dctp(capsys, "--json", "db", "upgrade")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["applied"] == [1] and result["store"].startswith("postgresql+psycopg2://")
+    assert result["store"].endswith(f"/{name}")
+    conn = psycopg2.connect(pg_dsn, dbname=name)
     try:
-        pg = make_url(pg_dsn)
-        uri = f"postgresql://{pg.username or 'postgres'}@{pg.host or '127.0.0.1'}:{pg.port or 5432}/{name}"
-        monkeypatch.setenv("AIRFLOW_CONN_DCTP_FEEDBACK", uri)
-        code, out, err = dctp(capsys, "--json", "db", "upgrade")
-        assert code == 0, err
-        result = json.loads(out)
-        assert result["applied"] == [1] and result["store"].startswith("postgresql+psycopg2://")
-        assert result["store"].endswith(f"/{name}")
-        conn = psycopg2.connect(pg_dsn, dbname=name)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
-                tables = {r[0] for r in cur.fetchall()}
-                cur.execute("SELECT version FROM dctp_feedback_migrations")
-                versions = [r[0] for r in cur.fetchall()]
-        finally:
-            conn.close()
-        assert {"annotation_batches", "queue_items", "assignments", "annotations",
-                "dctp_feedback_migrations"} <= tables
-        assert versions == [1]
-        assert not (tmp_path / "airflow-home" / "dctp_feedback.db").exists()
-        # the connection as Airflow's JSON form names the same database: already up to date
-        monkeypatch.setenv("AIRFLOW_CONN_DCTP_FEEDBACK", json.dumps(
-            {"conn_type": "postgres", "host": pg.host or "127.0.0.1", "port": pg.port or 5432,
-             "login": pg.username or "postgres", "schema": name}))
-        code, out, err = dctp(capsys, "--json", "db", "upgrade")
-        assert code == 0, err
-        assert json.loads(out)["applied"] == []
-        code, out, err = dctp(capsys, "queue")
-        assert code == 0 and "0 documents queued" in out, err
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+            tables = {r[0] for r in cur.fetchall()}
+            cur.execute("SELECT version FROM dctp_feedback_migrations")
+            versions = [r[0] for r in cur.fetchall()]
     finally:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                        "AND pid <> pg_backend_pid()", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+        conn.close()
+    assert {"annotation_batches", "queue_items", "assignments", "annotations", "dctp_feedback_migrations"} <= tables
+    assert versions == [1]
+    assert not (tmp_path / "airflow-home" / "dctp_feedback.db").exists()
+    # the connection as Airflow's JSON form names the same database: already up to date
+    monkeypatch.setenv("AIRFLOW_CONN_DCTP_FEEDBACK", json.dumps(
+        {"conn_type": "postgres", "host": pg.host or "127.0.0.1", "port": pg.port or 5432,
+         "login": pg.username or "postgres", "schema": name}))
+    code, out, err = dctp(capsys, "--json", "db", "upgrade")
+    assert code == 0, err
+    assert json.loads(out)["applied"] == []
+    code, out, err = dctp(capsys, "queue")
+    assert code == 0 and "0 documents queued" in out, err
 
 
 def test_an_airflow_connection_that_is_not_postgres_is_refused(capsys, monkeypatch):

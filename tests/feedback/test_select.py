@@ -11,12 +11,12 @@ import pytest
 from dctp_tasks.config import load_config
 from dctp_tasks.feedback.select import AUDIT, select_for_annotation_day
 from dctp_tasks.feedback.store import FeedbackStore
-from dctp_tasks.quality import registry
 from dctp_tasks.quality.decide import decide_day
 from dctp_tasks.quality.scoring import score_day
 from dctp_tasks.staging import stage_rejects, stage_rows
 from dctp_tasks.storage import Storage
 from tests.conftest import stage_dedup_input
+from tests.quality.scorers_for_tests import use_test_scorers
 
 DAG = "dag"
 DOMAINS = ("news", "forum", "science")
@@ -25,10 +25,7 @@ EXPERTS = {"alice": {}, "bob": {"domains": ["news"]}, "carol": {"seniority": "se
 
 @pytest.fixture(autouse=True)
 def test_scorers(monkeypatch):
-    monkeypatch.setitem(registry.BUILTIN, "length", ("tests.quality.scorers_for_tests", "LengthScorer",
-                                                      "LengthConfig"))
-    monkeypatch.setitem(registry.BUILTIN, "xmodel", ("tests.quality.scorers_for_tests", "XModelScorer",
-                                                      "XModelConfig"))
+    use_test_scorers(monkeypatch)
 
 
 def day_rows(dt: str, n: int = 240, prefix: str = "") -> list[tuple]:
@@ -146,7 +143,8 @@ def test_a_queued_document_is_never_chosen_again_and_budget_zero_is_off(world):
 
     off = load_config(overrides=settings(**{"annotation.budget": 0}))
     result = select(storage, store, off, "2026-05-06", decided(storage, "2026-05-06", off, day_rows("2026-05-06")))
-    assert result.extra == {"selected": 0, "switched_off": 1} and store.batch("2026-05-06") is None
+    assert result.extra == {"selected": 0, "switched_off": 1, "vectors_encoded": 0}
+    assert store.batch("2026-05-06") is None
 
 
 def test_a_rerun_replaces_an_unjudged_batch_and_keeps_a_judged_one(world):

@@ -60,3 +60,13 @@ class XModelScorer(Scorer):
 
     def quality(self, scores: dict[str, np.ndarray], domains: np.ndarray) -> np.ndarray:
         return 1.0 - scores["share"]
+
+
+def use_test_scorers(monkeypatch) -> None:
+    """Register ``length`` and ``xmodel`` as built-in scorers for one test."""
+    from dctp_tasks.quality import registry
+
+    monkeypatch.setitem(registry.BUILTIN, "length", ("tests.quality.scorers_for_tests", "LengthScorer",
+                                                      "LengthConfig"))
+    monkeypatch.setitem(registry.BUILTIN, "xmodel", ("tests.quality.scorers_for_tests", "XModelScorer",
+                                                      "XModelConfig"))

@@ -12,7 +12,7 @@ from dctp_tasks.quality.scoring import score_day
 from dctp_tasks.storage import Storage, staging_dir
 from tests.conftest import rejects as staged_drops
 from tests.conftest import stage_dedup_input, staged
-from tests.quality.scorers_for_tests import XModelScorer
+from tests.quality.scorers_for_tests import XModelScorer, use_test_scorers
 
 DAG, DT = "dag", "2026-05-01"
 SCORERS = {"length": {}, "xmodel": {}}
@@ -28,10 +28,7 @@ ROWS = [
 
 @pytest.fixture(autouse=True)
 def test_scorers(monkeypatch):
-    monkeypatch.setitem(registry.BUILTIN, "length", ("tests.quality.scorers_for_tests", "LengthScorer",
-                                                      "LengthConfig"))
-    monkeypatch.setitem(registry.BUILTIN, "xmodel", ("tests.quality.scorers_for_tests", "XModelScorer",
-                                                      "XModelConfig"))
+    use_test_scorers(monkeypatch)
 
 
 @pytest.fixture
