@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python bench/bench_dedup.py --sizes 10000 100000 1000000
 	$(BIN)/python bench/bench_quality.py --sizes 10000 100000
 	$(BIN)/python bench/bench_selection.py --rows 1000000
+	$(BIN)/python bench/bench_al_simulate.py
 
 lint: install
 	$(BIN)/ruff check dctp_tasks dags plugins include tests bench
