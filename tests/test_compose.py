@@ -619,6 +619,19 @@ def test_mlflow_backend_store_is_its_own_postgres_database_created_by_the_init_s
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_feedback_store_is_its_own_postgres_database_created_by_the_init_script(services):
+    from dctp_tasks.feedback.db import connection_url
+
+    pg_env = effective_env(services["postgres"])
+    for name in AIRFLOW_SERVICES:
+        url = connection_url(effective_env(services[name])["AIRFLOW_CONN_DCTP_FEEDBACK"])
+        assert (url.host, url.port, url.drivername) == ("postgres", 5432, "postgresql+psycopg2")
+        assert (url.username, url.password) == (pg_env["FEEDBACK_DB_USER"], pg_env["FEEDBACK_DB_PASSWORD"])
+        assert url.database == pg_env["FEEDBACK_DB_USER"] != pg_env["POSTGRES_DB"]
+    text = "\n".join(s.read_text(encoding="utf-8") for s in sorted(PG_INIT_DIR.glob("*.sh")))
+    assert 'create "${FEEDBACK_DB_USER}" "${FEEDBACK_DB_PASSWORD}"' in text
+
+
 # --- images -------------------------------------------------------------------------------------------------
 
 
