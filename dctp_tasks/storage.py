@@ -79,7 +79,7 @@ _UNDECODABLE = re.compile(r"magic bytes|[Tt]hrift|[Uu]nexpected end|[Cc]orrupt|[
 def data_root() -> str:
     """Return ``$DCTP_DATA_ROOT``, else ``$AIRFLOW_HOME/dctp-data`` as a ``file://`` URI (the embedded default)."""
     home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
-    return os.environ.get("DCTP_DATA_ROOT") or (home / "dctp-data").as_uri()
+    return os.environ.get("DCTP_DATA_ROOT") or (home / "dctp-data").absolute().as_uri()
 
 
 class DamagedTransfer(OSError):

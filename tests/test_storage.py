@@ -103,3 +103,14 @@ def test_bad_roots_are_named():
         Storage("gcs://x/y")
     with pytest.raises(ValueError, match="names no bucket"):
         Storage("s3:///prefix")
+
+
+def test_the_default_data_root_and_feedback_store_follow_a_relative_airflow_home(tmp_path, monkeypatch):
+    from dctp_tasks.feedback.db import default_url
+    from dctp_tasks.storage import data_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DCTP_DATA_ROOT", raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", "home")
+    assert data_root() == (tmp_path / "home" / "dctp-data").as_uri()
+    assert default_url() == f"sqlite:///{tmp_path / 'home' / 'dctp_feedback.db'}"

@@ -216,7 +216,7 @@ class SchemaOutdated(RuntimeError):
 def default_url() -> str:
     """Return the embedded default: ``sqlite:///$AIRFLOW_HOME/dctp_feedback.db``."""
     home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
-    return f"sqlite:///{home / 'dctp_feedback.db'}"
+    return f"sqlite:///{(home / 'dctp_feedback.db').absolute()}"
 
 
 def feedback_url() -> str | URL:

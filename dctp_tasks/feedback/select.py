@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dctp_tasks.config import AnnotationConfig, PipelineConfig
-from dctp_tasks.dedup.report import write_report
+from dctp_tasks.dedup.report import report_path, write_report
 from dctp_tasks.feedback import strategies as al
 from dctp_tasks.feedback.store import FeedbackStore, NewItem
 from dctp_tasks.quality.base import Scorer
@@ -69,15 +69,17 @@ def select_for_annotation_day(storage: Storage, config: PipelineConfig, dag_id: 
         elif existing is not None and existing.judged:
             result.extra = {"selected": existing.items, "kept_judged_batch": 1, "batch_id": existing.batch_id,
                             "vectors_encoded": 0}
+            if storage.exists(*report_path(dt, STAGE)):  # the kept batch's own report, logged with this run too
+                result.extra["report"] = "/".join(report_path(dt, STAGE))
             log.info("select_for_annotation dt=%s: batch %d has %d judgements already; kept as it is", dt,
                      existing.batch_id, existing.judged)
         else:
             scores_dir = stage_rows(storage, scores_dag_id or dag_id, dt, scores_stage, scores_version)
             day = read_day(storage, scores_dir, config)
-            kept_rows = storage.count_rows(kept_dir)
-            if int(day.kept.sum()) != kept_rows:
-                raise ValueError(f"dt={dt}: {kept_dir} holds {kept_rows} rows but the scores it was decided from give "
-                                 f"{int(day.kept.sum())} kept: select from the scores decide read (scores_version)")
+            if int(day.kept.sum()) != result.total:
+                raise ValueError(f"dt={dt}: {kept_dir} holds {result.total} rows but the scores it was decided from "
+                                 f"give {int(day.kept.sum())} kept: select from the scores decide read "
+                                 "(scores_version)")
             queued = pa.array(store.queued_doc_ids(exclude_dt=dt), pa.string())
             available = ~pc.is_in(day.doc_ids, value_set=queued).to_numpy(zero_copy_only=False)
             source = VectorSource(storage, dt, config, scores_dir, day.doc_ids)

@@ -163,6 +163,7 @@ def test_a_rerun_replaces_an_unjudged_batch_and_keeps_a_judged_one(world):
     before = {i.doc_id for i in store.open_queue("carol", limit=None)}
     result = select(storage, store, cfg, dt, decision)
     assert result.extra["kept_judged_batch"] == 1 and store.batch(dt).batch_id == second.batch_id
+    assert "chosen **30**" in storage.read_bytes(storage.path(result.extra["report"])).decode(), "the kept batch's"
     assert store.batch(dt).items == 30 and {i.doc_id for i in store.open_queue("carol", limit=None)} == before
 
 
