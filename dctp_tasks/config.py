@@ -313,9 +313,8 @@ class AnnotationConfig(_Strict):
     """Share of the rest of the budget per strategy (normalised to sum to 1): ``uncertainty`` (composite quality
     closest to ``quality.review_below``, and the trained classifiers' margin), ``qbc`` (the scorers disagree, and a
     bootstrap committee of classifiers trained on expert labels disagrees, once there are enough labels),
-    ``random`` (an unbiased sample: it estimates the filters' precision)."""
-    uncertainty_measure: Literal["margin", "least_confidence", "entropy"] = "margin"
-    """How a trained classifier's probability becomes uncertainty (they rank a binary classifier alike)."""
+    ``random`` (an unbiased sample: it estimates the filters' precision). A classifier's uncertainty is its margin
+    (least confidence and entropy rank a binary classifier's documents alike)."""
     diversity: bool = True
     """Pick uncertainty and qbc documents by k-center greedy over their MiniLM vectors among each strategy's top
     candidates, so one batch never spends its budget on one cluster."""
@@ -442,7 +441,7 @@ RUN_OVERRIDABLE: tuple[str, ...] = (
     "dedup_semantic.history_batch_size", "dedup_semantic.nprobe",
     "quality.enabled", "quality.thresholds", "quality.domain_thresholds", "quality.weights", "quality.min_quality",
     "quality.review_below", "quality.scorers.*.enabled", "quality.scorers.*.batch_size",
-    "annotation.budget", "annotation.audit_share", "annotation.strategies", "annotation.uncertainty_measure",
+    "annotation.budget", "annotation.audit_share", "annotation.strategies",
     "annotation.diversity", "annotation.diversity_pool", "annotation.stratify_by", "annotation.stratification",
     "annotation.min_per_stratum", "annotation.experts_per_item", "annotation.due_days", "annotation.seed",
     "export.validation_fraction", "export.test_fraction",

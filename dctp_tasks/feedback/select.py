@@ -84,7 +84,8 @@ def select_for_annotation_day(storage: Storage, config: PipelineConfig, dag_id: 
             available = ~pc.is_in(day.doc_ids, value_set=queued).to_numpy(zero_copy_only=False)
             source = VectorSource(storage, dt, config, scores_dir, day.doc_ids)
             labeled = expert_labels(storage, config, store, source)
-            picks = choose(day, available, cfg, config.quality.review_below, dt, source, labeled)
+            stats: dict[str, int] = {"committee_members": 0}
+            picks = choose(day, available, cfg, config.quality.review_below, dt, source, labeled, stats)
             new_items = snapshot(storage, config, dt, day, picks, kept_dir, scores_dir,
                                  stage_rejects(storage, dag_id, dt, input_stage, input_version))
             assign(new_items, cfg, store.open_load(exclude_dt=dt))
@@ -96,7 +97,7 @@ def select_for_annotation_day(storage: Storage, config: PipelineConfig, dag_id: 
             result.kept = len(new_items)
             result.extra = {"selected": len(new_items), "batch_id": batch.batch_id,
                             "already_queued": int((~available).sum()), "vectors_encoded": source.encoded,
-                            "committee_labels": 0 if labeled is None else len(labeled[1]),
+                            "committee_labels": 0 if labeled is None else len(labeled[1]), **stats,
                             **pick_metrics(new_items, day)}
             result.extra["report"] = write_report(storage, dt, STAGE, render_report(dt, cfg, day, available,
                                                                                    new_items))
@@ -130,11 +131,11 @@ def read_day(storage: Storage, scores_dir: str, config: PipelineConfig) -> Day:
 def strategy_scores(day: Day, cfg: AnnotationConfig, review_below: float) -> dict[str, np.ndarray]:
     """Return each strategy's informativeness per row (higher = more; NaN where it has nothing to say)."""
     d = day.decisions
-    measure = {"margin": al.margin, "least_confidence": al.least_confidence, "entropy": al.entropy}
     parts = [al.closeness(d.quality, review_below)]
     for scorer in day.scorers:
         if scorer.name.startswith("classifier_"):
-            parts.append(measure[cfg.uncertainty_measure](d.scores[scorer.name]["probability"]))
+            # margin: least confidence and entropy rank a binary classifier's documents alike
+            parts.append(al.margin(d.scores[scorer.name]["probability"]))
     with np.errstate(all="ignore"):
         uncertainty = np.nanmean(np.vstack(parts), axis=0) if len(parts) > 1 else parts[0]
     votes = [scorer.quality(d.scores[scorer.name], d.domains) for scorer in day.scorers]
@@ -215,7 +216,8 @@ def expert_labels(storage: Storage, config: PipelineConfig, store: FeedbackStore
 
 
 def choose(day: Day, available: np.ndarray, cfg: AnnotationConfig, review_below: float, dt: str,
-           vectors: VectorSource, labeled: tuple[np.ndarray, np.ndarray] | None = None) -> list[Pick]:
+           vectors: VectorSource, labeled: tuple[np.ndarray, np.ndarray] | None = None,
+           stats: dict | None = None) -> list[Pick]:
     """Pick the batch: the audit share at random from filtered rows, the rest by strategy within each stratum.
 
     With ``labeled`` (expert-judged vectors and labels), ``qbc`` also asks a bootstrap committee of logistic
@@ -256,6 +258,8 @@ def choose(day: Day, available: np.ndarray, cfg: AnnotationConfig, review_below:
         scores["qbc"] = scores["qbc"].copy()
         committee = al.bootstrap_committee(labeled[0], labeled[1], matrix, members=cfg.committee_size,
                                            seed=cfg.seed)
+        if stats is not None:
+            stats["committee_members"] = len(committee)
         disagreement = al.kl_to_mean(committee)
         top = np.nanmax(disagreement) if len(disagreement) and np.isfinite(disagreement).any() else 0.0
         scaled = disagreement / top if top > 0 else np.zeros_like(disagreement)
@@ -356,7 +360,7 @@ def strategy_mix(cfg: AnnotationConfig) -> dict:
     total = sum(cfg.strategies.values())
     return {"strategies": {k: round(v / total, 6) for k, v in sorted(cfg.strategies.items())},
             "audit_share": cfg.audit_share, "diversity": cfg.diversity, "diversity_pool": cfg.diversity_pool,
-            "uncertainty_measure": cfg.uncertainty_measure, "stratify_by": cfg.stratify_by,
+            "stratify_by": cfg.stratify_by,
             "stratification": cfg.stratification, "min_per_stratum": cfg.min_per_stratum,
             "experts_per_item": cfg.experts_per_item, "seed": cfg.seed}
 

@@ -169,7 +169,8 @@ def test_a_rerun_replaces_an_unjudged_batch_and_keeps_a_judged_one(world):
 
 def test_the_committee_of_expert_labels_joins_qbc(world):
     storage, store, cfg = world
-    cfg = load_config(overrides=settings(**{"annotation.committee_min_labels": 20, "annotation.budget": 40}))
+    cfg = load_config(overrides=settings(**{"annotation.committee_min_labels": 20, "annotation.budget": 40,
+                                            "annotation.committee_size": 3}))
     store.config = cfg.annotation
     select(storage, store, cfg, "2026-05-08", decided(storage, "2026-05-08", cfg, day_rows("2026-05-08")))
     result = select(storage, store, cfg, "2026-05-09", decided(storage, "2026-05-09", cfg, day_rows("2026-05-09",
@@ -180,4 +181,91 @@ def test_the_committee_of_expert_labels_joins_qbc(world):
     dt = "2026-05-10"
     result = select(storage, store, cfg, dt, decided(storage, dt, cfg, day_rows(dt, prefix="c")))
     assert result.extra["committee_labels"] == 30 and result.extra["picked_qbc"] > 0
+    assert result.extra["committee_members"] == 3
     assert result.extra["vectors_encoded"] > 0, "no stored vectors in this test: the judged documents were encoded"
+
+
+def skewed_rows(dt: str) -> list[tuple]:
+    """A day whose strata differ in size: 140 news, 62 forum, 20 science rows, all from web."""
+    rows = day_rows(dt, n=222)
+    domains = ["news"] * 140 + ["forum"] * 62 + ["science"] * 20
+    return [(f"web/{i}", text, None, domain) for i, ((_, text, _, _), domain) in enumerate(zip(rows, domains))]
+
+
+def batch_items(store: FeedbackStore, dt: str) -> list:
+    return [h.item for h in map(store.history, store.queued_doc_ids()) if h.item.dt == dt]
+
+
+@pytest.mark.parametrize(("mode", "minimum"), [("proportional", 0), ("proportional", 5), ("equal", 1)])
+def test_stratification_and_its_minimum(world, mode, minimum):
+    storage, store, _ = world
+    dt = "2026-05-11"
+    cfg = load_config(overrides=settings(**{"annotation.budget": 30, "annotation.audit_share": 0.0,
+                                            "annotation.stratify_by": ["domain"], "annotation.stratification": mode,
+                                            "annotation.min_per_stratum": minimum}))
+    decision = decided(storage, dt, cfg, skewed_rows(dt))
+    kept = storage.read_table(stage_rows(storage, DAG, dt, "quality", decision["version"]),
+                              columns=["domain"]).column("domain").to_pylist()
+    sizes = {d: kept.count(d) for d in ("news", "forum", "science")}
+    assert min(sizes.values()) >= 10 and sizes["news"] > 5 * sizes["science"], sizes
+    select(storage, store, cfg, dt, decision)
+    chosen = {d: sum(1 for i in batch_items(store, dt) if i.domain == d) for d in sizes}
+    assert sum(chosen.values()) == 30
+    if mode == "equal":
+        assert chosen == {"news": 10, "forum": 10, "science": 10}
+    else:
+        share = {d: 30 * n / len(kept) for d, n in sizes.items()}
+        assert chosen["science"] == max(minimum, round(share["science"])), (chosen, share)
+        assert abs(chosen["news"] - share["news"]) <= minimum + 1, (chosen, share)
+
+
+def test_experts_per_item_and_the_seed_of_the_random_share(world):
+    storage, store, _ = world
+    dt = "2026-05-12"
+    random_only = {"annotation.strategies": {"random": 1.0}, "annotation.audit_share": 0.0}
+    cfg = load_config(overrides=settings(**random_only, **{"annotation.experts_per_item": 1}))
+    decision = decided(storage, dt, cfg, day_rows(dt))
+    select(storage, store, cfg, dt, decision)
+    first = {i.doc_id for i in batch_items(store, dt)}
+    assert store.counts(dt)["assignments"] == 40 == len(first), "one expert per document"
+    select(storage, store, cfg, dt, decision)
+    assert {i.doc_id for i in batch_items(store, dt)} == first, "the same seed draws the same documents"
+    reseeded = load_config(overrides=settings(**random_only, **{"annotation.seed": 1}))
+    select(storage, store, reseeded, dt, decision)
+    assert {i.doc_id for i in batch_items(store, dt)} != first and store.counts(dt)["assignments"] == 80
+
+
+def test_diversity_spreads_the_batch_over_the_stored_vectors(world):
+    from dctp_tasks.config import SemanticDedupConfig
+    from dctp_tasks.dedup.semantic import _write_state
+    from dctp_tasks.embeddings import encoder_identity
+
+    storage, store, _ = world
+    dt = "2026-05-13"
+    base = {"annotation.strategies": {"uncertainty": 1.0}, "annotation.audit_share": 0.0,
+            "annotation.stratify_by": [], "annotation.budget": 10}
+    cfg = load_config(overrides=settings(**base))
+    decision = decided(storage, dt, cfg, day_rows(dt))
+    # semantic dedup's stored vectors: the 30 documents nearest the review line are one near-duplicate cluster
+    scores = storage.read_table(stage_rows(storage, DAG, dt, "score_models"), columns=["doc_id"])
+    kept = storage.read_table(stage_rows(storage, DAG, dt, "quality", decision["version"]),
+                              columns=["doc_id", "quality"]).to_pylist()
+    cluster = {r["doc_id"] for r in sorted(kept, key=lambda r: abs(r["quality"] - 0.5))[:30]}
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(scores.num_rows, 384)).astype(np.float32)
+    ids = scores.column("doc_id").to_pylist()
+    vectors[[i for i, d in enumerate(ids) if d in cluster]] = rng.normal(size=384) + 0.01 * rng.normal(size=(30, 384))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    _write_state(storage, dt, scores.column("doc_id").combine_chunks(), vectors, "float16",
+                 encoder_identity(SemanticDedupConfig(), 384))
+
+    plain = load_config(overrides=settings(**base, **{"annotation.diversity": False}))
+    select(storage, store, plain, dt, decision)
+    assert {i.doc_id for i in batch_items(store, dt)} <= cluster, "without diversity: the 10 nearest the line"
+    diverse = load_config(overrides=settings(**base, **{"annotation.diversity": True}))
+    result = select(storage, store, diverse, dt, decision)
+    assert result.extra["vectors_encoded"] == 0, "the stored vectors are reused"
+    assert len({i.doc_id for i in batch_items(store, dt)} & cluster) <= 2, "k-center leaves the cluster at once"
+    narrow = load_config(overrides=settings(**base, **{"annotation.diversity_pool": 1}))
+    select(storage, store, narrow, dt, decision)
+    assert {i.doc_id for i in batch_items(store, dt)} <= cluster, "k-center among only 20 candidates, all in it"
