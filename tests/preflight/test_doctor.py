@@ -20,14 +20,18 @@ pytestmark = pytest.mark.slow
 DCTP = str(Path(sys.executable).with_name("dctp"))
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 EVERY_CHECK = {"config", "data root", "pool default_pool", "queues", "airflow version", "provider standard",
-               "deltalake", "pyarrow", "model MiniLM", "model SmolLM2", "model toxicity", "mlflow", "delta table"}
+               "deltalake", "pyarrow", "model MiniLM", "model SmolLM2", "model toxicity", "mlflow", "delta table",
+               "feedback store"}
 
 
 @pytest.fixture
 def env(airflow_db, tmp_path) -> dict[str, str]:
-    """A good setup: a writable data root and MLflow store, the metadata DB migrated, the models prepared."""
+    """A good setup: a writable data root and MLflow store, the metadata DB migrated, the models prepared, a feedback
+    store and a roster of experts."""
     env = {k: v for k, v in os.environ.items() if k not in {"DCTP_GPU_POOL", "DCTP_GPU_QUEUE", "DCTP_CONFIG"}}
-    env.update(DCTP_DATA_ROOT=(tmp_path / "data").as_uri(), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env.update(DCTP_DATA_ROOT=(tmp_path / "data").as_uri(), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+               DCTP_FEEDBACK_URL=f"sqlite:///{tmp_path / 'feedback.db'}",
+               DCTP_CONFIG=str(config_file(tmp_path, {"annotation.experts": {"alice": {}}})))
     return env
 
 
