@@ -213,7 +213,8 @@ def feedback_store(config: PipelineConfig) -> Iterator:
     """Open the feedback store (its schema must be current: ``feedback_db`` upgrades it) with the config's roster."""
     from dctp_tasks.feedback.store import FeedbackStore
 
-    engine = feedback_engine()
+    with permanent_errors():  # a connection without a host, a URL of another database: retrying cannot fix it
+        engine = feedback_engine()
     try:
         with permanent_errors():
             yield FeedbackStore(engine, config.annotation)
@@ -225,9 +226,11 @@ def upgrade_feedback_store() -> dict:
     """Apply the feedback store's missing migrations; return where it is and what was applied."""
     from dctp_tasks.feedback import db
 
-    engine = feedback_engine()
+    with permanent_errors():
+        engine = feedback_engine()
     try:
-        applied = db.upgrade(engine)
+        with permanent_errors():  # a store newer than the code fails at once; a database restarting is retried
+            applied = db.upgrade(engine)
         return {"store": engine.url.render_as_string(hide_password=True), "applied": applied,
                 "schema_version": db.LATEST}
     finally:
