@@ -133,7 +133,7 @@ def finish(run: RunContext, started: dict, ingested: int, exported: dict, stamp_
         check_ledger(report)
     if stamp_batch:
         with feedback_store(run.config) as store:
-            store.stamp_table_version(run.dt, version)
+            store.stamp_table_version(run.dt, version, run_id=run.run_id)
     if mlflow_run_id:
         tracking.close_run(cfg, mlflow_run_id)
     return report.as_dict()
@@ -205,7 +205,9 @@ def feedback_engine():
         return db.create_feedback_engine(db.feedback_url())
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    return db.create_feedback_engine(PostgresHook(postgres_conn_id=db.CONN_ID).sqlalchemy_url)
+    hook = PostgresHook(postgres_conn_id=db.CONN_ID)
+    # the hook's URL carries only ``sqlalchemy_query``: TLS and timeout extras are added, as its get_conn() would
+    return db.create_feedback_engine(db.with_libpq_options(hook.sqlalchemy_url, hook.connection.extra_dejson))
 
 
 @contextmanager

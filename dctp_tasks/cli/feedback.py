@@ -1,7 +1,8 @@
 """The feedback store from a shell: ``dctp db upgrade``, ``dctp queue``, ``dctp annotate``, ``dctp feedback``.
 
 The store is ``--store URL``, else ``$DCTP_FEEDBACK_URL``, else the Airflow connection ``dctp_feedback`` given as
-``$AIRFLOW_CONN_DCTP_FEEDBACK``, else ``sqlite:///$AIRFLOW_HOME/dctp_feedback.db`` — where the DAG's tasks look.
+``$AIRFLOW_CONN_DCTP_FEEDBACK``, else ``sqlite:///$AIRFLOW_HOME/dctp_feedback.db``. The DAG's tasks read the
+connection first (from any secrets backend): where it lives only in a secrets backend, pass ``--store``.
 The roster and categories come from the config file (``annotation``).
 """
 
@@ -126,12 +127,12 @@ def annotate_loop(store: FeedbackStore, expert: str, stdin: TextIO, stdout: Text
     out: Callable[[str], None] = lambda text: print(text, file=stdout, flush=True)  # noqa: E731
     categories = ", ".join(store.config.categories)
     while True:
-        queue = store.open_queue(expert, limit=None, dt=dt)
+        queue = store.open_queue(expert, limit=1, dt=dt)
         if not queue:
             out(f"{expert}: nothing left to judge" + (f" for {dt}" if dt else "") + ".")
             break
         item = queue[0]
-        out(render_item(item, len(queue), max_chars))
+        out(render_item(item, store.open_count(expert, dt=dt), max_chars))
         while True:
             stdout.write(f"[g]ood [b]ad [s]kip (+ #category: {categories}; + rationale), [u]ndo, [q]uit > ")
             stdout.flush()
@@ -192,8 +193,8 @@ def render_queue(out: dict) -> str:
     lines = [f"{'expert':<20} {'stratum':<32} {'assigned':>8} {'done':>6} {'open':>6}  next due"]
     for row in out["rows"]:
         due = row["next_due"].strftime("%Y-%m-%d") if row["next_due"] else "-"
-        lines.append(f"{row['expert']:<20} {row['stratum'][:32]:<32} {row['assigned']:>8} {row['done']:>6} "
-                     f"{row['open']:>6}  {due}")
+        lines.append(f"{safe(row['expert']):<20} {safe(row['stratum'])[:32]:<32} {row['assigned']:>8} "
+                     f"{row['done']:>6} {row['open']:>6}  {due}")
     c = out["counts"]
     lines.append(f"{c['items']} documents queued, {c['assignments']} assignments: {c['done']} done, {c['open']} open; "
                  + ", ".join(f"{k} {v}" for k, v in c["labels"].items()))

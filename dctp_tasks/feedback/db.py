@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
@@ -35,15 +35,15 @@ metadata = sa.MetaData()
 batches = sa.Table(
     "annotation_batches", metadata,
     sa.Column("batch_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("dag_id", sa.Text, nullable=False),
     sa.Column("dt", sa.String(10), nullable=False, unique=True),
-    sa.Column("run_id", sa.String(250)),
+    sa.Column("run_id", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("budget", sa.Integer, nullable=False),
     sa.Column("strategy_mix", sa.Text, nullable=False),
     sa.Column("config_hash", sa.String(64), nullable=False),
     sa.Column("mlflow_run_id", sa.String(64)),
-    sa.Column("staged_version", sa.String(100)),
+    sa.Column("staged_version", sa.Text),
     sa.Column("table_version", sa.Integer),
     sa.Column("items", sa.Integer, nullable=False),
 )
@@ -52,24 +52,24 @@ items = sa.Table(
     sa.Column("item_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
     sa.Column("batch_id", sa.BigInteger, sa.ForeignKey("annotation_batches.batch_id"), nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("doc_id", sa.String(1000), nullable=False, unique=True),
+    sa.Column("doc_id", sa.Text, nullable=False, unique=True),
     sa.Column("dt", sa.String(10), nullable=False),
-    sa.Column("source", sa.String(250)),
-    sa.Column("domain", sa.String(250)),
-    sa.Column("lang", sa.String(32)),
+    sa.Column("source", sa.Text),
+    sa.Column("domain", sa.Text),
+    sa.Column("lang", sa.Text),
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("prompt", sa.Text),
     sa.Column("response", sa.Text),
     sa.Column("scores", sa.Text, nullable=False),
     sa.Column("quality", sa.Float),
     sa.Column("verdict", sa.String(16)),
-    sa.Column("filter_reason", sa.String(250)),
+    sa.Column("filter_reason", sa.Text),
     sa.Column("filter_detail", sa.Text),
     sa.Column("pool", sa.String(16), nullable=False),
     sa.Column("strategy", sa.String(32), nullable=False),
     sa.Column("strategy_score", sa.Float),
-    sa.Column("stratum", sa.String(500), nullable=False),
-    sa.Column("staged_version", sa.String(100)),
+    sa.Column("stratum", sa.Text, nullable=False),
+    sa.Column("staged_version", sa.Text),
     sa.Column("table_version", sa.Integer),
 )
 assignments = sa.Table(
@@ -103,15 +103,15 @@ _TYPES = {
 _INITIAL = [
     """CREATE TABLE annotation_batches (
         batch_id {id},
-        dag_id VARCHAR(250) NOT NULL,
+        dag_id TEXT NOT NULL,
         dt VARCHAR(10) NOT NULL UNIQUE,
-        run_id VARCHAR(250),
+        run_id TEXT,
         created_at {ts} NOT NULL,
         budget INTEGER NOT NULL,
         strategy_mix TEXT NOT NULL,
         config_hash VARCHAR(64) NOT NULL,
         mlflow_run_id VARCHAR(64),
-        staged_version VARCHAR(100),
+        staged_version TEXT,
         table_version INTEGER,
         items INTEGER NOT NULL
     )""",
@@ -119,24 +119,24 @@ _INITIAL = [
         item_id {id},
         batch_id {ref} NOT NULL REFERENCES annotation_batches (batch_id),
         position INTEGER NOT NULL,
-        doc_id VARCHAR(1000) NOT NULL UNIQUE,
+        doc_id TEXT NOT NULL UNIQUE,
         dt VARCHAR(10) NOT NULL,
-        source VARCHAR(250),
-        domain VARCHAR(250),
-        lang VARCHAR(32),
+        source TEXT,
+        domain TEXT,
+        lang TEXT,
         text TEXT NOT NULL,
         prompt TEXT,
         response TEXT,
         scores TEXT NOT NULL,
         quality {real},
         verdict VARCHAR(16),
-        filter_reason VARCHAR(250),
+        filter_reason TEXT,
         filter_detail TEXT,
         pool VARCHAR(16) NOT NULL CHECK (pool IN ('kept', 'filtered')),
         strategy VARCHAR(32) NOT NULL,
         strategy_score {real},
-        stratum VARCHAR(500) NOT NULL,
-        staged_version VARCHAR(100),
+        stratum TEXT NOT NULL,
+        staged_version TEXT,
         table_version INTEGER
     )""",
     "CREATE INDEX ix_queue_items_batch ON queue_items (batch_id, position)",
@@ -232,16 +232,31 @@ def feedback_url() -> str | URL:
 
 
 def connection_url(conn: str) -> URL:
-    """Return the SQLAlchemy URL of an Airflow connection given as a URI (``postgresql://…``) or as JSON."""
+    """Return the SQLAlchemy URL of an Airflow connection given as a URI (``postgresql://…``) or as JSON, with its
+    libpq options (``sslmode``, ``sslrootcert`` …) from the URI's query or the JSON ``extra``."""
     if conn.lstrip().startswith("{"):
         fields = json.loads(conn)
-        return postgres_url(fields.get("host"), fields.get("port"), fields.get("login"), fields.get("password"),
-                            fields.get("schema"))
+        extra = fields.get("extra") or {}
+        url = postgres_url(fields.get("host"), fields.get("port"), fields.get("login"), fields.get("password"),
+                           fields.get("schema"))
+        return with_libpq_options(url, json.loads(extra) if isinstance(extra, str) else extra)
     parts = urlsplit(conn)
     if parts.scheme not in {"postgres", "postgresql"}:
         raise ValueError(f"the {CONN_ID} connection must be a postgres:// connection, got {parts.scheme}://")
-    return postgres_url(parts.hostname, parts.port, unquote(parts.username or "") or None,
-                        unquote(parts.password or "") or None, parts.path.lstrip("/") or None)
+    url = postgres_url(parts.hostname, parts.port, unquote(parts.username or "") or None,
+                       unquote(parts.password or "") or None, parts.path.lstrip("/") or None)
+    return with_libpq_options(url, dict(parse_qsl(parts.query)))
+
+
+LIBPQ_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl", "connect_timeout",
+                 "application_name", "options", "target_session_attrs", "keepalives", "keepalives_idle")
+"""Connection extras passed on to libpq: TLS and timeouts must not be lost on the way to the engine."""
+
+
+def with_libpq_options(url: URL, extra: dict) -> URL:
+    """Return ``url`` with the libpq options among a connection's ``extra``."""
+    options = {key: str(extra[key]) for key in LIBPQ_OPTIONS if extra.get(key) not in (None, "")}
+    return url.update_query_dict(options) if options else url
 
 
 def postgres_url(host: str | None, port: int | None, login: str | None, password: str | None,
@@ -282,14 +297,16 @@ def create_feedback_engine(url: str | URL) -> Engine:
 
 def _wal(cursor, timeout: float = 30.0) -> None:
     """Switch a SQLite database to WAL once. Switching ignores the busy timeout (two connections opening a new file
-    at once fail at once with "database is locked"), so it waits here instead."""
+    at once fail at once with "database is locked"), so it waits here instead. A database that cannot use WAL (in
+    memory, some network filesystems) keeps its journal mode."""
     import sqlite3
     import time
 
     deadline = time.monotonic() + timeout
-    while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+    while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() not in ("wal", "memory"):
         try:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            if cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                return  # refused without an error: this database cannot use WAL
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise

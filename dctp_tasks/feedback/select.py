@@ -8,6 +8,7 @@ semantic dedup's. A re-run replaces the date's batch only while nobody has judge
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from collections import Counter
@@ -89,21 +90,25 @@ def select_for_annotation_day(storage: Storage, config: PipelineConfig, dag_id: 
             new_items = snapshot(storage, config, dt, day, picks, kept_dir, scores_dir,
                                  stage_rejects(storage, dag_id, dt, input_stage, input_version))
             assign(new_items, cfg, store.open_load(exclude_dt=dt))
-            batch, _ = store.replace_batch(
+            batch, written = store.replace_batch(
                 dt=dt, dag_id=dag_id, run_id=run_id, budget=cfg.budget, config_hash=config.config_hash(),
                 strategy_mix=strategy_mix(cfg), mlflow_run_id=mlflow_run_id, staged_version=input_version,
                 new_items=new_items)
-            result.total = len(day.kept)
-            result.kept = len(new_items)
-            result.extra = {"selected": len(new_items), "batch_id": batch.batch_id,
-                            "already_queued": int((~available).sum()), "vectors_encoded": source.encoded,
-                            "committee_labels": 0 if labeled is None else len(labeled[1]), **stats,
-                            **pick_metrics(new_items, day)}
-            result.extra["report"] = write_report(storage, dt, STAGE, render_report(dt, cfg, day, available,
-                                                                                   new_items))
-            log.info("select_for_annotation dt=%s: %d of %d rows chosen into batch %d (%s)", dt, len(new_items),
-                     len(day.kept), batch.batch_id,
-                     ", ".join(f"{k} {v}" for k, v in Counter(i.strategy for i in new_items).most_common()))
+            if not written:  # judged while this run chose: the judged batch stays, and so does its report
+                result.extra = {"selected": batch.items, "kept_judged_batch": 1, "batch_id": batch.batch_id,
+                                "vectors_encoded": source.encoded}
+            else:
+                result.total = len(day.kept)
+                result.kept = len(new_items)
+                result.extra = {"selected": len(new_items), "batch_id": batch.batch_id,
+                                "already_queued": int((~available).sum()), "vectors_encoded": source.encoded,
+                                "committee_labels": 0 if labeled is None else len(labeled[1]), **stats,
+                                **pick_metrics(new_items, day)}
+                result.extra["report"] = write_report(storage, dt, STAGE, render_report(dt, cfg, day, available,
+                                                                                       new_items))
+                log.info("select_for_annotation dt=%s: %d of %d rows chosen into batch %d (%s)", dt, len(new_items),
+                         len(day.kept), batch.batch_id,
+                         ", ".join(f"{k} {v}" for k, v in Counter(i.strategy for i in new_items).most_common()))
     result.seconds = timer.seconds
     return result
 
@@ -423,4 +428,6 @@ def _plain(value):
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A table cell of untrusted text (a domain, a source): no control characters, no HTML, no column breaks."""
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", " ", text)
+    return html.escape(text).replace("|", "\\|")

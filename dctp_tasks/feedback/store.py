@@ -180,19 +180,31 @@ class FeedbackStore:
     # -- the expert's side -------------------------------------------------------------------------------------
 
     def open_queue(self, expert: str, limit: int | None = 50, dt: str | None = None) -> list[QueueItem]:
-        """Return the items assigned to ``expert`` that they have not judged yet, soonest due first."""
+        """Return the items assigned to ``expert`` that they have not judged yet, soonest due first (the first
+        ``limit``; texts are read for those only)."""
+        open_ids = self._open_ids(expert, dt)
+        page = open_ids if limit is None else open_ids[:limit]
+        with self._reading() as conn:
+            rows = {r["item_id"]: r for chunk in _chunks({i for i, _ in page}) for r in conn.execute(
+                sa.select(items).where(items.c.item_id.in_(chunk))).mappings()}
+        return [_item({**rows[i], "due_at": due}) for i, due in page]
+
+    def open_count(self, expert: str, dt: str | None = None) -> int:
+        """Return how many items wait for ``expert``'s judgement."""
+        return len(self._open_ids(expert, dt))
+
+    def _open_ids(self, expert: str, dt: str | None) -> list[tuple[int, datetime]]:
         self.expert(expert)
-        query = (sa.select(*items.c, assignments.c.due_at)
-                 .join(assignments, assignments.c.item_id == items.c.item_id)
+        query = (sa.select(assignments.c.item_id, assignments.c.due_at)
+                 .join(items, items.c.item_id == assignments.c.item_id)
                  .where(assignments.c.expert == expert)
                  .order_by(assignments.c.due_at, items.c.batch_id, items.c.position))
         if dt is not None:
             query = query.where(items.c.dt == dt)
         with self._reading() as conn:
-            rows = conn.execute(query).mappings().all()
-            judged = self._judged_items(conn, expert, [r["item_id"] for r in rows])
-        out = [_item(r) for r in rows if r["item_id"] not in judged]
-        return out[:limit] if limit is not None else out
+            assigned = conn.execute(query).all()
+            judged = self._judged_items(conn, expert, [i for i, _ in assigned])
+        return [(i, due) for i, due in assigned if i not in judged]
 
     def next_item(self, expert: str) -> QueueItem | None:
         """Return the expert's next open item, or ``None`` when their queue is empty."""
@@ -234,7 +246,8 @@ class FeedbackStore:
 
     def retract_last(self, expert: str, *, client: str = "api", request_id: str | None = None) -> Judgement | None:
         """Take back ``expert``'s most recent effective judgement (undo) with a retraction row; return that row, or
-        ``None`` when they have nothing left to take back. The item returns to their open queue."""
+        ``None`` when they have nothing left to take back. Their judgement of that item falls back to the one before
+        (a correction undone), or the item returns to their open queue."""
         self.expert(expert)
         _check_client(client, request_id)
         try:
@@ -244,6 +257,7 @@ class FeedbackStore:
 
     def _retract_last(self, expert: str, client: str, request_id: str | None) -> Judgement | None:
         with self.engine.begin() as conn:
+            _lock(conn, f"dctp_expert:{expert}")  # two undos at once take back two judgements, not one twice
             repeated = self._repeated(conn, expert, request_id)
             if repeated is not None:
                 return repeated
@@ -377,6 +391,7 @@ class FeedbackStore:
         now = _utc(assigned_at) if assigned_at else _now()
         due = now + timedelta(days=self.config.due_days)
         with self.engine.begin() as conn:
+            _lock(conn, f"dctp_batch:{dt}")  # two runs of one date choose one after the other
             existing = self._batch(conn, dt)
             if existing is not None and existing.judged:
                 return existing, False
@@ -401,10 +416,14 @@ class FeedbackStore:
                                                          "due_at": due} for name in item.experts])
             return self._batch(conn, dt), True
 
-    def stamp_table_version(self, dt: str, version: int) -> bool:
-        """Record the Delta table version that exported date ``dt``'s batch; ``False`` when the date has none."""
+    def stamp_table_version(self, dt: str, version: int, run_id: str | None = None) -> bool:
+        """Record the Delta table version that exported date ``dt``'s batch (only when run ``run_id`` chose it: a
+        batch kept from an earlier run keeps the version it was exported in); ``False`` when nothing was stamped."""
         with self.engine.begin() as conn:
-            batch_id = conn.execute(sa.select(batches.c.batch_id).where(batches.c.dt == dt)).scalar()
+            query = sa.select(batches.c.batch_id).where(batches.c.dt == dt)
+            if run_id is not None:
+                query = query.where(batches.c.run_id == run_id)
+            batch_id = conn.execute(query).scalar()
             if batch_id is None:
                 return False
             conn.execute(batches.update().where(batches.c.batch_id == batch_id).values(table_version=int(version)))
@@ -562,6 +581,13 @@ def effective_judgements(trail: Sequence[Judgement], by_item: bool = False) -> d
         if j.label is not None and j.annotation_id not in retracted:
             out[(j.item_id, j.expert) if by_item else j.expert] = j
     return out
+
+
+def _lock(conn: sa.Connection, key: str) -> None:
+    """Serialise writers of ``key`` on PostgreSQL (a transaction-scoped advisory lock); SQLite's ``BEGIN IMMEDIATE``
+    already serialises every writer."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
 
 
 def _chunks(values: set, size: int = 5_000) -> Iterator[list]:

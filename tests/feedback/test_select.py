@@ -269,3 +269,20 @@ def test_diversity_spreads_the_batch_over_the_stored_vectors(world):
     narrow = load_config(overrides=settings(**base, **{"annotation.diversity_pool": 1}))
     select(storage, store, narrow, dt, decision)
     assert {i.doc_id for i in batch_items(store, dt)} <= cluster, "k-center among only 20 candidates, all in it"
+
+
+def test_the_batch_is_stamped_only_by_the_run_that_chose_it(world):
+    storage, store, cfg = world
+    dt = "2026-05-14"
+    select(storage, store, cfg, dt, decided(storage, dt, cfg, day_rows(dt)))
+    assert not store.stamp_table_version(dt, 7, run_id="a later run that kept it")
+    assert store.batch(dt).table_version is None
+    assert store.stamp_table_version(dt, 7, run_id=f"run-{dt}") and store.batch(dt).table_version == 7
+    assert {i.table_version for i in batch_items(store, dt)} == {7}
+
+
+def test_report_cells_are_inert():
+    from dctp_tasks.feedback.select import _cell
+
+    assert _cell("news|<script>alert(1)</script>\x1b]0;pwned\x07\u202e") == \
+        "news\\|&lt;script&gt;alert(1)&lt;/script&gt; ]0;pwned  "
