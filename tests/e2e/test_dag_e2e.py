@@ -108,7 +108,7 @@ def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[s
     assert len(commits(storage)) == 4
     kept = store.batch(DATES[1])
     assert (kept.batch_id, kept.items, kept.judged) == (batches[DATES[1]].batch_id, batches[DATES[1]].items, 1)
-    assert kept.table_version == commits(storage)[-1]["version"], "the batch names the version now exported"
+    assert kept.table_version == batches[DATES[1]].table_version, "a kept batch keeps the version it was exported in"
     after = partition(storage, DATES[1])
     assert after.drop_columns(["lineage", "scores"]).equals(before.drop_columns(["lineage", "scores"])), \
         "re-run changed the date"
@@ -136,8 +136,11 @@ def check_feedback(store: FeedbackStore, storage: Storage, history: list[dict]) 
         dt = commit[f"{METADATA_PREFIX}dt"]
         batch = batches[dt] = store.batch(dt)
         assert batch is not None and 0 < batch.items <= 100, f"{dt}: no batch within the default budget of 100"
-        assert batch.table_version == commit["version"], "the batch names the version its documents are in"
-        assert batch.judged or batch.run_id == commit[f"{METADATA_PREFIX}run_id"], "a judged batch is kept"
+        if batch.judged:  # kept from the run that chose it, with the version it was exported in
+            assert batch.table_version < commit["version"] and batch.run_id != commit[f"{METADATA_PREFIX}run_id"]
+        else:
+            assert batch.table_version == commit["version"], "the batch names the version its documents are in"
+            assert batch.run_id == commit[f"{METADATA_PREFIX}run_id"]
         exported = {r["doc_id"]: r["text"] for r in partition(storage, dt, commit["version"]).select(
             ["doc_id", "text"]).to_pylist()}
         _, rejects = committed_ledger(storage, "curated", dt, commit["version"])
