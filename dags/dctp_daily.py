@@ -221,19 +221,33 @@ def dctp_daily():
                           scores_stage=decided["scores_stage"], scores_version=decided["scores_version"],
                           run_id=run.run_id, mlflow_run_id=started["mlflow_run_id"])
 
+    # every judgement so far: dates go in order, so a backfill merges what the dates before it merged
     @task(depends_on_past=True)
-    def export(started: dict, ingested: dict, decided: dict, dropped: list[dict]) -> dict:
-        """Commit the decided rows to the Delta table as one new version replacing only their date, with the ledger
-        of every stage that dropped rows in this run."""
-        from dctp_tasks.export import Staged, export_day
+    def merge_feedback(started: dict, decided: dict, selected: dict) -> dict:
+        """Turn every judgement into consensus; drop rows judged bad, promote review rows judged good, weight rows."""
+        from dctp_common.runtime import feedback_store
+        from dctp_tasks.feedback.merge import merge_feedback_day
 
         run = _ctx()
-        return _stage(run, started, export_day, run_id=run.run_id, ingested=ingested["total"],
-                      rows=Staged(run.dag_id, decided["output_stage"], decided["version"]),
-                      ledger=[Staged(run.dag_id, r["stage"], r["version"]) for r in dropped],
-                      metadata={"mlflow_run_id": started["mlflow_run_id"] or "",
-                                **{f"{r['stage']}_dropped": r["dropped"] for r in dropped},
-                                **{key: decided[key] for key in ("scores_dag_id", "scores_stage", "scores_version")}})
+        with feedback_store(run.config) as store_:
+            return _stage(run, started, merge_feedback_day, store=store_, upstream=decided, run_id=run.run_id)
+
+    @task(depends_on_past=True)
+    def export(started: dict, ingested: dict, decided: dict, merged: dict, dropped: list[dict]) -> dict:
+        """Commit the merged rows to the Delta table as one new version replacing only their date, with the ledger
+        of every stage that dropped rows in this run; then retract other dates' documents judged bad."""
+        from dctp_common.runtime import export_with_feedback, merge_metadata
+        from dctp_tasks.export import Staged
+
+        run = _ctx()
+        return export_with_feedback(
+            run, started, run_id=run.run_id, ingested=ingested["total"],
+            rows=Staged(run.dag_id, merged["output_stage"], merged["version"]),
+            # a stage that passed its input on (merging switched off) dropped nothing
+            ledger=[Staged(run.dag_id, r["stage"], r["version"]) for r in dropped if r["output_stage"] == r["stage"]],
+            metadata={"mlflow_run_id": started["mlflow_run_id"] or "", **merge_metadata(run, merged),
+                      **{f"{r['stage']}_dropped": r["dropped"] for r in dropped},
+                      **{key: decided[key] for key in ("scores_dag_id", "scores_stage", "scores_version")}})
 
     @task(execution_timeout=timedelta(minutes=30))
     def finish_run(started: dict, ingested: dict, exported: dict) -> dict:
@@ -259,8 +273,9 @@ def dctp_daily():
     store = feedback_db()
     checked >> store
     selected = select_for_annotation(started, decided, store)
-    exported = export(started, ingested, decided, dropped=[ingested, normalized, exact, near, semantic, decided])
-    selected >> exported
+    merged = merge_feedback(started, decided, selected)
+    exported = export(started, ingested, decided, merged,
+                      dropped=[ingested, normalized, exact, near, semantic, decided, merged])
     finish_run(started, ingested, exported)
 
 

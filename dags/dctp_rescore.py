@@ -3,7 +3,7 @@
 
 Applies new quality thresholds to a date the daily DAG already scored, **without running any model**:
 
-`preflight` → `start_run` → `decide` → `export` → `finish_run`
+`preflight` → `start_run` → `decide` → `merge_feedback` → `export` → `finish_run`
 
 * `preflight` checks what the run needs (as `dctp doctor` does) and fails at once, naming each missing piece.
 
@@ -11,6 +11,7 @@ Applies new quality thresholds to a date the daily DAG already scored, **without
   names them, e.g. `staging/dctp_daily/dt=…/score_models/v-…`), applies the rules and the composite with this
   run's thresholds, and publishes its own `quality` output and `filtered` rows (under `staging/dctp_rescore/`: the
   daily DAG's staged data is never touched).
+* `merge_feedback` applies the experts' consensus as the daily run does: documents judged bad stay out.
 * `export` commits the result as a new Delta version replacing only that date, with that export's ledger whose
   quality rows are replaced by this run's (other stages' drops are unchanged) — only if no other export of the date
   committed since; otherwise it fails and says to trigger it again. `finish_run` proves the ledger balances and
@@ -83,19 +84,31 @@ def dctp_rescore():
                             input_version=scores["version"]), "basis": basis}
 
     @task
-    def export(started: dict, decided: dict) -> dict:
+    def merge_feedback(started: dict, decided: dict) -> dict:
+        """Apply every judgement so far to the re-decided rows, as the daily run does."""
+        from dctp_common.runtime import feedback_store
+        from dctp_tasks.feedback.merge import merge_feedback_day
+
+        run = _ctx()
+        with feedback_store(run.config) as store:
+            return _stage(run, started, merge_feedback_day, store=store, upstream=decided, run_id=run.run_id)
+
+    @task
+    def export(started: dict, decided: dict, merged: dict) -> dict:
         """Commit the re-decided date as a new Delta version replacing only that date, if no other export of the
-        date committed meanwhile; its ledger is the re-decided commit's with the quality drops replaced."""
-        from dctp_common.runtime import run_stage
-        from dctp_tasks.export import Staged, export_day
+        date committed meanwhile; its ledger is the re-decided commit's with the quality and merge drops replaced."""
+        from dctp_common.runtime import export_with_feedback, merge_metadata
+        from dctp_tasks.export import Staged
 
         run, basis = _ctx(), decided["basis"]
-        rows = Staged(run.dag_id, decided["stage"], decided["version"])
-        result = run_stage(run, started, export_day, run_id=run.run_id, rows=rows, ledger=[rows],
-                           ingested=basis["ingested"], amend=basis["commit_token"],
-                           metadata={"mlflow_run_id": started["mlflow_run_id"] or "", "rescored_by": "dctp_rescore",
-                                     "rescored_version": basis["version"],
-                                     **{f"scores_{k}": v for k, v in basis["scores"].items()}})
+        ledger = [Staged(run.dag_id, r["stage"], r["version"]) for r in (decided, merged)
+                  if r["output_stage"] == r["stage"]]  # merging switched off passes the decided rows on
+        result = export_with_feedback(
+            run, started, run_id=run.run_id, rows=Staged(run.dag_id, merged["output_stage"], merged["version"]),
+            ledger=ledger, ingested=basis["ingested"], amend=basis["commit_token"],
+            metadata={"mlflow_run_id": started["mlflow_run_id"] or "", "rescored_by": "dctp_rescore",
+                      "rescored_version": basis["version"], **merge_metadata(run, merged),
+                      **{f"scores_{k}": v for k, v in basis["scores"].items()}})
         return {**result, "ingested": basis["ingested"]}
 
     @task(execution_timeout=timedelta(minutes=30))
@@ -107,8 +120,15 @@ def dctp_rescore():
 
     started = start_run()
     preflight() >> started
-    exported = export(started, decide(started))
+    decided = decide(started)
+    exported = export(started, decided, merge_feedback(started, decided))
     finish_run(started, exported)
+
+
+def _stage(run, started: dict, stage, *args, **kwargs) -> dict:
+    from dctp_common.runtime import run_stage
+
+    return run_stage(run, started, stage, *args, **kwargs)
 
 
 dctp_rescore()

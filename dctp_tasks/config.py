@@ -371,6 +371,72 @@ class AnnotationConfig(_Strict):
         return value
 
 
+class ExpertClassifierConfig(_Strict):
+    """The expert-quality classifier: MiniLM vectors + logistic regression retrained on the consensus labels."""
+
+    enabled: bool = True
+    """Retrain it in ``merge_feedback`` (it scores as ``classifier_expert_quality`` once
+    ``quality.classifiers.expert_quality`` names it; the default config does)."""
+    min_new_labels: int = Field(50, ge=1)
+    """Consensus labels (good/bad, real documents) added since the last training attempt before it is retrained;
+    also the labels the first training needs."""
+    folds: int = Field(5, ge=2, le=20)
+    """Folds of the stratified cross-validation that measures a candidate's ROC-AUC."""
+    min_per_class: int = Field(5, ge=2)
+    """Consensus labels of each class (good, bad) a training needs at least."""
+
+
+class FeedbackConfig(_Strict):
+    """Merging expert judgements (``merge_feedback``): consensus, what it changes in the dataset, sampling weights."""
+
+    enabled: bool = True
+    """Run ``merge_feedback``; off, it passes the decided rows on unchanged (no consensus, every weight 1)."""
+    dawid_skene_min_items: int = Field(50, ge=1)
+    """Documents with two or more judgements needed before consensus switches from the weighted majority to
+    Dawid–Skene (per-expert confusion matrices by EM): with thin overlap the confusion matrices are noise."""
+    min_confidence: float = Field(0.7, ge=0.5, le=1.0)
+    """Consensus confidence (the winning label's posterior or weighted share, 0.5-1) below which a document is
+    ``needs_review``: a tie, or a split too close to act on."""
+    max_judgements: int = Field(4, ge=2)
+    """Judgements a ``needs_review`` document may collect; at this many it is not assigned again (it stays
+    undecided until someone re-judges it)."""
+    reliability_floor: float = Field(0.6, ge=0.0, le=1.0)
+    """An expert whose reliability (Dawid–Skene's class-weighted diagonal, else agreement with the consensus of
+    the others) is below this is flagged in the report and their judgements weigh less."""
+    min_expert_judgements: int = Field(10, ge=1)
+    """Judgements on shared documents an expert needs before their reliability is trusted enough to flag them."""
+    flagged_weight: float = Field(0.25, ge=0.0, le=1.0)
+    """Factor on a flagged expert's weight."""
+    remove_rejected: bool = True
+    """Remove documents with ``bad`` consensus: today's leave with ledger reason ``expert_rejected``, earlier
+    dates' are retracted from their partitions of the Delta table."""
+    prior_strength: float = Field(20.0, ge=0.0)
+    """Pseudo-labels of the Beta prior on each source's and domain's share judged good (centred on the share over
+    all sources): with 20, three labels move a weight little, two hundred move it most of the way."""
+    weight_floor: float = Field(0.5, gt=0.0)
+    """Lowest source and domain weight (a group judged worst keeps this share of its sampling)."""
+    weight_ceiling: float = Field(2.0, gt=0.0)
+    """Highest source and domain weight."""
+    quality_influence: float = Field(0.5, ge=0.0, lt=1.0)
+    """How much a row's own composite quality scales its weight: factor ``1 + influence * (2 * quality - 1)``
+    (0.5: from 0.5 at quality 0 to 1.5 at quality 1; rows without a quality: 1)."""
+    good_boost: float = Field(1.5, ge=1.0)
+    """Factor on the weight of a document with ``good`` consensus."""
+    max_row_weight: float = Field(5.0, gt=0.0)
+    """Upper bound of any row's ``sampling_weight``."""
+    credibility_min_labels: int = Field(20, ge=1)
+    """Consensus labels a source needs before the credibility scorer takes its feedback estimate (the Beta
+    posterior of its share judged good) instead of the config prior."""
+    classifier: ExpertClassifierConfig = Field(default_factory=ExpertClassifierConfig)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FeedbackConfig:
+        if self.weight_floor > self.weight_ceiling:
+            raise ValueError(f"feedback.weight_floor {self.weight_floor} is above weight_ceiling "
+                             f"{self.weight_ceiling}")
+        return self
+
+
 DEFAULT_SCORERS: dict[str, dict[str, Any]] = {
     "heuristics": {}, "language": {}, "pii": {}, "credibility": {}, "perplexity": {}, "relevance": {}, "toxicity": {},
 }
@@ -415,6 +481,7 @@ class PipelineConfig(_Strict):
     dedup_semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

@@ -1,9 +1,10 @@
-"""Row accounting: every input row ends exported, duplicate, filtered or quarantined.
+"""Row accounting: every input row ends exported, duplicate, filtered, quarantined or retracted.
 
 Each stage writes the rows it drops (``REJECT_SCHEMA``: doc_id, stage, outcome, reason, detail, duplicate_of, and
 for malformed input its file and line) next to the rows it keeps; the export gathers one run's dropped rows into
 the date's ledger, which its Delta commit names. ``check_ledger`` proves
-``ingested = exported + duplicates + filtered + quarantined`` for a date from the data itself.
+``ingested = exported + duplicates + filtered + quarantined + retracted`` for a date from the data itself
+(``retracted``: exported once, removed later because experts judged them bad).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pyarrow as pa
 
 from dctp_tasks.storage import PartWriter, Storage
 
-OUTCOMES = ("duplicate", "filtered", "quarantined")
+OUTCOMES = ("duplicate", "filtered", "quarantined", "retracted")
 
 REJECT_SCHEMA = pa.schema(
     [

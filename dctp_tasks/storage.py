@@ -359,11 +359,14 @@ class Storage:
                     for group in range(parquet.num_row_groups):
                         yield from parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns)
 
-    def read_table(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
-        """Read a whole (small) Parquet dataset; use ``iter_batches`` for per-day data."""
+    def read_table(self, *parts: str, columns: list[str] | None = None, prefix: str | None = None) -> pa.Table:
+        """Read a whole (small) Parquet dataset; use ``iter_batches`` for per-day data.
+
+        ``prefix``: read only the files a ``PartWriter`` of that prefix wrote (``{prefix}-NNNNN.parquet``).
+        """
         tables = []
         for path in self.list_files(*parts):
-            if path.endswith(".parquet"):
+            if path.endswith(".parquet") and (prefix is None or posixpath.basename(path).startswith(prefix + "-")):
                 with self._open_parquet(path) as handle:
                     tables.append(pq.read_table(handle, columns=columns))
         if not tables:

@@ -135,15 +135,17 @@ def test_ledger_report_balances(storage):
     report = check_ledger(ledger_report(read_rejects(storage, DT), DT, ingested=16, exported=10))
 
     assert report.balanced
-    assert report.by_outcome == {"duplicate": 1, "filtered": 3, "quarantined": 2}
+    assert report.by_outcome == {"duplicate": 1, "filtered": 3, "quarantined": 2, "retracted": 0}
     assert report.by_reason == {"quarantined.malformed_json": 1, "quarantined.empty_file": 1,
                                 "filtered.too_short": 2, "filtered.too_long": 1, "duplicate.exact_duplicate": 1}
     assert report.as_dict() == {
-        "dt": DT, "ingested": 16, "exported": 10, "duplicate": 1, "filtered": 3, "quarantined": 2, "balanced": True,
+        "dt": DT, "ingested": 16, "exported": 10, "duplicate": 1, "filtered": 3, "quarantined": 2, "retracted": 0,
+        "balanced": True,
         "by_reason": {"duplicate.exact_duplicate": 1, "filtered.too_long": 1, "filtered.too_short": 2,
                       "quarantined.empty_file": 1, "quarantined.malformed_json": 1},
     }
-    assert "ingested 16 = exported 10 + duplicate 1 + filtered 3 + quarantined 2  [balanced]" in report.render()
+    assert ("ingested 16 = exported 10 + duplicate 1 + filtered 3 + quarantined 2 + retracted 0  [balanced]"
+            in report.render())
 
 
 @pytest.mark.parametrize(("ingested", "exported", "accounted"), [(17, 10, 16), (15, 10, 16), (16, 11, 17)])
@@ -166,4 +168,4 @@ def test_unbalanced_ledger_raises_with_the_numbers(storage, ingested, exported, 
 def test_empty_day_balances_at_zero(storage):
     report = check_ledger(ledger_report(read_rejects(storage, DT), DT, ingested=0, exported=0))
 
-    assert report.balanced and report.by_outcome == {"duplicate": 0, "filtered": 0, "quarantined": 0}
+    assert report.balanced and report.by_outcome == {"duplicate": 0, "filtered": 0, "quarantined": 0, "retracted": 0}

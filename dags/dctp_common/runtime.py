@@ -239,6 +239,69 @@ def upgrade_feedback_store() -> dict:
         engine.dispose()
 
 
+@contextmanager
+def table_lock(config: PipelineConfig) -> Iterator[None]:
+    """Hold the Delta table's writer lock (through the feedback store's database) for the block."""
+    from dctp_tasks.feedback import db
+
+    with permanent_errors():
+        engine = feedback_engine()
+    try:
+        with db.table_lock(engine, config.export.dataset_name):
+            yield
+    finally:
+        engine.dispose()
+
+
+def export_with_feedback(run: RunContext, started: dict, **kwargs: Any) -> dict:
+    """Commit the date's rows (``export_day``) and then retract the documents of other dates the experts rejected,
+    both under the table's writer lock; log and return the export's result with the retraction's counts."""
+    from dctp_tasks.export import export_day
+    from dctp_tasks.feedback.consensus_db import stamp_merge
+
+    with table_lock(run.config), permanent_errors():
+        result = export_day(run.storage, run.config, run.dag_id, run.dt, **kwargs)
+        merge_id = (kwargs.get("metadata") or {}).get("merge_id")
+        if merge_id:
+            with feedback_store(run.config) as store:
+                stamp_merge(store, int(merge_id), result.extra["table_version"])
+        result.extra.update(retract_rejected(run, started, skip_dt=run.dt))
+    return track(run, started, result)
+
+
+def merge_metadata(run: RunContext, merged: dict) -> dict[str, str]:
+    """Return the commit metadata naming the merge run a version's rows were weighted by, and its weights."""
+    import json
+
+    from dctp_tasks.feedback.consensus_db import merge_run
+
+    if "merge_id" not in merged:  # merging is switched off: every row keeps its weight
+        return {}
+    with feedback_store(run.config) as store:
+        merge = merge_run(store, merged["merge_id"])
+    return {"merge_id": str(merged["merge_id"]),
+            "sampling_weights": json.dumps(merge["stats"].get("weights", {}), sort_keys=True)}
+
+
+def retract_rejected(run: RunContext, started: dict | None, skip_dt: str | None = None) -> dict:
+    """Remove from the Delta table every document whose consensus is bad (except partition ``skip_dt``'s, which
+    its own export rebuilt); the caller holds the table lock. Return the version and counts (flat, for XCom)."""
+    from dctp_tasks.export.retract import retract_documents
+    from dctp_tasks.feedback.consensus_db import rejected_documents
+    from dctp_tasks.feedback.merge import EXPERT_REJECTED
+
+    if not (run.config.feedback.enabled and run.config.feedback.remove_rejected):
+        return {"retract_version": -1, "retracted": 0}
+    with feedback_store(run.config) as store:
+        rejected = rejected_documents(store)
+    done = retract_documents(run.storage, run.config, rejected, dag_id=run.dag_id, run_id=run.run_id,
+                             reason=EXPERT_REJECTED, skip_dt=skip_dt,
+                             metadata={"mlflow_run_id": (started or {}).get("mlflow_run_id") or ""})
+    version = done["table_version"]
+    return {"retract_version": -1 if version is None else version, "retracted": sum(done["retracted"].values()),
+            "retracted_dates": len(done["retracted"])}
+
+
 def postgres_connector() -> Callable[[str], object]:
     """Return ``conn_id -> psycopg2 connection`` through the postgres provider's hook."""
 

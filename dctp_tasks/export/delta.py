@@ -46,6 +46,8 @@ PARTITION = "dt"
 ROWS_PER_FILE = 500_000
 COMMIT_ATTEMPTS = 8
 """Commits tried when other writers keep winning the race for the next version (with a growing random wait)."""
+DATES_KEY = f"{METADATA_PREFIX}dates"
+"""Commit metadata of a commit that changed several dates (a retraction): JSON ``{dt: that date's metadata}``."""
 
 
 @dataclass(frozen=True)
@@ -288,19 +290,31 @@ def latest_commit(storage: Storage, name: str, dt: str, version: int | None = No
         return None
     table_dir = dataset_dir(name)
     token_key = f"{METADATA_PREFIX}commit_token"
-    for candidate in sorted((c for c in history if c.get(f"{METADATA_PREFIX}dt") == dt),
+    for candidate in sorted((c for c in history if for_date(c, dt) is not None),
                             key=lambda c: c["version"], reverse=True):
         claimed = candidate["version"]
         for shift in (0, -1, 1, -2, 2, -3, 3):
             info = commit_info(storage, table_dir, claimed + shift) if claimed + shift >= 0 else None
             if info is not None and info.get(token_key) == candidate.get(token_key):
                 if version is None or info["version"] <= version:
-                    return info
+                    return for_date(info, dt)
                 break
         else:
             raise RuntimeError(f"commit {candidate.get(token_key)} of dt={dt} is not in the log near version "
                                f"{claimed} of {storage.uri(table_dir)}")
     return None
+
+
+def for_date(commit: dict, dt: str) -> dict | None:
+    """Return ``commit`` as partition ``dt`` sees it, or ``None`` when it did not change ``dt``: an export of the
+    date as it is; a commit of several dates (a retraction) with the date's own ledger version, counts and
+    scores in place of its ``dates`` map."""
+    if commit.get(f"{METADATA_PREFIX}dt") == dt:
+        return commit
+    per_date = orjson.loads(commit[DATES_KEY]).get(dt) if commit.get(DATES_KEY) else None
+    if per_date is None:
+        return None
+    return {**commit, f"{METADATA_PREFIX}dt": dt, **{f"{METADATA_PREFIX}{k}": str(v) for k, v in per_date.items()}}
 
 
 def ingested_count(storage: Storage, name: str, dt: str) -> int:

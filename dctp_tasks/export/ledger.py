@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RETRACT_STAGE = "retract"
+"""The stage of rows a retraction removed from an earlier export (``dctp_tasks.export.retract``)."""
 KEEP_COMMITS = 10
 """Ledgers of a date's last commits that are always kept, whatever their age (older ones go after a day)."""
 
@@ -38,7 +40,8 @@ def ledger_for_run(storage: Storage, dt: str, stages: Sequence[Staged], base: pa
     """Return the rows ``stages`` dropped for ``dt``; with ``base``, its rows of other stages come first."""
     parts = [stage_rejects(storage, s.dag_id, dt, s.stage, s.version) for s in stages]
     if base is not None:
-        replaced = pa.array(sorted({s.stage for s in stages}), pa.string())
+        # retracted rows go too: the partition is rebuilt from staged rows, where merging drops them again
+        replaced = pa.array(sorted({s.stage for s in stages} | {RETRACT_STAGE}), pa.string())
         parts.insert(0, base.filter(pc.invert(pc.is_in(base.column("stage"), value_set=replaced))))
     return pa.concat_tables([REJECT_SCHEMA.empty_table(), *parts])
 
@@ -75,9 +78,9 @@ def committed_ledger(storage: Storage, dataset: str, dt: str, version: int | Non
 
 def collect_ledgers(storage: Storage, dataset: str, dt: str, now: datetime | None = None) -> list[str]:
     """Delete ledger versions of ``dt`` older than a day that none of the date's last commits names."""
-    from dctp_tasks.export.delta import METADATA_PREFIX, open_table
+    from dctp_tasks.export.delta import METADATA_PREFIX, for_date, open_table
 
-    commits = sorted((c for c in open_table(storage, dataset).history() if c.get(f"{METADATA_PREFIX}dt") == dt),
+    commits = sorted(filter(None, (for_date(c, dt) for c in open_table(storage, dataset).history())),
                      key=lambda c: c["version"], reverse=True)[:KEEP_COMMITS]
     named = {c.get(f"{METADATA_PREFIX}ledger_version") for c in commits}
     limit = (now or datetime.now(UTC)) - KEEP_SUPERSEDED

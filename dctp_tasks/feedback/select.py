@@ -36,7 +36,7 @@ INPUT_STAGE = "quality"
 SCORES_STAGE = "score_models"
 AUDIT = "audit"
 """The strategy name of the rows taken at random from the day's filtered rows."""
-_SNAPSHOT_COLUMNS = ["doc_id", "text", "prompt", "response", "source", "domain", "lang"]
+_SNAPSHOT_COLUMNS = ["doc_id", "text", "prompt", "response", "source", "domain", "lang", "synthetic"]
 _MAX_STRATUM_METRICS = 50
 
 
@@ -141,8 +141,12 @@ def strategy_scores(day: Day, cfg: AnnotationConfig, review_below: float) -> dic
         if scorer.name.startswith("classifier_"):
             # margin: least confidence and entropy rank a binary classifier's documents alike
             parts.append(al.margin(d.scores[scorer.name]["probability"]))
+    # the mean of the parts a row has (NaN: no information, e.g. a classifier not trained yet); NaN when none
+    stack = np.vstack(parts)
+    present = ~np.isnan(stack)
     with np.errstate(all="ignore"):
-        uncertainty = np.nanmean(np.vstack(parts), axis=0) if len(parts) > 1 else parts[0]
+        uncertainty = np.where(present.any(axis=0), np.where(present, stack, 0.0).sum(axis=0) / present.sum(axis=0),
+                               np.nan)
     votes = [scorer.quality(d.scores[scorer.name], d.domains) for scorer in day.scorers]
     votes = [np.asarray(v, dtype=np.float64) for v in votes if v is not None]
     if votes:
@@ -192,18 +196,12 @@ class VectorSource:
 
     def documents(self, doc_ids: list[str], dts: list[str], texts: list[str]) -> np.ndarray:
         """Return the vectors of documents of any date: their date's stored ones, else encoded from ``texts``."""
-        out: np.ndarray | None = None
-        dts_array = np.asarray(dts, dtype=object)
-        for day in sorted(set(dts)):
-            where = np.flatnonzero(dts_array == day)
-            lookup = self.lookup(day)
-            found = lookup.vectors(pa.table({"doc_id": pa.array([doc_ids[i] for i in where], pa.string()),
-                                             "text": pa.array([texts[i] for i in where], pa.string())}))
-            self.encoded += lookup.encoded
-            if out is None:
-                out = np.empty((len(doc_ids), found.shape[1]), dtype=np.float32)
-            out[where] = found
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+        from dctp_tasks.quality.embeddings import EmbeddingConfig, document_vectors
+
+        out, encoded = document_vectors(self.storage, dts, doc_ids, texts,
+                                        EmbeddingConfig.from_dedup(self.config.dedup_semantic))
+        self.encoded += encoded
+        return out
 
 
 def expert_labels(storage: Storage, config: PipelineConfig, store: FeedbackStore,
@@ -341,7 +339,7 @@ def snapshot(storage: Storage, config: PipelineConfig, dt: str, day: Day, picks:
             else "filtered", strategy=pick.strategy, strategy_score=pick.score,
             stratum=day.names[day.strata[pick.row]], quality=float(d.quality[pick.row]),
             verdict=VERDICTS[verdict] if verdict < len(VERDICTS) else None,
-            filter_reason=reject.get("reason"), filter_detail=reject.get("detail"),
+            filter_reason=reject.get("reason"), filter_detail=reject.get("detail"), synthetic=bool(row["synthetic"]),
             scores={scorer: {name: _plain(values[pick.row]) for name, values in fields.items()}
                     for scorer, fields in d.scores.items()}))
     return out

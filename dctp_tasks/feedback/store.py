@@ -61,6 +61,7 @@ class QueueItem:
     position: int
     staged_version: str | None
     table_version: int | None
+    synthetic: bool = False
     due_at: datetime | None = None
 
 
@@ -112,6 +113,7 @@ class NewItem:
     filter_reason: str | None = None
     filter_detail: str | None = None
     strategy_score: float | None = None
+    synthetic: bool = False
     experts: list[str] = field(default_factory=list)
 
 

@@ -104,9 +104,9 @@ def kl_to_mean(probs: np.ndarray) -> np.ndarray:
 def logistic_regression(c: float = 1.0) -> LogisticRegression:
     """Return an unfitted scikit-learn ``LogisticRegression`` with the settings of ``fit_classifier``
     (``dctp train-scorer``): L2 strength ``C=c``, balanced class weights, ``max_iter=2000``."""
-    from sklearn.linear_model import LogisticRegression
+    from dctp_tasks.quality import classifier  # imported here: this module stays NumPy only until a model is fit
 
-    return LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+    return classifier.logistic_regression(c)
 
 
 def bootstrap_committee(labeled_vectors: np.ndarray, y: np.ndarray, pool_vectors: np.ndarray, members: int = 5,

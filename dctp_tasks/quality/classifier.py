@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +28,9 @@ from dctp_tasks.quality.base import Field as ScoreField
 from dctp_tasks.quality.base import Rule, Scorer, ScoringContext
 from dctp_tasks.quality.embeddings import EmbeddingConfig, EmbeddingLookup, encode
 from dctp_tasks.storage import Storage, state_dir
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +85,29 @@ def train_classifier(storage: Storage, name: str, data_path: str | Path, text_co
     embed_seconds = time.perf_counter() - start
     fitted = fit_classifier(name, vectors, y, test_size=test_size, seed=seed, c=c)
     stored, train, test, metrics = fitted.model, fitted.train, fitted.test, fitted.metrics
-    import sklearn
-
     meta = {
-        "name": name, "scorer": f"classifier_{name}", "model": "logistic_regression",
-        "sklearn_version": sklearn.__version__, "c": c, "class_weight": "balanced",
-        "embedding_model": embedding.model or "all-MiniLM-L6-v2", "max_seq_length": embedding.max_seq_length,
-        "embedding_revision": model_revision(embedding.model),
-        "dim": int(vectors.shape[1]), "intercept": stored.intercept,
+        **model_meta(stored, embedding, c),
         "text_column": text_column, "label_column": label_column, "positive_label": positive,
         "rows": len(y), "positives": int(counts[1]), "train_rows": len(train), "test_rows": len(test),
         "test_size": test_size, "seed": seed, "metrics": metrics,
         "embed_seconds": round(embed_seconds, 2), "data_file": str(path), "data_sha256": _sha256(path),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _write(storage, stored, meta)
+    publish_classifier(storage, stored, meta)
     log.info("classifier %s: %d rows (%d positive), hold-out ROC-AUC %.4f, stored in %s", name, len(y),
              counts[1], metrics["roc_auc"], storage.uri(classifier_dir(name)))
     return {**meta, "path": storage.uri(classifier_dir(name))}
+
+
+def model_meta(stored: StoredClassifier, embedding: EmbeddingConfig, c: float) -> dict:
+    """Return the ``model.json`` fields every trained classifier records: what it is and which vectors it reads."""
+    import sklearn
+
+    return {"name": stored.name, "scorer": f"classifier_{stored.name}", "model": "logistic_regression",
+            "sklearn_version": sklearn.__version__, "c": c, "class_weight": "balanced",
+            "embedding_model": embedding.model or "all-MiniLM-L6-v2", "max_seq_length": embedding.max_seq_length,
+            "embedding_revision": model_revision(embedding.model), "dim": len(stored.coef),
+            "intercept": stored.intercept}
 
 
 @dataclass(frozen=True)
@@ -113,19 +122,25 @@ class FittedClassifier:
     metrics: dict
 
 
-def fit_classifier(name: str, vectors: np.ndarray, y: np.ndarray, test_size: float = 0.2, seed: int = 0,
-                   c: float = DEFAULT_C) -> FittedClassifier:
-    """Fit the logistic regression on a stratified split of ``vectors`` / 0-1 ``y``; measure it on the hold-out.
+def logistic_regression(c: float = DEFAULT_C) -> LogisticRegression:
+    """Return the unfitted model every trained classifier is: L2 strength ``C=c``, balanced class weights.
 
-    The one place the model's settings live (balanced class weights, L2 strength ``c``): ``train_classifier`` and
-    the shipped toxicity model's training script both fit here.
+    The one place the model's settings live: ``fit_classifier`` (``dctp train-scorer``, the shipped toxicity model),
+    the expert-quality retraining and the selection committee all build it here.
     """
     from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+
+
+def fit_classifier(name: str, vectors: np.ndarray, y: np.ndarray, test_size: float = 0.2, seed: int = 0,
+                   c: float = DEFAULT_C) -> FittedClassifier:
+    """Fit ``logistic_regression(c)`` on a stratified split of ``vectors`` / 0-1 ``y``; measure it on the hold-out."""
     from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import train_test_split
 
     train, test = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=y)
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+    model = logistic_regression(c)
     model.fit(vectors[train], y[train])
     stored = StoredClassifier(name, model.coef_[0].astype(np.float64), float(model.intercept_[0]), {})
     held_out = stored.probability(vectors[test])
@@ -183,14 +198,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write(storage: Storage, stored: StoredClassifier, meta: dict) -> None:
-    """Publish the model as a new version: a scorer loading it meanwhile reads the old model or the new, whole."""
+def publish_classifier(storage: Storage, stored: StoredClassifier, meta: dict,
+                       extra: dict[str, pa.Table] | None = None) -> str:
+    """Publish the model as a new version and return it: a scorer loading it meanwhile reads the old model or the
+    new, whole. ``extra``: more tables of the version by file prefix (e.g. the labels it was trained on)."""
     schema = pa.schema([("dimension", pa.int32()), ("coef", pa.float64())])
     with publish(storage, classifier_dir(stored.name)) as model:
         with model.writer(schema=schema, prefix="coef") as writer:
             writer.write(pa.table({"dimension": pa.array(np.arange(len(stored.coef)), pa.int32()),
                                    "coef": pa.array(stored.coef, pa.float64())}, schema=schema))
+        for prefix, table in (extra or {}).items():
+            with model.writer(schema=table.schema, prefix=prefix) as writer:
+                writer.write(table)
         model.write_bytes("model.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+    return model.version
 
 
 def model_version(storage: Storage, name: str) -> str | None:
@@ -209,7 +230,7 @@ def load_classifier(storage: Storage, name: str, version: str | None = None) -> 
         raise FileNotFoundError(f"no trained classifier {name!r} at {storage.uri(classifier_dir(name))}: train it "
                                 f"with `dctp train-scorer {name} --data FILE`")
     meta = json.loads(storage.read_bytes(storage.path(folder, "model.json")))
-    table = storage.read_table(folder, columns=["dimension", "coef"])
+    table = storage.read_table(folder, columns=["dimension", "coef"], prefix="coef")
     return _from_parts(name, meta, table, storage.uri(folder))
 
 
@@ -264,6 +285,9 @@ class ClassifierConfig(BaseModel):
     (below it when ``positive_is_good``); ``None`` = off until the team picks an operating point."""
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     """The encoder; its model must be the one the classifier was trained on (checked in ``prepare``)."""
+    missing_ok: bool = False
+    """Score NaN ``probability`` (no contribution to the composite) while the classifier was never trained, instead
+    of failing: for a classifier the pipeline trains itself (``expert_quality``, from the experts' labels)."""
 
 
 class ClassifierScorer(Scorer):
@@ -282,6 +306,7 @@ class ClassifierScorer(Scorer):
         self._model: StoredClassifier | None = None
         self._lookup: EmbeddingLookup | None = None
         self._version: str | None = None
+        self._missing = False
 
     def cache_token(self, context: ScoringContext) -> str:
         """Scores depend on the trained model: each training publishes a new version, so retraining rescores.
@@ -294,7 +319,15 @@ class ClassifierScorer(Scorer):
 
     def prepare(self, context: ScoringContext) -> None:
         version = self._version or model_version(context.storage, self.config.name)
-        self._model = load_classifier(context.storage, self.config.name, version)
+        self._missing = False
+        try:
+            self._model = load_classifier(context.storage, self.config.name, version)
+        except FileNotFoundError:
+            if not (self.config.missing_ok and version is None):
+                raise
+            log.info("classifier %s is not trained yet: its probability is NaN (missing_ok)", self.config.name)
+            self._model, self._lookup, self._missing = None, None, True
+            return
         wanted = self.config.embedding.model or "all-MiniLM-L6-v2"
         if self._model.meta["embedding_model"] != wanted:
             raise ValueError(f"classifier {self.config.name!r} was trained on {self._model.meta['embedding_model']} "
@@ -306,6 +339,8 @@ class ClassifierScorer(Scorer):
         self._lookup = EmbeddingLookup.shared(context, self.config.embedding)
 
     def score(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        if self._missing:
+            return {"probability": np.full(batch.num_rows, np.nan, dtype=np.float32)}
         if self._model is None or self._lookup is None:
             raise RuntimeError(f"{self.name}.score called before prepare()")
         if not batch.num_rows:

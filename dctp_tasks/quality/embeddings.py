@@ -32,7 +32,6 @@ from dctp_tasks.storage import Storage, state_dir
 log = logging.getLogger(__name__)
 
 
-
 class EmbeddingConfig(BaseModel):
     """The sentence encoder a scorer embeds with; keep it equal to ``dedup_semantic``'s so its vectors are reused."""
 
@@ -64,6 +63,28 @@ class EmbeddingConfig(BaseModel):
 def encode(texts: list[str], cfg: EmbeddingConfig) -> np.ndarray:
     """Return the texts' L2-normalized float32 embeddings (the same encoder call as semantic dedup)."""
     return embed_texts(texts, cfg.as_dedup())
+
+
+def document_vectors(storage: Storage, dt_of: list[str], doc_ids: list[str], texts: list[str],
+                     config: EmbeddingConfig) -> tuple[np.ndarray, int]:
+    """Return the vectors of documents of any dates, in input order, and how many of them were encoded.
+
+    Each date's stored semantic-dedup vectors are reused; a document its date stored none for is encoded from its
+    text. No documents: a ``(0, 0)`` matrix.
+    """
+    out: np.ndarray | None = None
+    encoded = 0
+    dates = np.asarray(dt_of, dtype=object)
+    for day in sorted(set(dt_of)):
+        where = np.flatnonzero(dates == day)
+        lookup = EmbeddingLookup(storage, day, config)
+        found = lookup.vectors(pa.table({"doc_id": pa.array([doc_ids[i] for i in where], pa.string()),
+                                         "text": pa.array([texts[i] for i in where], pa.string())}))
+        encoded += lookup.encoded
+        if out is None:
+            out = np.empty((len(doc_ids), found.shape[1]), dtype=np.float32)
+        out[where] = found
+    return (out if out is not None else np.zeros((0, 0), dtype=np.float32)), encoded
 
 
 class EmbeddingLookup:

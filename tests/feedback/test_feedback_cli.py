@@ -96,10 +96,10 @@ def labels(store: FeedbackStore, doc_id: str) -> list:
 
 # --- dctp db upgrade, and where the store lives ----------------------------------------------------------------------
 
-def test_db_upgrade_applies_migration_1_then_is_up_to_date(capsys, url):
+def test_db_upgrade_applies_every_migration_then_is_up_to_date(capsys, url):
     code, out, err = dctp(capsys, "db", "upgrade", "--store", url)
     assert code == 0, err
-    assert "schema version 1" in out and "applied now: 1" in out
+    assert "schema version 2" in out and "applied now: 1, 2" in out
     code, out, _ = dctp(capsys, "db", "upgrade", "--store", url)
     assert code == 0 and "up to date" in out and "applied now" not in out
 
@@ -107,7 +107,7 @@ def test_db_upgrade_applies_migration_1_then_is_up_to_date(capsys, url):
 def test_db_upgrade_json(capsys, url):
     code, out, _ = dctp(capsys, "--json", "db", "upgrade", "--store", url)
     first = json.loads(out)
-    assert code == 0 and first["applied"] == [1] and first["schema_version"] == 1
+    assert code == 0 and first["applied"] == [1, 2] and first["schema_version"] == 2
     assert first["store"].startswith("sqlite:///")
     code, out, _ = dctp(capsys, "--json", "db", "upgrade", "--store", url)
     assert code == 0 and json.loads(out)["applied"] == []
@@ -131,7 +131,7 @@ def test_store_url_from_the_environment_wins_and_store_flag_wins_over_it(capsys,
     assert code == 0, err
     assert json.loads(out)["store"] == f"sqlite:///{env_db}" and env_db.is_file()
     code, out, _ = dctp(capsys, "--json", "db", "upgrade", "--store", f"sqlite:///{flag_db}")
-    assert code == 0 and json.loads(out)["applied"] == [1] and flag_db.is_file()
+    assert code == 0 and json.loads(out)["applied"] == [1, 2] and flag_db.is_file()
     assert not (tmp_path / "airflow-home" / "dctp_feedback.db").exists()
     # the other commands look in the same place: the environment's store is upgraded, so queue works there
     code, out, err = dctp(capsys, "queue")
@@ -145,7 +145,7 @@ def test_store_defaults_to_sqlite_under_airflow_home(capsys, monkeypatch, tmp_pa
     code, out, err = dctp(capsys, "db", "upgrade")
     assert code == 0, err
     assert (home / "dctp_feedback.db").is_file()
-    assert str(home / "dctp_feedback.db") in out and "applied now: 1" in out
+    assert str(home / "dctp_feedback.db") in out and "applied now: 1, 2" in out
 
 
 def test_store_from_the_airflow_connection_is_postgresql(capsys, monkeypatch, tmp_path, pg_dsn, pg_database):
@@ -157,7 +157,7 @@ def test_store_from_the_airflow_connection_is_postgresql(capsys, monkeypatch, tm
     code, out, err = dctp(capsys, "--json", "db", "upgrade")
     assert code == 0, err
     result = json.loads(out)
-    assert result["applied"] == [1] and result["store"].startswith("postgresql+psycopg2://")
+    assert result["applied"] == [1, 2] and result["store"].startswith("postgresql+psycopg2://")
     assert result["store"].endswith(f"/{name}")
     conn = psycopg2.connect(pg_dsn, dbname=name)
     try:
@@ -169,7 +169,7 @@ def test_store_from_the_airflow_connection_is_postgresql(capsys, monkeypatch, tm
     finally:
         conn.close()
     assert {"annotation_batches", "queue_items", "assignments", "annotations", "dctp_feedback_migrations"} <= tables
-    assert versions == [1]
+    assert versions == [1, 2]
     assert not (tmp_path / "airflow-home" / "dctp_feedback.db").exists()
     # the connection as Airflow's JSON form names the same database: already up to date
     monkeypatch.setenv("AIRFLOW_CONN_DCTP_FEEDBACK", json.dumps(

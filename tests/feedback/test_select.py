@@ -43,7 +43,8 @@ def day_rows(dt: str, n: int = 240, prefix: str = "") -> list[tuple]:
 
 
 def settings(**overrides) -> dict:
-    return {"quality.scorers": {"length": {}, "xmodel": {}, "pii": {}}, "annotation.budget": 40,
+    return {"quality.scorers": {"length": {}, "xmodel": {}, "pii": {}}, "quality.classifiers": {},
+            "annotation.budget": 40,
             "annotation.experts": EXPERTS, "annotation.diversity": False, **overrides}
 
 
@@ -115,6 +116,55 @@ def test_uncertainty_takes_the_rows_nearest_the_review_line(world):
                                      columns=["quality"]).column("quality").to_numpy()
     nearest = np.sort(np.abs(all_quality - cfg.quality.review_below))[:10]
     assert len(batch) == 10 and np.allclose(chosen, nearest, atol=1e-6)
+
+
+def test_an_untrained_classifier_scores_nan_and_changes_no_choice(world):
+    storage, store, _ = world
+    dt = "2026-05-03"
+    untrained = {"expert_quality": {"positive_is_good": True, "missing_ok": True}}
+    cfg = load_config(overrides=settings(**{"annotation.strategies": {"uncertainty": 1.0},
+                                            "annotation.audit_share": 0.0, "annotation.stratify_by": [],
+                                            "annotation.budget": 10, "quality.classifiers": untrained}))
+    decision = decided(storage, dt, cfg, day_rows(dt))
+    select(storage, store, cfg, dt, decision)
+    batch = batch_items(store, dt)
+    assert all(i.scores["classifier_expert_quality"]["probability"] is None for i in batch), "NaN is stored as null"
+    chosen = sorted(abs(i.quality - cfg.quality.review_below) for i in batch)
+    all_quality = storage.read_table(stage_rows(storage, DAG, dt, "quality", decision["version"]),
+                                     columns=["quality"]).column("quality").to_numpy()
+    nearest = np.sort(np.abs(all_quality - cfg.quality.review_below))[:10]
+    assert len(batch) == 10 and np.allclose(chosen, nearest, atol=1e-6), "the NaN margin adds nothing"
+
+
+def test_nan_classifier_probabilities_are_no_information():
+    import pyarrow as pa
+
+    from dctp_tasks.feedback.select import Day, strategy_scores
+    from dctp_tasks.feedback.strategies import top_k
+    from dctp_tasks.quality.classifier import ClassifierConfig, ClassifierScorer
+    from dctp_tasks.quality.decide import Decisions
+
+    def scores(quality: list[float], p: list[float] | None) -> dict[str, np.ndarray]:
+        scorers = [] if p is None else [ClassifierScorer(ClassifierConfig(name="expert_quality",
+                                                                          positive_is_good=True, missing_ok=True))]
+        n = len(quality)
+        none = np.full(n, None, dtype=object)
+        decisions = Decisions(np.array(quality), np.zeros(n, dtype=np.int64), none, none,
+                              {s.name: {"probability": np.array(p, dtype=np.float32)} for s in scorers}, none)
+        day = Day(pa.array([f"d{i}" for i in range(n)]), np.zeros(n, dtype=np.int64), ["all"], np.ones(n, bool),
+                  decisions, scorers)
+        return strategy_scores(day, load_config().annotation, 0.5)
+
+    quality = [0.5, 0.5, 0.9, 0.9, np.nan]
+    alone = scores(quality, None)
+    untrained = scores(quality, [np.nan] * 5)
+    for name in ("uncertainty", "qbc"):
+        np.testing.assert_array_equal(untrained[name], alone[name])
+    mixed = scores(quality, [0.99, np.nan, 0.5, np.nan, np.nan])
+    # a row the classifier has no probability for keeps its composite's closeness; one with neither has no score
+    np.testing.assert_allclose(mixed["uncertainty"][[1, 3]], alone["uncertainty"][[1, 3]])
+    assert np.isclose(mixed["uncertainty"][0], (1.0 + 0.02) / 2) and np.isnan(mixed["uncertainty"][4])
+    assert 4 not in top_k(mixed["uncertainty"], 5).tolist() and 4 not in top_k(mixed["qbc"], 5).tolist()
 
 
 def test_experts_get_their_domains_balanced_and_two_per_item(world):

@@ -25,6 +25,7 @@ from dctp_tasks.feedback.store import FeedbackError, FeedbackStore, NewItem
 
 DT, DT2 = "2026-01-05", "2026-01-06"
 T0 = datetime(2026, 1, 5, 6, 30, tzinfo=UTC)
+ALL_VERSIONS = [m.version for m in db.MIGRATIONS]
 DUE_DAYS = 3
 CONFIG = AnnotationConfig(
     experts={"alice": ExpertConfig(), "bob": ExpertConfig(seniority="senior", weight=2.0),
@@ -169,24 +170,42 @@ def utc(value: datetime) -> datetime:
 
 def test_upgrade_applies_the_migration_once(engine):
     assert db.applied_versions(engine) == []
-    assert db.upgrade(engine) == [1]
-    assert db.applied_versions(engine) == [1]
+    assert db.upgrade(engine) == ALL_VERSIONS
+    assert db.applied_versions(engine) == ALL_VERSIONS
     with engine.connect() as conn:
         recorded = conn.execute(sa.text(f"SELECT * FROM {db.MIGRATIONS_TABLE}")).mappings().all()
     tables = set(sa.inspect(engine).get_table_names())
     assert tables == set(db.metadata.tables) | {db.MIGRATIONS_TABLE}
 
     assert db.upgrade(engine) == []
-    assert db.applied_versions(engine) == [1]
+    assert db.applied_versions(engine) == ALL_VERSIONS
     with engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT * FROM {db.MIGRATIONS_TABLE}")).mappings().all() == recorded
     assert set(sa.inspect(engine).get_table_names()) == tables
-    assert [r["version"] for r in recorded] == [1] and recorded[0]["name"] == db.MIGRATIONS[0].name
+    assert [r["version"] for r in recorded] == ALL_VERSIONS and recorded[0]["name"] == db.MIGRATIONS[0].name
     db.check_current(engine)
 
 
+def test_a_store_of_an_older_version_gets_only_the_migrations_it_lacks_and_keeps_its_rows(engine, monkeypatch):
+    monkeypatch.setattr(db, "MIGRATIONS", db.MIGRATIONS[:1])
+    monkeypatch.setattr(db, "LATEST", 1)
+    assert db.upgrade(engine) == [1]
+    with engine.begin() as conn:  # a batch written by the code of version 1 (no synthetic column yet)
+        conn.execute(sa.text("INSERT INTO annotation_batches (batch_id, dag_id, dt, created_at, budget, strategy_mix, "
+                             "config_hash, items) VALUES (1, 'd', '2026-01-05', :t, 1, '{}', 'h', 1)"), {"t": T0})
+        conn.execute(sa.text("INSERT INTO queue_items (item_id, batch_id, position, doc_id, dt, text, scores, pool, "
+                             "strategy, stratum) VALUES (1, 1, 0, 's/1', '2026-01-05', 't', '{}', 'kept', 'random', "
+                             "'x')"))
+    monkeypatch.undo()
+    with pytest.raises(db.SchemaOutdated, match=r"lacks migrations \[2\]"):
+        db.check_current(engine)
+    assert db.upgrade(engine) == ALL_VERSIONS[1:]
+    store = FeedbackStore(engine, CONFIG)
+    assert store.counts()["items"] == 1 and store.item(1).synthetic is False
+
+
 def test_check_current_refuses_a_database_not_upgraded(engine):
-    with pytest.raises(db.SchemaOutdated, match=r"lacks migrations \[1\].*dctp db upgrade"):
+    with pytest.raises(db.SchemaOutdated, match=r"lacks migrations \[1, 2\].*dctp db upgrade"):
         db.check_current(engine)
     with pytest.raises(db.SchemaOutdated, match="dctp db upgrade"):
         FeedbackStore(engine, CONFIG)
@@ -210,7 +229,7 @@ def test_a_database_newer_than_the_code_is_refused(engine):
         FeedbackStore(engine, CONFIG)
     with pytest.raises(db.SchemaOutdated, match="upgrade dctp"):
         db.upgrade(engine)
-    assert db.applied_versions(engine) == [1, db.LATEST + 1]
+    assert db.applied_versions(engine) == [*ALL_VERSIONS, db.LATEST + 1]
 
 
 def _race_upgrades(url, workers: int) -> list:
@@ -250,12 +269,13 @@ def test_concurrent_upgrades_apply_the_migration_exactly_once(engine_url, reques
             _clean_pg(request.getfixturevalue("pg_dsn"), url)
         results = _race_upgrades(url, workers)
         assert not [r for r in results if isinstance(r, Exception)], (round_, results)
-        assert sorted(results) == [[]] * (workers - 1) + [[1]]
+        assert sorted(results) == [[]] * (workers - 1) + [ALL_VERSIONS]
         engine = db.create_feedback_engine(url)
         try:
-            assert db.applied_versions(engine) == [1]
+            assert db.applied_versions(engine) == ALL_VERSIONS
             with engine.connect() as conn:
-                assert conn.execute(sa.text(f"SELECT count(*) FROM {db.MIGRATIONS_TABLE}")).scalar_one() == 1
+                count = conn.execute(sa.text(f"SELECT count(*) FROM {db.MIGRATIONS_TABLE}")).scalar_one()
+                assert count == len(ALL_VERSIONS)
             assert FeedbackStore(engine, CONFIG).counts()["items"] == 0  # the schema is whole
         finally:
             engine.dispose()
@@ -274,7 +294,7 @@ def test_a_new_sqlite_store_waits_for_another_writer_instead_of_failing(tmp_path
     release.start()
     engine = db.create_feedback_engine(f"sqlite:///{path}")
     try:
-        assert db.upgrade(engine) == [1]
+        assert db.upgrade(engine) == ALL_VERSIONS
         with engine.connect().execution_options(**{db.READ_ONLY: True}) as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     finally:

@@ -201,7 +201,7 @@ def test_the_feedback_store_check_on_postgresql_and_sqlite(pg_database, tmp_path
 
     roster = load_config(overrides={"annotation.experts": {"alice": {}}})
     [new] = check_feedback(roster, pg_database)
-    assert new.status == "ok" and "schema version 0 (feedback_db applies migrations up to 1)" in new.detail
+    assert new.status == "ok" and f"schema version 0 (feedback_db applies migrations up to {db.LATEST})" in new.detail
     engine = db.create_feedback_engine(db.connection_url(pg_database))
     db.upgrade(engine)
     [current] = check_feedback(roster, pg_database)

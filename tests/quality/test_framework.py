@@ -45,7 +45,8 @@ def staged_version(storage, stage: str) -> str:
 
 
 def config(**overrides):
-    return load_config(overrides={"quality.scorers": SCORERS, **overrides})
+    # only the test scorers: not the default config's expert_quality classifier
+    return load_config(overrides={"quality.scorers": SCORERS, "quality.classifiers": {}, **overrides})
 
 
 def score_both(storage, cfg):
