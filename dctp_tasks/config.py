@@ -424,9 +424,6 @@ class FeedbackConfig(_Strict):
     """Factor on the weight of a document with ``good`` consensus."""
     max_row_weight: float = Field(5.0, gt=0.0)
     """Upper bound of any row's ``sampling_weight``."""
-    credibility_min_labels: int = Field(20, ge=1)
-    """Consensus labels a source needs before the credibility scorer takes its feedback estimate (the Beta
-    posterior of its share judged good) instead of the config prior."""
     classifier: ExpertClassifierConfig = Field(default_factory=ExpertClassifierConfig)
 
     @model_validator(mode="after")

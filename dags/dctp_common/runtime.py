@@ -302,6 +302,34 @@ def retract_rejected(run: RunContext, started: dict | None, skip_dt: str | None 
             "retracted_dates": len(done["retracted"])}
 
 
+def apply_feedback(run: RunContext) -> dict:
+    """Merge the judgements made since the last merge and retract every document judged bad, under the table's
+    writer lock; log to MLflow when something changed. Return what was done (nothing: no merge, no version)."""
+    from dctp_tasks import tracking
+    from dctp_tasks.feedback.merge import merge_judgements, merge_metrics
+
+    with feedback_store(run.config) as store, permanent_errors():
+        merged = merge_judgements(store, run.config, dag_id=run.dag_id, run_id=run.run_id, dt=None,
+                                  only_if_new=True) if run.config.feedback.enabled else None
+    with table_lock(run.config), permanent_errors():
+        retracted = retract_rejected(run, None)
+    result = {"merge_id": merged.merge_id if merged else None, "changed": merged.changed if merged else 0,
+              **retracted}
+    if merged is None and not retracted["retracted"]:
+        log.info("feedback apply: no new judgement and nothing left to retract; no merge run, no table version")
+        return result
+    if run.config.tracking.enabled:
+        started = start_tracking(run, run.dag_id)
+        metrics = {**(merge_metrics(merged) if merged else {}), "retracted": retracted["retracted"],
+                   "retract_version": retracted["retract_version"]}
+        tracking.log_metrics(run.config.tracking, started["mlflow_run_id"],
+                             {f"apply.{k}": float(v) for k, v in metrics.items()})
+        tracking.close_run(run.config.tracking, started["mlflow_run_id"])
+        result["mlflow_run_id"] = started["mlflow_run_id"]
+    log.info("feedback apply: %s", result)
+    return result
+
+
 def postgres_connector() -> Callable[[str], object]:
     """Return ``conn_id -> psycopg2 connection`` through the postgres provider's hook."""
 

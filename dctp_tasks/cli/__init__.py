@@ -117,12 +117,14 @@ def versions(storage: Storage, dataset: str, args) -> list[dict]:
     rows = []
     for commit in sorted(history, key=lambda c: c["version"]):
         meta = {k.removeprefix(METADATA_PREFIX): v for k, v in commit.items() if k.startswith(METADATA_PREFIX)}
+        # a retraction changes several dates: it shows them, and the rows it removed as a negative count
+        dates = json.loads(meta["dates"]) if meta.get("dates") else {}
         rows.append({
             "version": commit["version"],
             "committed": datetime.fromtimestamp(commit["timestamp"] / 1000, UTC).isoformat(timespec="seconds"),
-            "operation": commit.get("operation"),
-            "dt": meta.get("dt"),
-            "rows": meta.get("exported"),
+            "operation": "retract" if dates else commit.get("operation"),
+            "dt": meta.get("dt") or ",".join(sorted(dates)) or None,
+            "rows": meta.get("exported") or (f"-{sum(d['retracted'] for d in dates.values())}" if dates else None),
             "run_id": meta.get("run_id"),
             "mlflow_run_id": meta.get("mlflow_run_id"),
         })
@@ -268,7 +270,8 @@ def _render(command: str, out) -> str:
     if command == "versions":
         header = f"{'version':>7}  {'committed':<25} {'dt':<10} {'rows':>8}  {'run_id':<45} mlflow_run_id"
         lines = [header] + [f"{r['version']:>7}  {r['committed']:<25} {r['dt'] or '-':<10} {r['rows'] or '-':>8}  "
-                            f"{r['run_id'] or '-':<45} {r['mlflow_run_id'] or '-'}" for r in out]
+                            f"{r['run_id'] or '-':<45} {r['mlflow_run_id'] or '-'}"
+                            + ("  (retraction)" if r["operation"] == "retract" else "") for r in out]
         return "\n".join(lines)
     if command == "show":
         lines = [f"version {out['version']}: {out['rows']:,} rows"]
@@ -304,6 +307,8 @@ def _render(command: str, out) -> str:
                 + (f" (applied now: {', '.join(map(str, out['applied']))})" if out["applied"] else " (up to date)"))
     if command == "annotate":
         return ""
+    if command in ("feedback", "weights") and "text" in out:
+        return out["text"]
     if command == "ledger":
         lines = [out["text"], f"  (export version {out['version']})"]
         for reason, rows in out["examples"].items():
@@ -316,5 +321,6 @@ def _render(command: str, out) -> str:
 COMMANDS = {"versions": versions, "show": show, "files": files, "diff": diff, "ledger": ledger, "report": report,
             "rescore": rescore, "train-scorer": train_scorer, "score": score_file, "db": feedback_cli.db_command,
             "queue": feedback_cli.queue_command, "annotate": feedback_cli.annotate_command,
-            "feedback": feedback_cli.feedback_command, "al-simulate": al_simulate}
+            "feedback": feedback_cli.feedback_command, "weights": feedback_cli.weights_command,
+            "al-simulate": al_simulate}
 

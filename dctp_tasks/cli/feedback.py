@@ -9,6 +9,7 @@ The roster and categories come from the config file (``annotation``).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -55,6 +56,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     exp = actions.add_parser("export", parents=[store], help="write each expert's effective judgement per document")
     exp.add_argument("file", help=".csv or .parquet")
     exp.add_argument("--trail", action="store_true", help="every row of the audit trail, retractions included")
+    stats = actions.add_parser("stats", parents=[store], help="consensus, agreement (Krippendorff's alpha, Cohen's "
+                                                              "kappa) and expert reliability of a merge run")
+    stats.add_argument("--merge", type=int, default=None, metavar="ID", help="merge run id (default: the latest)")
+    weights = sub.add_parser("weights", help="the sampling weights a table version carries, per source and domain")
+    weights.add_argument("--version", type=int, default=None, help="table version (default: the latest)")
 
 
 def open_store(args: argparse.Namespace) -> FeedbackStore:
@@ -88,6 +94,8 @@ def annotate_command(storage: Storage, dataset: str, args: argparse.Namespace) -
 
 def feedback_command(storage: Storage, dataset: str, args: argparse.Namespace) -> dict:
     store = open_store(args)
+    if args.action == "stats":
+        return stats_command(store, args.merge)
     path = Path(args.file)
     if path.suffix not in (".csv", ".parquet"):
         raise ValueError(f"{path}: the format comes from the extension; use .csv or .parquet")
@@ -208,3 +216,65 @@ def _finish(out: Callable[[str], None], counts: dict) -> dict:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f" … [{len(text) - limit} more characters]"
+
+
+def stats_command(store: FeedbackStore, merge_id: int | None) -> dict:
+    """Return a merge run's consensus counts, agreement and expert reliability, with its text rendering."""
+    from dctp_tasks.feedback.consensus_db import merge_run
+
+    run = merge_run(store, merge_id)
+    if run is None:
+        raise ValueError("no merge run " + (str(merge_id) if merge_id is not None else "yet: judgements are merged "
+                                                                                   "by dctp_daily's merge_feedback "
+                                                                                   "or dctp_feedback_apply"))
+    s = run["stats"]
+    floor = load_config().feedback.reliability_floor
+    lines = [f"merge run {run['merge_id']} ({run['dag_id']} {safe(run['run_id'] or '')}, "
+             f"{run['created_at']:%Y-%m-%d %H:%M} UTC, {run['method']}): {run['judgements']:,} judgements on "
+             f"{run['documents']:,} documents; {s.get('good', 0):,} good, {s.get('bad', 0):,} bad, "
+             f"{s.get('needs_review', 0):,} need review"
+             + (f"; in table version {run['table_version']}" if run["table_version"] is not None else ""),
+             f"Krippendorff's alpha {_num(s.get('alpha'))} overall"
+             + (f", {_num(s.get('alpha_batch'))} on dt={run['dt']}'s batch" if run["dt"] else ""), "",
+             f"{'expert':<24} {'judgements':>10} {'reliability':>11} {'agreement':>9} {'weight':>6}"]
+    for e in run["experts"]:
+        lines.append(f"{safe(e['expert']):<24} {e['judgements']:>10} {_num(e['reliability']):>11} "
+                     f"{_num(e['agreement']):>9} {e['weight']:>6.2f}"
+                     + (f"  FLAGGED: reliability below {floor:.2f}" if e["flagged"] else ""))
+    if s.get("kappa"):
+        lines += ["", f"{'expert pair':<40} {'kappa':>7} {'shared':>7}"]
+        lines += [f"{safe(pair.replace('|', ' / ')):<40} {_num(k['kappa']):>7} {k['items']:>7}"
+                  for pair, k in s["kappa"].items()]
+    return {**run, "text": "\n".join(lines)}
+
+
+def weights_command(storage: Storage, dataset: str, args: argparse.Namespace) -> dict:
+    """Return the sampling weights table version ``--version`` carries: those of the latest export at or before it."""
+    from dctp_tasks.export import METADATA_PREFIX, open_table
+    from dctp_tasks.export.delta import commit_info, dataset_dir
+
+    version = open_table(storage, dataset, args.version).version()
+    for v in range(version, -1, -1):
+        info = commit_info(storage, dataset_dir(dataset), v) or {}
+        raw = info.get(f"{METADATA_PREFIX}sampling_weights")
+        if raw:
+            weights = json.loads(raw)
+            break
+    else:
+        raise ValueError(f"version {version} of {dataset!r} carries no sampling weights: no export up to it merged "
+                         "feedback (feedback.enabled false, or exported before merging existed)")
+    lines = [f"version {version}: sampling weights of the export in version {v} (merge run "
+             f"{info.get(f'{METADATA_PREFIX}merge_id', '?')}); prior share judged good "
+             f"{weights.get('prior_share', float('nan')):.3f}",
+             f"{'group':<40} {'good':>6} {'bad':>6} {'share':>7} {'weight':>7}"]
+    for kind in ("source", "domain"):
+        for key, w in sorted(weights.get(kind, {}).items()):
+            lines.append(f"{kind + ' ' + safe(key or '(none)'):<40} {w['good']:>6} {w['bad']:>6} {w['share']:>7.3f} "
+                         f"{w['weight']:>7.3f}")
+    if len(lines) == 2:
+        lines.append("(no judged documents yet: every source and domain weighs 1)")
+    return {"version": version, "weights_version": v, "weights": weights, "text": "\n".join(lines)}
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"

@@ -37,6 +37,7 @@ from dctp_tasks.export.delta import (
 )
 from dctp_tasks.export.ledger import RETRACT_STAGE, committed_ledger, write_ledger
 from dctp_tasks.ledger import REJECT_SCHEMA, check_ledger, ledger_report
+from dctp_tasks.records import conform
 from dctp_tasks.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ def _retract(storage: Storage, config: PipelineConfig, rejected: dict[str, tuple
     dates = sorted({day for day, _ in rejected.values()} - {skip_dt})
     if table is None or not dates:
         return {"table_version": None, "retracted": {}}
-    bad = pa.array(sorted(d for d, (day, _) in rejected.items() if day != skip_dt), pa.string())
+    # per date: a document is removed only from the partition it was judged in, not from another date that holds
+    # the same doc_id (a source that sent the record again, changed)
+    bad = {day: pa.array(sorted(d for d, (dt, _) in rejected.items() if dt == day), pa.string()) for day in dates}
     files = pa.table(table.get_add_actions(flatten=True))
     files = files.filter(pc.is_in(files.column(f"partition.{PARTITION}"), value_set=pa.array(dates, pa.string())))
     schema = pa.schema(table.schema().to_arrow())
@@ -83,16 +86,16 @@ def _retract(storage: Storage, config: PipelineConfig, rejected: dict[str, tuple
     root = storage.path(table_dir)
     for row in files.to_pylist():
         path = posixpath.join(root, row["path"])
+        day = row[f"partition.{PARTITION}"]
         ids = pq.read_table(storage.fs.open_input_file(path), columns=["doc_id"]).column("doc_id")
-        hit = pc.is_in(ids, value_set=bad)
+        hit = pc.is_in(ids, value_set=bad[day])
         if not pc.any(hit).as_py():
             continue
-        day = row[f"partition.{PARTITION}"]
         whole = pq.read_table(storage.fs.open_input_file(path))
         writer = writers.setdefault(day, _FileWriter(storage, table_dir, day, schema, f"part-{token}-retract"))
         kept = whole.filter(pc.invert(hit))
-        writer.write(kept.append_column(PARTITION, pa.array([day] * kept.num_rows, pa.string())).select(
-            schema.names))
+        # conform: a file written before a later export added a column lacks it (nulls, as readers see it)
+        writer.write(conform(kept.append_column(PARTITION, pa.array([day] * kept.num_rows, pa.string())), schema))
         removed = whole.filter(hit).select(["doc_id", "source"])
         gone[day] = pa.concat_tables([t for t in (gone.get(day), removed) if t is not None])
         removes.append(RemoveAction(row["path"], True, now_ms, row["size_bytes"], {PARTITION: day}))

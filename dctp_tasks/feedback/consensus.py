@@ -225,7 +225,10 @@ def merge_consensus(j: Judgements, weights: np.ndarray, cfg: FeedbackConfig) -> 
             return dawid_skene(j, expert_weights)
         return weighted_majority(j, expert_weights), None, None, 0
 
-    p_good, confusion, prior, iterations = run(w)
+    # Dawid–Skene learns each expert's reliability from the data; roster weights on top would let a heavier expert
+    # win every 1-vs-1 split and then look perfect. They weigh the majority only.
+    base = np.ones_like(w) if use_ds else w
+    p_good, confusion, prior, iterations = run(base)
     if use_ds:
         reliability = prior[0] * confusion[:, 0, 0] + prior[1] * confusion[:, 1, 1]
         n_reliable = np.bincount(j.expert[on_shared], minlength=j.n_experts)
@@ -234,7 +237,7 @@ def merge_consensus(j: Judgements, weights: np.ndarray, cfg: FeedbackConfig) -> 
     reliability = np.where(n_reliable >= cfg.min_expert_judgements, reliability, np.nan)
     flagged = reliability < cfg.reliability_floor  # NaN compares False: an unmeasured expert is never flagged
     if flagged.any():
-        p_good, confusion, prior, iterations = run(np.where(flagged, w * cfg.flagged_weight, w))
+        p_good, confusion, prior, iterations = run(np.where(flagged, base * cfg.flagged_weight, base))
 
     confidence = np.maximum(p_good, 1.0 - p_good)
     decided = (confidence >= cfg.min_confidence) & (np.abs(p_good - 0.5) > _TIE_TOL)  # NaN fails both

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -39,6 +39,9 @@ class EffectiveLabels:
     label: np.ndarray  # int8: 1 good, 0 bad
     annotation_id: np.ndarray  # int64
     skips: int
+    done_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """With ``done_expert``: every (item, expert) with an effective judgement, skips included (their work done)."""
+    done_expert: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
 
 
 def effective_labels(store: FeedbackStore) -> EffectiveLabels:
@@ -65,9 +68,16 @@ def effective_labels(store: FeedbackStore) -> EffectiveLabels:
     latest.sort()
     labels = labels[latest]
     decided = labels != "skip"
-    return EffectiveLabels(item_ids[latest][decided], names[expert_code[latest][decided]].astype(object),
+    done_expert = names[expert_code[latest]].astype(object)
+    return EffectiveLabels(item_ids[latest][decided], done_expert[decided],
                            (labels[decided] == "good").astype(np.int8), ids[latest][decided],
-                           int((~decided).sum()))
+                           int((~decided).sum()), item_ids[latest], done_expert)
+
+
+def latest_annotation_id(store: FeedbackStore) -> int | None:
+    """Return the id of the newest row of the audit trail (``None`` while it is empty)."""
+    with store._reading() as conn:
+        return conn.execute(sa.select(sa.func.max(annotations.c.annotation_id))).scalar()
 
 
 @dataclass(frozen=True)
@@ -224,32 +234,35 @@ def consensus_history(store: FeedbackStore, item_id: int) -> list[dict]:
 
 
 def assign_reviews(store: FeedbackStore, item_ids: Sequence[int], max_judgements: int,
-                   now: datetime | None = None) -> dict[int, str]:
+                   labels: EffectiveLabels | None = None, now: datetime | None = None) -> dict[int, str]:
     """Assign each ``needs_review`` item to one more expert: one who is not assigned yet, may judge its domain,
     senior first, then the least loaded; only when every expert assigned has judged it and it has fewer than
-    ``max_judgements`` judgements. Return ``{item_id: expert}`` of the assignments made."""
+    ``max_judgements`` judgements. ``labels``: the effective judgements, when the caller has read them already.
+    Return ``{item_id: expert}`` of the assignments made."""
     if not item_ids:
         return {}
     roster = store.roster
     rank = {"senior": 0, "regular": 1, "junior": 2}
-    load = store.open_load()
     now = now or datetime.now(UTC)
     made: dict[int, str] = {}
     with store.engine.begin() as conn:
         _lock(conn, "dctp_reviews")
+        labels = labels if labels is not None else effective_labels(store)
+        pairs = conn.execute(sa.select(assignments.c.item_id, assignments.c.expert)).all()
+        load = _open_load(pairs, labels)
         wanted = {int(i) for i in item_ids}
         assigned: dict[int, set[str]] = {}
+        for item_id, expert in pairs:
+            if item_id in wanted:
+                assigned.setdefault(item_id, set()).add(expert)
         domains: dict[int, str | None] = {}
         for chunk in _chunks(wanted):
-            for item_id, expert in conn.execute(sa.select(assignments.c.item_id, assignments.c.expert).where(
-                    assignments.c.item_id.in_(chunk))):
-                assigned.setdefault(item_id, set()).add(expert)
-            domains.update(conn.execute(sa.select(items.c.item_id, items.c.domain).where(items.c.item_id.in_(chunk))))
+            domains.update(conn.execute(sa.select(items.c.item_id, items.c.domain).where(
+                items.c.item_id.in_(chunk))).all())
         judged: dict[int, set[str]] = {}
-        for chunk in _chunks(wanted):
-            for item_id, expert in conn.execute(sa.select(annotations.c.item_id, annotations.c.expert).where(
-                    annotations.c.item_id.in_(chunk), annotations.c.label.is_not(None)).distinct()):
-                judged.setdefault(item_id, set()).add(expert)
+        mine = np.isin(labels.done_item, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
+        for item_id, expert in zip(labels.done_item[mine].tolist(), labels.done_expert[mine].tolist(), strict=True):
+            judged.setdefault(item_id, set()).add(expert)
         rows = []
         for item_id in sorted(wanted):
             have, done = assigned.get(item_id, set()), judged.get(item_id, set())
@@ -268,6 +281,17 @@ def assign_reviews(store: FeedbackStore, item_ids: Sequence[int], max_judgements
     return made
 
 
+def _open_load(pairs: Sequence[tuple[int, str]], labels: EffectiveLabels) -> dict[str, int]:
+    """Return each expert's open assignments: the (item, expert) pairs with no effective judgement, vectorised."""
+    if not pairs:
+        return {}
+    item_ids, experts = (np.asarray(c, dtype=object) for c in zip(*pairs, strict=True))
+    names, codes = np.unique(np.concatenate([experts, labels.done_expert]).astype(str), return_inverse=True)
+    assigned_key = item_ids.astype(np.int64) * len(names) + codes[:len(experts)]
+    done_key = labels.done_item.astype(np.int64) * len(names) + codes[len(experts):]
+    open_ = ~np.isin(assigned_key, done_key)
+    counts = np.bincount(codes[:len(experts)][open_], minlength=len(names))
+    return {str(name): int(counts[i]) for i, name in enumerate(names) if counts[i]}
 
 def rejected_documents(store: FeedbackStore) -> dict[str, tuple[str, list[int]]]:
     """Return ``doc_id -> (dt, judgement ids)`` of every document whose current consensus is ``bad``."""

@@ -30,12 +30,15 @@ from dctp_tasks.feedback.consensus_db import (
     effective_labels,
     item_facts,
     item_texts,
+    latest_annotation_id,
+    merge_run,
     record_merge,
 )
 from dctp_tasks.feedback.store import FeedbackStore
 from dctp_tasks.feedback.weights import Weights, group_weights, row_weights
 from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.records import append_step, params_hash, with_column
+from dctp_tasks.source_labels import publish_source_labels
 from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rows
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage
@@ -76,10 +79,18 @@ class Merged:
 
 
 def merge_judgements(store: FeedbackStore, config: PipelineConfig, *, dag_id: str, run_id: str | None,
-                     dt: str | None) -> Merged:
+                     dt: str | None, only_if_new: bool = False) -> Merged | None:
     """Compute the consensus of every judged document from every effective judgement; store it as a merge run
-    (``dt``: the daily run's date, ``None`` for ``dctp_feedback_apply``) and assign one more expert where needed."""
+    (``dt``: the daily run's date, ``None`` for ``dctp_feedback_apply``) and assign one more expert where needed.
+
+    With ``only_if_new``, return ``None`` without storing anything when no row was added to the audit trail since
+    the last merge run."""
     cfg = config.feedback
+    last_row = latest_annotation_id(store)
+    if only_if_new:
+        previous = merge_run(store)
+        if previous is not None and previous["stats"].get("last_annotation_id") == last_row:
+            return None
     labels = effective_labels(store)
     item_ids, item_index = np.unique(labels.item_id, return_inverse=True)
     names, expert_index = np.unique(labels.expert.astype(str), return_inverse=True)
@@ -95,12 +106,13 @@ def merge_judgements(store: FeedbackStore, config: PipelineConfig, *, dag_id: st
     group = group_weights(facts.source[decided], facts.domain[decided], result.label[decided] == cs.GOOD, cfg)
     experts = [{"expert": str(name), "judgements": int(result.judgements[e]), "reliability": result.reliability[e],
                 "agreement": result.agreement[e], "flagged": bool(result.flagged[e]),
-                "weight": float(weights[e] * (cfg.flagged_weight if result.flagged[e] else 1.0))}
+                "weight": float((1.0 if result.method == cs.DAWID_SKENE else weights[e])
+                                * (cfg.flagged_weight if result.flagged[e] else 1.0))}
                for e, name in enumerate(names)]
     stats = agreement_stats(judgements, names, facts, dt)
     stats.update({"good": int((result.label == cs.GOOD).sum()), "bad": int((result.label == cs.BAD).sum()),
                   "needs_review": int((~decided).sum()), "shared_items": int(result.shared_items),
-                  "iterations": int(result.iterations), "skips": labels.skips,
+                  "iterations": int(result.iterations), "skips": labels.skips, "last_annotation_id": last_row,
                   "flagged": [str(names[e]) for e in np.flatnonzero(result.flagged)],
                   "weights": group.as_dict()})
     rows = [{"item_id": int(item_ids[i]), "label": label_names[i], "p_good": float(result.p_good[i]),
@@ -111,7 +123,7 @@ def merge_judgements(store: FeedbackStore, config: PipelineConfig, *, dag_id: st
         documents=len(item_ids), stats=stats, config_hash=config.config_hash(), consensus_rows=rows,
         experts=experts, weights=[{"kind": g.kind, "key": g.key, "good": g.good, "bad": g.bad, "share": g.share,
                                    "weight": g.weight} for g in group.groups]))
-    reviews = assign_reviews(store, item_ids[~decided].tolist(), cfg.max_judgements)
+    reviews = assign_reviews(store, item_ids[~decided].tolist(), cfg.max_judgements, labels)
     log.info("merge %d (%s): %d judgements on %d documents; %d good, %d bad, %d need review (%d assigned); %d "
              "changed; alpha %.3f", merge_id, result.method, len(labels.label), len(item_ids), stats["good"],
              stats["bad"], stats["needs_review"], len(reviews), changed, stats["alpha"])
@@ -146,6 +158,8 @@ def merge_feedback_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
         return result
     with Timer() as timer:
         merged = merge_judgements(store, config, dag_id=dag_id, run_id=run_id, dt=dt)
+        publish_source_labels(storage, dt, {g.key: {"good": g.good, "bad": g.bad} for g in merged.weights.groups
+                                            if g.kind == "source" and g.key})
         rejected = merged.docs("bad") if cfg.remove_rejected else {}
         changes = _apply(storage, config, dag_id, dt, in_dir, merged, rejected)
         trained = retrain(storage, config, store, merged, dt)
@@ -160,7 +174,7 @@ def merge_feedback_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
                     "promoted": changes["promoted"], "boosted": changes["boosted"], "rejected_earlier": earlier,
                     "reviews_assigned": len(merged.reviews), "report": report,
                     "classifier_status": trained.get("status", ""),
-                    **_metrics(merged), **{f"classifier_{k}": v for k, v in trained.items()
+                    **merge_metrics(merged), **{f"classifier_{k}": v for k, v in trained.items()
                                            if isinstance(v, (int, float)) and not isinstance(v, bool)}}
     return result
 
@@ -234,7 +248,7 @@ def render_report(dt: str, config: PipelineConfig, merged: Merged, changes: dict
              f"({len(merged.reviews)} assigned to one more expert); {merged.changed:,} consensus changes.", "",
              f"Krippendorff's alpha: {_num(s['alpha'])} overall, {_num(s.get('alpha_batch'))} on this date's batch.",
              "", f"Today: {changes['rejected']:,} rows removed (`{EXPERT_REJECTED}`), {changes['promoted']:,} review "
-             "rows promoted to pass, {changes['boosted']:,} rows with good consensus weighted up; "
+             f"rows promoted to pass, {changes['boosted']:,} rows with good consensus weighted up; "
              f"{sum(1 for d, _ in merged.docs('bad').values() if d != dt):,} documents of other dates have bad "
              "consensus (the export retracts those still in the table).", "",
              "| expert | judgements | reliability | agreement | weight | flagged |", "|---|---:|---:|---:|---:|---|"]
@@ -255,7 +269,7 @@ def render_report(dt: str, config: PipelineConfig, merged: Merged, changes: dict
     return "\n".join(lines) + "\n"
 
 
-def _metrics(merged: Merged) -> dict[str, float]:
+def merge_metrics(merged: Merged) -> dict[str, float]:
     s = merged.stats
     out = {"judgements": float(sum(map(len, merged.annotation_ids))),
            "documents": float(len(merged.doc_ids)), "good": s["good"], "bad": s["bad"],

@@ -14,11 +14,13 @@ from tests.conftest import REPO
 
 EXPECTED_TASKS = ["preflight", "preflight_gpu", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact",
                   "dedup_near", "dedup_semantic", "score", "score_models", "decide", "feedback_db",
-                  "select_for_annotation", "export", "finish_run"]
-HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "select_for_annotation", "export"}
+                  "select_for_annotation", "merge_feedback", "export", "finish_run"]
+HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "select_for_annotation",
+                 "merge_feedback", "export"}
 GPU_TASKS = {"dedup_semantic", "score_models"}  # model inference
 GPU_QUEUE_TASKS = GPU_TASKS | {"preflight_gpu"}  # the models are checked where they load
-RESCORE_TASKS = ["preflight", "start_run", "decide", "export", "finish_run"]
+RESCORE_TASKS = ["preflight", "start_run", "decide", "merge_feedback", "export", "finish_run"]
+APPLY_TASKS = ["feedback_db", "apply_feedback"]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def dagbag():
 
 def test_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"dctp_daily", "dctp_rescore"} <= set(dagbag.dag_ids)
+    assert {"dctp_daily", "dctp_rescore", "dctp_feedback_apply"} <= set(dagbag.dag_ids)
 
 
 def test_dag_file_imports_fast_without_heavy_modules():
@@ -80,7 +82,8 @@ def test_dag_shape(dagbag):
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
     chain = ["preflight", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
-             "dedup_semantic", "score", "score_models", "decide", "select_for_annotation", "export", "finish_run"]
+             "dedup_semantic", "score", "score_models", "decide", "select_for_annotation", "merge_feedback", "export",
+             "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
@@ -200,6 +203,18 @@ def test_rescore_dag_re_decides_one_date_without_model_tasks(dagbag):
     params = dag.params
     assert {"date", "quality_thresholds", "min_quality", "review_below"} <= set(params.keys())
     assert all(params.get_param(name).description for name in params.keys())
+
+
+def test_feedback_apply_dag_runs_every_30_minutes_one_at_a_time(dagbag):
+    dag = dagbag.dags["dctp_feedback_apply"]
+    assert sorted(dag.task_ids) == sorted(APPLY_TASKS)
+    assert "apply_feedback" in dag.get_task("feedback_db").downstream_task_ids
+    assert dag.timetable.expression == "*/30 * * * *" and dag.catchup is False and dag.max_active_runs == 1
+    assert dag.doc_md and "expert_rejected" in dag.doc_md
+    for task_id in APPLY_TASKS:
+        task = dag.get_task(task_id)
+        assert task.retries >= 2 and task.retry_exponential_backoff and task.on_failure_callback
+        assert task.execution_timeout is not None and (task.doc_md or task.doc)
 
 
 def test_rescore_context_takes_the_date_from_params():

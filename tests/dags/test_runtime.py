@@ -120,3 +120,16 @@ def test_a_broken_notifier_never_hides_the_failure(monkeypatch, caplog):
         on_failure({"ti": ti, "exception": RuntimeError("boom"), "params": {}})
     assert any("notifier tests.dags.notifier_for_tests:NoSuchNotifier failed" in r.getMessage()
                for r in caplog.records)
+
+
+def test_an_unreachable_feedback_store_fails_merging_with_a_retry_never_a_skip(monkeypatch):
+    """merge_feedback and the apply DAG open the store through the dctp_feedback connection: a database that does
+    not answer raises a transient error (Airflow retries the task), never a silent pass without merging."""
+    from dctp_common.runtime import feedback_store, table_lock
+
+    monkeypatch.setenv("AIRFLOW_CONN_DCTP_FEEDBACK", "postgresql://nobody@127.0.0.1:9/feedback?connect_timeout=2")
+    config = load_config()
+    for opening in (lambda: feedback_store(config).__enter__(), lambda: table_lock(config).__enter__()):
+        exc = raised(opening)
+        assert not isinstance(exc, AirflowFailException) and not is_permanent(exc), exc
+        assert "127.0.0.1" in str(exc) and "9" in str(exc)

@@ -157,8 +157,10 @@ def check_feedback(store: FeedbackStore, storage: Storage, history: list[dict]) 
         assert len(items) == batch.items
         audit = [h for h in items if h.item.pool == "filtered"]
         assert audit and all(h.item.doc_id in filtered and h.item.strategy == "audit" for h in audit)
+        judged_out = set(rejects.filter(pc.equal(rejects.column("reason"), "expert_rejected")).column("doc_id")
+                         .to_pylist())
         for h in items:
-            if h.item.pool == "kept":
+            if h.item.pool == "kept" and h.item.doc_id not in judged_out:  # a document judged bad left the date
                 assert exported[h.item.doc_id] == h.item.text, "the expert sees the text as it was exported"
             assert len(h.assigned) == 2 and ("bob" not in h.assigned or h.item.domain == "news")
     return batches
@@ -206,7 +208,7 @@ def check_mlflow(dt_runs: list[str]) -> None:
         assert {"ledger.json", "ledger.txt", "reports"} <= artifacts
         reports = {a.path for a in client.list_artifacts(finished[0].info.run_id, "reports")}
         assert reports == {"reports/dedup_near.md", "reports/dedup_semantic.md", "reports/quality.md",
-                           "reports/select_for_annotation.md"}
+                           "reports/select_for_annotation.md", "reports/merge_feedback.md"}
         plots = {a.path for a in client.list_artifacts(finished[0].info.run_id, "plots")}
         assert {"plots/quality.png", "plots/heuristics.png", "plots/pii.png"} <= plots
         verdicts = metrics["quality.pass"] + metrics["quality.review"] + metrics["quality.fail"]
@@ -216,7 +218,7 @@ def check_mlflow(dt_runs: list[str]) -> None:
         assert metrics["select_for_annotation.selected"] == 100, "the default budget, a batch kept or chosen anew"
 
 
-def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):
+def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch, capsys):
     root = (tmp_path / "data").as_uri()
     monkeypatch.setenv("DCTP_DATA_ROOT", root)
     monkeypatch.setenv("DCTP_CONFIG", str(config_file(tmp_path, ROSTER)))
@@ -229,7 +231,8 @@ def test_three_dates_on_local_files(dag, airflow_db, tmp_path, monkeypatch):
     assert all(len(ids) > 100 for ids in survivors.values())
     table = partition(storage, DATES[0])
     assert "perplexity" in {f.name for f in table.schema.field("scores").type}
-    check_rescore(storage, DATES[0])
+    rejected = check_apply(storage, capsys)
+    check_rescore(storage, DATES[0], rejected)
     from mlflow.tracking import MlflowClient
 
     runs = MlflowClient().search_runs(
@@ -276,9 +279,51 @@ def test_three_dates_on_s3_with_postgres_source(dag, airflow_db, s3_bucket, moto
     assert all(survivors.values())
 
 
-def check_rescore(storage: Storage, dt: str) -> None:
+def check_apply(storage: Storage, capsys) -> str:
+    """The experts judge an exported document of the first date bad: one dctp_feedback_apply run removes it from its
+    partition in one new version whose ledger counts it as retracted; a second run, with nothing new, commits
+    nothing. Return the document's id."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from dctp_tasks.cli import main
+    from dctp_tasks.export.delta import commit_info, dataset_dir
+
+    store = FeedbackStore.open(None, load_config().annotation)
+    item = next(i for i in store.open_queue("alice", dt=DATES[0], limit=None) if i.pool == "kept")
+    judged = [store.submit(expert, item.item_id, "bad", category="off_topic")
+              for expert in store.history(item.doc_id).assigned]
+    store.engine.dispose()
+    before = open_table(storage, "curated").version()
+    assert item.doc_id in partition(storage, DATES[0]).column("doc_id").to_pylist()
+    apply_dag = DagBag(dag_folder=str(REPO / "dags")).dags["dctp_feedback_apply"]
+    assert apply_dag.test().state == "success"
+    version = open_table(storage, "curated").version()
+    assert version == before + 1, "one new version"
+    assert item.doc_id not in partition(storage, DATES[0]).column("doc_id").to_pylist()
+    assert item.doc_id in partition(storage, DATES[0], before).column("doc_id").to_pylist(), "time travel keeps it"
+    info = commit_info(storage, dataset_dir("curated"), version)
+    assert (info[f"{METADATA_PREFIX}operation"], info[f"{METADATA_PREFIX}reason"]) == ("retract", "expert_rejected")
+    assert json.loads(info[f"{METADATA_PREFIX}judgements"]) == {item.doc_id: [j.annotation_id for j in judged]}
+    commit, rejects = committed_ledger(storage, "curated", DATES[0])
+    report = ledger_report(rejects, DATES[0], int(commit[f"{METADATA_PREFIX}ingested"]),
+                           partition(storage, DATES[0]).num_rows)
+    assert report.balanced and report.by_outcome["retracted"] == 1, report.render()
+    assert apply_dag.test().state == "success"
+    assert open_table(storage, "curated").version() == version, "nothing new: no version"
+    capsys.readouterr()
+    assert main(["ledger", DATES[0]]) == 0
+    assert "+ retracted 1" in capsys.readouterr().out
+    assert main(["feedback", "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "Krippendorff's alpha" in out and "alice" in out
+    assert main(["weights"]) == 0
+    assert "prior share judged good" in capsys.readouterr().out
+    return item.doc_id
+
+
+def check_rescore(storage: Storage, dt: str, rejected: str) -> None:
     """dctp_rescore re-decides a date with a stricter rule: more rows filtered, a new version, the ledger balances,
-    and the stored model scores are untouched."""
+    and the stored model scores are untouched; a document the experts rejected stays out."""
     from airflow.dag_processing.dagbag import DagBag
 
     from dctp_tasks.staging import stage_version
@@ -301,6 +346,8 @@ def check_rescore(storage: Storage, dt: str) -> None:
     _, rejects = committed_ledger(storage, "curated", dt)
     report = ledger_report(rejects, dt, int(history[-1][f"{METADATA_PREFIX}ingested"]), after.num_rows)
     assert report.balanced and report.by_reason.get("filtered.too_few_words", 0) > 0, report.render()
+    assert rejected not in after.column("doc_id").to_pylist()
+    assert report.by_reason["filtered.expert_rejected"] == 1 and report.by_outcome["retracted"] == 0
     assert staged_versions() == scored, "re-deciding rewrote no score and left the daily DAG's staging alone"
     assert storage.read_bytes(storage.path(scored["score_models"], "_manifest.json")) == manifest
 

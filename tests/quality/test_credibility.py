@@ -48,3 +48,26 @@ def test_low_credibility_removes_sources_below_the_threshold(threshold, removed)
 def test_out_of_range_or_unknown_settings_are_rejected(bad):
     with pytest.raises(pydantic.ValidationError):
         CredibilityConfig(**bad)
+
+
+def test_sources_with_enough_expert_labels_take_the_feedback_estimate(tmp_path):
+    """Labels published for earlier dates replace the prior of a source with enough of them (provenance
+    feedback:n=…); a source with too few keeps its prior; labels published on or after the date are not read."""
+    from dctp_tasks.quality.base import ScoringContext
+    from dctp_tasks.source_labels import publish_source_labels
+    from dctp_tasks.storage import Storage
+
+    storage = Storage(tmp_path.as_uri())
+    publish_source_labels(storage, "2026-01-01", {"forum": {"good": 2, "bad": 28}, "wiki": {"good": 3, "bad": 0}})
+    publish_source_labels(storage, "2026-01-05", {"forum": {"good": 30, "bad": 0}})
+    config = CredibilityConfig(priors={"wiki": 0.9, "forum": 0.6}, feedback_min_labels=20, feedback_prior_strength=10)
+    scorer = CredibilityScorer(config)
+    context = ScoringContext(storage, "2026-01-03")
+    token = scorer.cache_token(context)
+    scorer.prepare(context)
+    out = scorer.score(make_table(["x"] * 3, source=["forum", "wiki", "blog"]).to_batches()[0])
+    np.testing.assert_allclose(out["credibility"], [(2 + 10 * 0.6) / 40, 0.9, 0.5], rtol=1e-6)
+    assert out["credibility_provenance"].to_pylist() == ["feedback:n=30", "config:priors.wiki", "config:default"]
+    later = ScoringContext(storage, "2026-01-06")
+    assert scorer.cache_token(later) != token, "new labels rescore the later dates"
+    assert CredibilityScorer(CredibilityConfig(feedback_min_labels=None)).cache_token(context) == ""
