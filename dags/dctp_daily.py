@@ -4,7 +4,8 @@
 Turns one day of raw text and instruction data into a new version of the curated Delta table:
 
 `preflight` → `start_run` → `wait_for_landing` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` →
-`dedup_semantic` → `score` → `score_models` → `decide` → `select_for_annotation` → `export` → `finish_run`, with
+`dedup_semantic` → `score` → `score_models` → `decide` → `select_for_annotation` → `merge_feedback` → `export` →
+`finish_run`, with
 `preflight_gpu` between `preflight` and `dedup_semantic`, and `feedback_db` (the feedback store's migrations)
 before `select_for_annotation`
 
@@ -20,7 +21,7 @@ before `select_for_annotation`
   `ingest.wait_timeout_minutes` have passed since the day ended — unless the source says `allow_empty`.
 * **Nothing is lost**: malformed rows are quarantined, short/long texts filtered, duplicates recorded
   with `duplicate_of`; `finish_run` fails the run unless
-  `ingested = exported + duplicates + filtered + quarantined`. Inspect with `dctp ledger DATE`.
+  `ingested = exported + duplicates + filtered + quarantined + retracted`. Inspect with `dctp ledger DATE`.
 * **Dedup**: exact copies (same normalized text), near copies (MinHash LSH over word 5-grams, estimated
   Jaccard ≥ 0.7) and semantic copies (MiniLM embeddings, cosine ≥ 0.95, per-domain overrides) within the day
   and against every earlier date; the earliest copy survives. `dedup_semantic` runs on the `gpu` queue
@@ -36,8 +37,13 @@ before `select_for_annotation`
   and queues them in the feedback store (connection `dctp_feedback`, else SQLite under `$AIRFLOW_HOME`), each
   assigned to `annotation.experts_per_item` experts of the roster. Experts judge with `dctp annotate`; a re-run
   keeps a batch anyone has judged. `dctp queue` shows what is waiting.
-* **Backfills**: re-running any date gives the same result; the dedup tasks and `export` wait for the
-  previous date (`depends_on_past`), so history has no holes.
+* **Expert feedback**: `merge_feedback` turns every judgement so far into a consensus per document (weighted
+  majority, Dawid–Skene once experts overlap enough): rows judged bad leave (ledger reason `expert_rejected`), review
+  rows judged good pass, every row gets a `sampling_weight` (source x domain x quality, bounded). `export` then
+  retracts documents of earlier dates judged bad from their partitions (ledger outcome `retracted`).
+  `dctp_feedback_apply` does the same every 30 minutes between daily runs. `dctp feedback stats`, `dctp weights`.
+* **Backfills**: re-running any date gives the same result (with the judgements made so far applied); the dedup
+  tasks, `merge_feedback` and `export` wait for the previous date (`depends_on_past`), so history has no holes.
 * **Tracking**: one MLflow run per DAG run (experiment `dctp_daily`, run name = run id).
 
 Trigger with config to override thresholds for one run (see the Params).
@@ -221,7 +227,8 @@ def dctp_daily():
                           scores_stage=decided["scores_stage"], scores_version=decided["scores_version"],
                           run_id=run.run_id, mlflow_run_id=started["mlflow_run_id"])
 
-    # every judgement so far: dates go in order, so a backfill merges what the dates before it merged
+    # reads every judgement made so far (not only those of earlier dates) and publishes the source labels the next
+    # date's credibility reads: dates go in order
     @task(depends_on_past=True)
     def merge_feedback(started: dict, decided: dict, selected: dict) -> dict:
         """Turn every judgement into consensus; drop rows judged bad, promote review rows judged good, weight rows."""

@@ -11,7 +11,8 @@ Applies new quality thresholds to a date the daily DAG already scored, **without
   names them, e.g. `staging/dctp_daily/dt=…/score_models/v-…`), applies the rules and the composite with this
   run's thresholds, and publishes its own `quality` output and `filtered` rows (under `staging/dctp_rescore/`: the
   daily DAG's staged data is never touched).
-* `merge_feedback` applies the experts' consensus as the daily run does: documents judged bad stay out.
+* `merge_feedback` applies the experts' consensus as the daily run does: documents judged bad stay out (it neither
+  retrains the expert-quality classifier nor republishes the date's source labels).
 * `export` commits the result as a new Delta version replacing only that date, with that export's ledger whose
   quality rows are replaced by this run's (other stages' drops are unchanged) — only if no other export of the date
   committed since; otherwise it fails and says to trigger it again. `finish_run` proves the ledger balances and
@@ -91,7 +92,8 @@ def dctp_rescore():
 
         run = _ctx()
         with feedback_store(run.config) as store:
-            return _stage(run, started, merge_feedback_day, store=store, upstream=decided, run_id=run.run_id)
+            return _stage(run, started, merge_feedback_day, store=store, upstream=decided, run_id=run.run_id,
+                          learn=False)
 
     @task
     def export(started: dict, decided: dict, merged: dict) -> dict:

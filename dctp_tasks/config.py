@@ -401,8 +401,8 @@ class FeedbackConfig(_Strict):
     """Judgements a ``needs_review`` document may collect; at this many it is not assigned again (it stays
     undecided until someone re-judges it)."""
     reliability_floor: float = Field(0.6, ge=0.0, le=1.0)
-    """An expert whose reliability (Dawid–Skene's class-weighted diagonal, else agreement with the consensus of
-    the others) is below this is flagged in the report and their judgements weigh less."""
+    """An expert whose reliability (Dawid–Skene's diagonal weighted by the classes they judged, else agreement with
+    the consensus of the others) is below this is flagged in the report and their judgements weigh less."""
     min_expert_judgements: int = Field(10, ge=1)
     """Judgements on shared documents an expert needs before their reliability is trusted enough to flag them."""
     flagged_weight: float = Field(0.25, ge=0.0, le=1.0)

@@ -84,6 +84,31 @@ echo "==> The annotation queue (feedback store: $AIRFLOW_HOME/dctp_feedback.db)"
 dctp queue
 echo "    judge it in the terminal:  DCTP_CONFIG=$DCTP_CONFIG AIRFLOW_HOME=$AIRFLOW_HOME $BIN/dctp annotate --expert alice"
 echo
+echo "==> Stand-in experts judge ${DATES[-1]}'s queue through the store's API (forum posts bad, the rest good)"
+"$BIN/python" - <<'PY'
+from dctp_tasks.config import load_config
+from dctp_tasks.feedback.store import FeedbackStore
+
+store = FeedbackStore.open(None, load_config().annotation)
+judged = 0
+for expert in store.roster:
+    for item in store.open_queue(expert, limit=None):
+        store.submit(expert, item.item_id, "bad" if item.source == "forum" else "good", client="demo")
+        judged += 1
+print(f"    {judged} judgements")
+PY
+echo "==> dctp_feedback_apply: merge them and retract what the experts rejected (log: $DEMO_HOME/apply.log)"
+if ! airflow dags test dctp_feedback_apply > "$DEMO_HOME/apply.log" 2>&1 || ! grep -q "state=success" "$DEMO_HOME/apply.log"; then
+  grep -E "ERROR|error|Traceback" "$DEMO_HOME/apply.log" | tail -20
+  echo "dctp_feedback_apply failed; full log: $DEMO_HOME/apply.log" >&2
+  exit 1
+fi
+dctp feedback stats
+echo
+dctp weights
+echo
+dctp ledger "${DATES[-1]}" --rows 2
+echo
 echo "==> MLflow: experiment dctp_daily, one run per date (run ids in 'dctp versions' above)"
 echo "    look at them with:  $BIN/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI --port 5000"
 echo "==> Airflow UI with this data:  make up   (http://localhost:8080, user admin, password in $AIRFLOW_HOME)"

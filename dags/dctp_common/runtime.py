@@ -254,8 +254,8 @@ def table_lock(config: PipelineConfig) -> Iterator[None]:
 
 
 def export_with_feedback(run: RunContext, started: dict, **kwargs: Any) -> dict:
-    """Commit the date's rows (``export_day``) and then retract the documents of other dates the experts rejected,
-    both under the table's writer lock; log and return the export's result with the retraction's counts."""
+    """Commit the date's rows (``export_day``) and then retract the documents the experts rejected that are still in
+    the table, both under the table's writer lock; log and return the export's result with the retraction's counts."""
     from dctp_tasks.export import export_day
     from dctp_tasks.feedback.consensus_db import stamp_merge
 
@@ -265,7 +265,8 @@ def export_with_feedback(run: RunContext, started: dict, **kwargs: Any) -> dict:
         if merge_id:
             with feedback_store(run.config) as store:
                 stamp_merge(store, int(merge_id), result.extra["table_version"])
-        result.extra.update(retract_rejected(run, started, skip_dt=run.dt))
+        # every partition, this date's too: a document judged bad after this run merged (by an apply pass) goes now
+        result.extra.update(retract_rejected(run, started))
     return track(run, started, result)
 
 
@@ -283,9 +284,9 @@ def merge_metadata(run: RunContext, merged: dict) -> dict[str, str]:
             "sampling_weights": json.dumps(merge["stats"].get("weights", {}), sort_keys=True)}
 
 
-def retract_rejected(run: RunContext, started: dict | None, skip_dt: str | None = None) -> dict:
-    """Remove from the Delta table every document whose consensus is bad (except partition ``skip_dt``'s, which
-    its own export rebuilt); the caller holds the table lock. Return the version and counts (flat, for XCom)."""
+def retract_rejected(run: RunContext, started: dict | None) -> dict:
+    """Remove from the Delta table every document whose consensus is bad; the caller holds the table lock. Return
+    the version and counts (flat, for XCom)."""
     from dctp_tasks.export.retract import retract_documents
     from dctp_tasks.feedback.consensus_db import rejected_documents
     from dctp_tasks.feedback.merge import EXPERT_REJECTED
@@ -295,7 +296,7 @@ def retract_rejected(run: RunContext, started: dict | None, skip_dt: str | None 
     with feedback_store(run.config) as store:
         rejected = rejected_documents(store)
     done = retract_documents(run.storage, run.config, rejected, dag_id=run.dag_id, run_id=run.run_id,
-                             reason=EXPERT_REJECTED, skip_dt=skip_dt,
+                             reason=EXPERT_REJECTED,
                              metadata={"mlflow_run_id": (started or {}).get("mlflow_run_id") or ""})
     version = done["table_version"]
     return {"retract_version": -1 if version is None else version, "retracted": sum(done["retracted"].values()),
@@ -313,6 +314,11 @@ def apply_feedback(run: RunContext) -> dict:
                                   only_if_new=True) if run.config.feedback.enabled else None
     with table_lock(run.config), permanent_errors():
         retracted = retract_rejected(run, None)
+    if merged is not None and retracted["retract_version"] >= 0:
+        from dctp_tasks.feedback.consensus_db import stamp_merge
+
+        with feedback_store(run.config) as store:
+            stamp_merge(store, merged.merge_id, retracted["retract_version"])
     result = {"merge_id": merged.merge_id if merged else None, "changed": merged.changed if merged else 0,
               **retracted}
     if merged is None and not retracted["retracted"]:

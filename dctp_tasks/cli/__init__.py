@@ -210,14 +210,29 @@ def rescore(storage: Storage, dataset: str, args) -> dict:
     out = {"dt": args.dt, "settings": overrides, **result.as_dict(),
            "text": storage.read_bytes(storage.path(str(result.extra["report"]))).decode()}
     if args.export:
+        from dctp_tasks.feedback import db
+        from dctp_tasks.feedback.merge import merge_feedback_day
+        from dctp_tasks.feedback.store import FeedbackStore
+
         ingested = basis["ingested"]
         decided = Staged(RESCORE_DAG_ID, STAGE, result.version)
         run_id = "rescore__" + datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        exported = export_day(storage, config, RESCORE_DAG_ID, args.dt, run_id=run_id, rows=decided, ledger=[decided],
-                              ingested=ingested, amend=basis["commit_token"],
-                              metadata={"rescored_with": json.dumps(overrides, sort_keys=True),
-                                        "rescored_version": basis["version"],
-                                        **{f"scores_{k}": v for k, v in scores.items()}})
+        store = FeedbackStore.open(None, config.annotation, upgrade=True)  # as a run's feedback_db task would
+        try:
+            # as the dctp_rescore DAG: the experts' consensus applies (documents judged bad stay out), and the commit
+            # takes the table's writer lock
+            merged = merge_feedback_day(storage, config, RESCORE_DAG_ID, args.dt, store=store, input_stage=STAGE,
+                                        input_version=result.version, run_id=run_id, learn=False)
+            rows = Staged(RESCORE_DAG_ID, merged.output_stage or merged.stage, merged.version)
+            ledger = [decided] + ([rows] if rows.stage == merged.stage else [])
+            with db.table_lock(store.engine, dataset):
+                exported = export_day(storage, config, RESCORE_DAG_ID, args.dt, run_id=run_id, rows=rows,
+                                      ledger=ledger, ingested=ingested, amend=basis["commit_token"],
+                                      metadata={"rescored_with": json.dumps(overrides, sort_keys=True),
+                                                "rescored_version": basis["version"],
+                                                **{f"scores_{k}": v for k, v in scores.items()}})
+        finally:
+            store.engine.dispose()
         version = int(exported.extra["table_version"])
         _, rejects = committed_ledger(storage, dataset, args.dt, version)
         ledger_ = check_ledger(ledger_report(rejects, args.dt, ingested, rows_for_dt(open_table(storage, dataset,

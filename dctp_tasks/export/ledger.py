@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 RETRACT_STAGE = "retract"
 """The stage of rows a retraction removed from an earlier export (``dctp_tasks.export.retract``)."""
+MERGE_STAGE = "merge_feedback"
+"""The stage that drops rows the experts judged bad (``dctp_tasks.feedback.merge``)."""
 KEEP_COMMITS = 10
 """Ledgers of a date's last commits that are always kept, whatever their age (older ones go after a day)."""
 
@@ -40,8 +42,9 @@ def ledger_for_run(storage: Storage, dt: str, stages: Sequence[Staged], base: pa
     """Return the rows ``stages`` dropped for ``dt``; with ``base``, its rows of other stages come first."""
     parts = [stage_rejects(storage, s.dag_id, dt, s.stage, s.version) for s in stages]
     if base is not None:
-        # retracted rows go too: the partition is rebuilt from staged rows, where merging drops them again
-        replaced = pa.array(sorted({s.stage for s in stages} | {RETRACT_STAGE}), pa.string())
+        # the partition is rebuilt from re-decided rows: retracted rows go (merging drops them again), and so do the
+        # merge's drops when merging is off this time (its rows pass on unfiltered)
+        replaced = pa.array(sorted({s.stage for s in stages} | {RETRACT_STAGE, MERGE_STAGE}), pa.string())
         parts.insert(0, base.filter(pc.invert(pc.is_in(base.column("stage"), value_set=replaced))))
     return pa.concat_tables([REJECT_SCHEMA.empty_table(), *parts])
 

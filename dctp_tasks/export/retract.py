@@ -35,15 +35,17 @@ from dctp_tasks.export.delta import (
     _lost_race,
     dataset_dir,
 )
-from dctp_tasks.export.ledger import RETRACT_STAGE, committed_ledger, write_ledger
+from dctp_tasks.export.ledger import RETRACT_STAGE, committed_ledger, rejects_dir, write_ledger
 from dctp_tasks.ledger import REJECT_SCHEMA, check_ledger, ledger_report
+from dctp_tasks.publish import VERSION_PREFIX
 from dctp_tasks.records import conform
 from dctp_tasks.storage import Storage
 
 log = logging.getLogger(__name__)
 
-MAX_JUDGEMENTS_IN_METADATA = 10_000
-"""Documents whose judgement ids the commit metadata lists (each retracted row's ledger detail has them all)."""
+MAX_DOCUMENTS_IN_METADATA = 10_000
+"""Documents whose judgement ids the commit metadata lists (each retracted row's ledger detail names its first 20;
+the feedback store has them all)."""
 
 
 def retract_documents(storage: Storage, config: PipelineConfig, rejected: dict[str, tuple[str, list[int]]], *,
@@ -72,9 +74,10 @@ def _retract(storage: Storage, config: PipelineConfig, rejected: dict[str, tuple
     dates = sorted({day for day, _ in rejected.values()} - {skip_dt})
     if table is None or not dates:
         return {"table_version": None, "retracted": {}}
-    # per date: a document is removed only from the partition it was judged in, not from another date that holds
-    # the same doc_id (a source that sent the record again, changed)
-    bad = {day: pa.array(sorted(d for d, (dt, _) in rejected.items() if dt == day), pa.string()) for day in dates}
+    ledgers, bad = _still_exported(storage, name, table.version(), dates, rejected, reason)
+    dates = sorted(bad)
+    if not dates:
+        return {"table_version": None, "retracted": {}}
     files = pa.table(table.get_add_actions(flatten=True))
     files = files.filter(pc.is_in(files.column(f"partition.{PARTITION}"), value_set=pa.array(dates, pa.string())))
     schema = pa.schema(table.schema().to_arrow())
@@ -99,11 +102,50 @@ def _retract(storage: Storage, config: PipelineConfig, rejected: dict[str, tuple
         removed = whole.filter(hit).select(["doc_id", "source"])
         gone[day] = pa.concat_tables([t for t in (gone.get(day), removed) if t is not None])
         removes.append(RemoveAction(row["path"], True, now_ms, row["size_bytes"], {PARTITION: day}))
+    adds = [a for w in writers.values() for a in w.close()]
     if not removes:
         return {"table_version": None, "retracted": {}}
-    adds = [a for w in writers.values() for a in w.close()]
-    per_date = {day: _date_ledger(storage, name, day, removed, rejected, run_id, reason, table, files)
-                for day, removed in sorted(gone.items())}
+    per_date: dict[str, dict] = {}
+    try:
+        for day, removed in sorted(gone.items()):
+            per_date[day] = _date_ledger(storage, day, ledgers[day], removed, rejected, run_id, reason, files)
+        version = _commit(storage, config, table, table_dir, token, adds, removes, per_date, gone, rejected, dag_id,
+                          run_id, reason, metadata)
+    except BaseException:
+        _discard(storage, root, adds, per_date)  # this attempt's files: a retry writes its own
+        raise
+    retracted = {day: t.num_rows for day, t in sorted(gone.items())}
+    log.info("retract: %d documents removed from %s (%s) as version %d", sum(retracted.values()), name,
+             ", ".join(f"dt={d}: {n}" for d, n in retracted.items()), version)
+    return {"table_version": version, "retracted": retracted, "files_rewritten": len(removes)}
+
+
+def _still_exported(storage: Storage, name: str, version: int, dates: list[str], rejected: dict,
+                    reason: str) -> tuple[dict[str, tuple[dict, pa.Table]], dict[str, pa.Array]]:
+    """Return each date's latest commit and ledger, and the rejected doc_ids the ledger does not yet count as gone
+    for ``reason``: only those are looked for in the date's files. A document is looked for only in the partition
+    it was judged in, never another date holding the same doc_id (a source that sent the record again, changed). A
+    date whose ledger cannot be read (exported by an older version) is left out with a warning, not the others."""
+    ledgers: dict[str, tuple[dict, pa.Table]] = {}
+    bad: dict[str, pa.Array] = {}
+    for day in dates:
+        try:
+            ledgers[day] = committed_ledger(storage, name, day, version)
+        except FileNotFoundError as exc:
+            log.warning("retract: dt=%s left as it is: %s", day, exc)
+            continue
+        ledger = ledgers[day][1]
+        gone = ledger.filter(pc.equal(ledger.column("reason"), reason)).column("doc_id")
+        wanted = pa.array(sorted(d for d, (dt, _) in rejected.items() if dt == day), pa.string())
+        wanted = wanted.filter(pc.invert(pc.is_in(wanted, value_set=gone.combine_chunks())))
+        if len(wanted):
+            bad[day] = wanted
+    return ledgers, bad
+
+
+def _commit(storage: Storage, config: PipelineConfig, table, table_dir: str, token: str, adds: list, removes: list,
+            per_date: dict, gone: dict[str, pa.Table], rejected: dict, dag_id: str, run_id: str, reason: str,
+            metadata: dict[str, str]) -> int:
     custom = {f"{METADATA_PREFIX}operation": "retract", f"{METADATA_PREFIX}reason": reason,
               f"{METADATA_PREFIX}dag_id": dag_id, f"{METADATA_PREFIX}run_id": run_id,
               f"{METADATA_PREFIX}config_hash": config.config_hash(),
@@ -113,20 +155,26 @@ def _retract(storage: Storage, config: PipelineConfig, rejected: dict[str, tuple
               **{f"{METADATA_PREFIX}{k}": str(v) for k, v in metadata.items()}}
     commit = CommitProperties(custom_metadata=custom, app_transactions=[
         Transaction(f"dctp.export.dt={day}", time.time_ns() // 1000) for day in sorted(gone)])
-    table.create_write_transaction(adds + removes, "append", schema, partition_by=[PARTITION],
-                                   commit_properties=commit)
-    version = _committed_version(storage, table_dir, token)
-    retracted = {day: t.num_rows for day, t in sorted(gone.items())}
-    log.info("retract: %d documents removed from %s (%s) as version %d", sum(retracted.values()), name,
-             ", ".join(f"dt={d}: {n}" for d, n in retracted.items()), version)
-    return {"table_version": version, "retracted": retracted, "files_rewritten": len(removes)}
+    table.create_write_transaction(adds + removes, "append", pa.schema(table.schema().to_arrow()),
+                                   partition_by=[PARTITION], commit_properties=commit)
+    return _committed_version(storage, table_dir, token)
 
 
-def _date_ledger(storage: Storage, name: str, day: str, removed: pa.Table, rejected: dict, run_id: str,
-                 reason: str, table, files: pa.Table) -> dict:
+def _discard(storage: Storage, root: str, adds: list, per_date: dict[str, dict]) -> None:
+    """Delete a failed attempt's rewritten files and ledger versions (best effort: the store may be what failed)."""
+    try:
+        storage.delete_files([posixpath.join(root, a.path) for a in adds])
+        for day, meta in per_date.items():
+            storage.delete_dir(rejects_dir(day), VERSION_PREFIX + meta["ledger_version"])
+    except OSError as exc:
+        log.warning("retract: could not delete a failed attempt's files: %s", exc)
+
+
+def _date_ledger(storage: Storage, day: str, base: tuple[dict, pa.Table], removed: pa.Table, rejected: dict,
+                 run_id: str, reason: str, files: pa.Table) -> dict:
     """Write ``day``'s ledger with the removed rows as ``retracted``; check it balances; return the date's commit
     metadata (its ledger version, counts, and the scores its rows were decided from)."""
-    commit, ledger = committed_ledger(storage, name, day, table.version())
+    commit, ledger = base
     ingested = int(commit[f"{METADATA_PREFIX}ingested"])
     in_date = files.filter(pc.equal(files.column(f"partition.{PARTITION}"), day))
     exported = int(pc.sum(in_date.column("num_records")).as_py() or 0) - removed.num_rows
@@ -149,7 +197,7 @@ def _date_ledger(storage: Storage, name: str, day: str, removed: pa.Table, rejec
 
 
 def _judgements(gone: dict[str, pa.Table], rejected: dict) -> dict[str, list[int]]:
-    doc_ids = [d for t in gone.values() for d in t.column("doc_id").to_pylist()][:MAX_JUDGEMENTS_IN_METADATA]
+    doc_ids = [d for t in gone.values() for d in t.column("doc_id").to_pylist()][:MAX_DOCUMENTS_IN_METADATA]
     return {d: rejected[d][1] for d in doc_ids}
 
 

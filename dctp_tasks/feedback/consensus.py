@@ -230,7 +230,13 @@ def merge_consensus(j: Judgements, weights: np.ndarray, cfg: FeedbackConfig) -> 
     base = np.ones_like(w) if use_ds else w
     p_good, confusion, prior, iterations = run(base)
     if use_ds:
-        reliability = prior[0] * confusion[:, 0, 0] + prior[1] * confusion[:, 1, 1]
+        # the diagonal weighted by the classes of the documents each expert judged: an expert who only ever saw good
+        # documents is measured on those, not on a class whose row of their matrix is the smoothing prior alone
+        seen_good = _ratio(np.bincount(j.expert, weights=np.nan_to_num(p_good[j.item], nan=prior[1]),
+                                       minlength=j.n_experts),
+                           np.bincount(j.expert, minlength=j.n_experts))
+        seen_good = np.where(np.isnan(seen_good), prior[1], seen_good)
+        reliability = (1.0 - seen_good) * confusion[:, 0, 0] + seen_good * confusion[:, 1, 1]
         n_reliable = np.bincount(j.expert[on_shared], minlength=j.n_experts)
     else:
         reliability, n_reliable = _leave_one_out(j, w, on_shared)

@@ -128,9 +128,6 @@ class CurrentConsensus:
     merge_id: np.ndarray
     annotation_ids: np.ndarray  # object: JSON lists
 
-    def by_item(self) -> dict[int, int]:
-        return {int(i): n for n, i in enumerate(self.item_id)}
-
 
 def current_consensus(store: FeedbackStore) -> CurrentConsensus:
     """Return each item's latest consensus row."""
@@ -175,9 +172,22 @@ def record_merge(store: FeedbackStore, record: MergeRecord) -> tuple[int, int]:
     the merge id and how many documents' consensus changed."""
     with store.engine.begin() as conn:
         _lock(conn, "dctp_merge")  # two merges at once would each think the other's changes are still to write
+        latest = conn.execute(sa.select(merge_runs.c.merge_id, merge_runs.c.stats)
+                              .order_by(merge_runs.c.merge_id.desc()).limit(1)).first()
+        seen = json.loads(latest[1]).get("last_annotation_id") if latest else None
+        mine = record.stats.get("last_annotation_id")
+        if seen is not None and (mine is None or mine < seen):
+            # another merge recorded newer judgements while this one computed: its consensus stays current
+            return latest[0], 0
         previous = {r[0]: r[1:] for r in conn.execute(_current_query())}
         changed = [r for r in record.consensus_rows
                    if previous.get(r["item_id"]) != (r["label"], r["annotation_ids"])]
+        # a document whose judgements were all taken back (undo, or a skip) has no consensus any more
+        judged = {r["item_id"] for r in record.consensus_rows}
+        changed += [{"item_id": item_id, "label": "needs_review", "p_good": None, "confidence": None,
+                     "judgements": 0, "method": record.method, "annotation_ids": "[]"}
+                    for item_id, (label, ids) in previous.items()
+                    if item_id not in judged and (label, ids) != ("needs_review", "[]")]
         merge_id = conn.execute(merge_runs.insert().returning(merge_runs.c.merge_id), {
             "dag_id": record.dag_id, "run_id": record.run_id, "dt": record.dt, "created_at": datetime.now(UTC),
             "method": record.method, "judgements": record.judgements, "documents": record.documents,
@@ -294,9 +304,14 @@ def _open_load(pairs: Sequence[tuple[int, str]], labels: EffectiveLabels) -> dic
     return {str(name): int(counts[i]) for i, name in enumerate(names) if counts[i]}
 
 def rejected_documents(store: FeedbackStore) -> dict[str, tuple[str, list[int]]]:
-    """Return ``doc_id -> (dt, judgement ids)`` of every document whose current consensus is ``bad``."""
+    """Return ``doc_id -> (dt, judgement ids)`` of every exported document (audit rows never were) whose current
+    consensus is ``bad``."""
     current = current_consensus(store)
     bad = current.label == "bad"
     facts = item_facts(store, current.item_id[bad])
-    return {doc_id: (dt, json.loads(ids)) for doc_id, dt, ids in
-            zip(facts.doc_id.tolist(), facts.dt.tolist(), current.annotation_ids[bad].tolist(), strict=True)}
+    with store._reading() as conn:
+        kept = {i for chunk in _chunks({int(i) for i in facts.item_id}) for i in conn.execute(
+            sa.select(items.c.item_id).where(items.c.item_id.in_(chunk), items.c.pool == "kept")).scalars()}
+    return {doc_id: (dt, json.loads(ids)) for item_id, doc_id, dt, ids in
+            zip(facts.item_id.tolist(), facts.doc_id.tolist(), facts.dt.tolist(), current.annotation_ids[bad].tolist(),
+                strict=True) if item_id in kept}

@@ -484,27 +484,43 @@ def _safe(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
+LOCK_WAIT_SECONDS = 3600.0
+"""How long a writer waits for the table's writer lock before giving up (``TimeoutError``: the task is retried)."""
+
+
 @contextmanager
-def table_lock(engine: Engine, name: str) -> Iterator[None]:
+def table_lock(engine: Engine, name: str, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
     """Hold the lock every writer of Delta table ``name`` takes (the daily export, a rescore, ``dctp_feedback_apply``)
     for the duration of the block: they commit one after the other, never from the same stale table state.
 
     PostgreSQL: a session advisory lock on a connection of its own (released when the block ends, or when the
-    process dies and its session closes). SQLite, which lives on one host: an exclusive ``flock`` on a file beside
-    the database, so annotators writing to the database are not held up meanwhile.
+    process dies and its session closes; a pooler in transaction mode, such as pgbouncer's, cannot hold it). SQLite,
+    which lives on one host: an exclusive ``flock`` on a file beside the database, so annotators writing to the
+    database are not held up meanwhile. Waits at most ``wait`` seconds.
     """
+    import time
+
     key = f"dctp_delta:{name}"
+    deadline = time.monotonic() + wait
     if engine.dialect.name == "postgresql":
         conn = engine.connect()
         try:
-            conn.execute(sa.text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": key})
+            while not conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:key))"), {"key": key}).scalar():
+                conn.commit()
+                _wait_or_give_up(deadline, name, wait)
             conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            yield
+        finally:
             try:
-                yield
-            finally:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:key))"), {"key": key})
                 conn.commit()
-        finally:
+            except Exception as exc:  # the session is gone, and its lock with it: never hide the block's own error
+                log.warning("could not release the writer lock of %s (%s); it ended with its session", name, exc)
+                conn.invalidate()
             conn.close()
         return
     database = engine.url.database
@@ -512,8 +528,21 @@ def table_lock(engine: Engine, name: str) -> Iterator[None]:
         yield
         return
     with open(f"{database}.{name}.lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                _wait_or_give_up(deadline, name, wait)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _wait_or_give_up(deadline: float, name: str, wait: float) -> None:
+    import time
+
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"another writer held the lock of Delta table {name!r} for more than {wait:.0f} s")
+    time.sleep(0.5)

@@ -51,7 +51,9 @@ EXPERT_REJECTED = "expert_rejected"
 """Ledger reason of rows removed because the experts' consensus is ``bad``."""
 CONSENSUS_FIELD = pa.field("consensus", pa.string())
 """Added column: the document's consensus (``good``, ``bad``, ``needs_review``), null when nobody judged it."""
-_METRIC_NAME = re.compile(r"[^A-Za-z0-9_.\- /]")
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_-]+")  # names come from data: no '/' or '.' that MLflow would normalise
+_MAX_GROUP_METRICS = 50
+"""Sources, domains, experts and expert pairs logged to MLflow at most, each (the report lists them all)."""
 
 
 @dataclass
@@ -147,8 +149,11 @@ def agreement_stats(judgements: cs.Judgements, names: np.ndarray, facts, dt: str
 
 def merge_feedback_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, store: FeedbackStore,
                        input_stage: str = INPUT_STAGE, input_version: str | None = None,
-                       run_id: str | None = None) -> StageResult:
-    """Merge every judgement so far and apply the consensus to date ``dt``'s decided rows; publish the result."""
+                       run_id: str | None = None, learn: bool = True) -> StageResult:
+    """Merge every judgement so far and apply the consensus to date ``dt``'s decided rows; publish the result.
+
+    With ``learn`` (the daily run), also publish the date's source labels for the credibility scorer and retrain the
+    expert-quality classifier when enough labels are new; a re-decision (``dctp_rescore``) changes neither."""
     cfg = config.feedback
     in_dir = stage_rows(storage, dag_id, dt, input_stage, input_version)
     if not cfg.enabled:
@@ -158,11 +163,12 @@ def merge_feedback_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
         return result
     with Timer() as timer:
         merged = merge_judgements(store, config, dag_id=dag_id, run_id=run_id, dt=dt)
-        publish_source_labels(storage, dt, {g.key: {"good": g.good, "bad": g.bad} for g in merged.weights.groups
-                                            if g.kind == "source" and g.key})
+        if learn:
+            publish_source_labels(storage, dt, {g.key: {"good": g.good, "bad": g.bad}
+                                                for g in merged.weights.groups if g.kind == "source" and g.key})
         rejected = merged.docs("bad") if cfg.remove_rejected else {}
         changes = _apply(storage, config, dag_id, dt, in_dir, merged, rejected)
-        trained = retrain(storage, config, store, merged, dt)
+        trained = retrain(storage, config, store, merged, dt) if learn else {"status": "not_in_a_rescore"}
         report = write_report(storage, dt, STAGE, render_report(dt, config, merged, changes, trained))
     result = StageResult(STAGE, storage.uri(changes["out_dir"]), total=changes["total"], kept=changes["kept"],
                          version=changes["version"])
@@ -181,11 +187,15 @@ def merge_feedback_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
 
 def _apply(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, in_dir: str, merged: Merged,
            rejected: dict[str, tuple[str, list[int]]]) -> dict:
-    """Write the day with the consensus applied; return counts and where it went."""
+    """Write the day with the consensus applied; return counts and where it went.
+
+    Only the judgements of documents queued on ``dt`` apply: a judgement is about the text the expert saw, and a
+    source may send a changed record under the same id on another date."""
     cfg = config.feedback
-    labels = pa.array(merged.labels.tolist(), pa.string())
-    doc_ids = pa.array(merged.doc_ids.tolist(), pa.string())
-    bad = pa.array(sorted(rejected), pa.string())
+    today = merged.dts == dt
+    labels = pa.array(merged.labels[today].tolist(), pa.string())
+    doc_ids = pa.array(merged.doc_ids[today].tolist(), pa.string())
+    bad = pa.array(sorted(d for d, (day, _) in rejected.items() if day == dt), pa.string())
     step = params_hash(cfg.model_dump(mode="json"))
     counts = {"total": 0, "kept": 0, "rejected": 0, "promoted": 0, "boosted": 0}
     schema = storage.parquet_schema(in_dir)
@@ -276,17 +286,23 @@ def merge_metrics(merged: Merged) -> dict[str, float]:
            "needs_review": s["needs_review"], "alpha": s["alpha"], "flagged_experts": len(s["flagged"])}
     if s.get("alpha_batch") is not None:
         out["alpha_batch"] = s["alpha_batch"]
-    for e in merged.experts:
-        name = _METRIC_NAME.sub("_", e["expert"])
+    for e in merged.experts[:_MAX_GROUP_METRICS]:
         for key in ("reliability", "agreement"):
             if e[key] == e[key]:  # not NaN
-                out[f"{key}.{name}"] = e[key]
-    for pair, k in s["kappa"].items():
+                out[f"{key}.{_metric(e['expert'])}"] = e[key]
+    for pair, k in list(s["kappa"].items())[:_MAX_GROUP_METRICS]:
         if k["kappa"] == k["kappa"]:
-            out[f"kappa.{_METRIC_NAME.sub('_', pair.replace('|', '--'))}"] = k["kappa"]
-    for g in merged.weights.groups:
-        out[f"weight.{g.kind}.{_METRIC_NAME.sub('_', g.key or 'none')}"] = g.weight
+            out[f"kappa.{_metric(pair.replace('|', '--'))}"] = k["kappa"]
+    for kind in ("source", "domain"):
+        groups = sorted((g for g in merged.weights.groups if g.kind == kind), key=lambda g: -(g.good + g.bad))
+        for g in groups[:_MAX_GROUP_METRICS]:
+            out[f"weight.{kind}.{_metric(g.key or 'none')}"] = g.weight
     return {k: v for k, v in out.items() if v == v}
+
+
+def _metric(name: str) -> str:
+    """Return ``name`` as an MLflow metric name part: data-given names may hold anything."""
+    return _METRIC_NAME.sub("_", name)[:100] or "_"
 
 
 def _group(values: np.ndarray, index: np.ndarray, n: int) -> list[list[int]]:

@@ -206,11 +206,21 @@ class VectorSource:
 
 def expert_labels(storage: Storage, config: PipelineConfig, store: FeedbackStore,
                   source: VectorSource) -> tuple[np.ndarray, np.ndarray] | None:
-    """Return the vectors and 0/1 labels (1 = good) of every document the experts judged good or bad by majority
-    (ties left out), or ``None`` while there are fewer than ``committee_min_labels`` or fewer than 2 of a class."""
+    """Return the vectors and 0/1 labels (1 = good) of every document the experts judged: its merged consensus
+    where a merge has decided it, else the majority of its judgements (ties and ``needs_review`` left out); ``None``
+    while there are fewer than ``committee_min_labels`` or fewer than 2 of a class."""
+    from dctp_tasks.feedback.consensus_db import current_consensus, item_facts
+
     cfg = config.annotation
-    judged = [d for d in store.judged_documents() if d["good"] != d["bad"]]
-    y = np.array([int(d["good"] > d["bad"]) for d in judged], dtype=np.int64)
+    current = current_consensus(store)
+    merged = dict(zip(item_facts(store, current.item_id).doc_id.tolist(), current.label.tolist(), strict=True))
+    judged = []
+    for d in store.judged_documents():
+        majority = "good" if d["good"] > d["bad"] else "bad" if d["bad"] > d["good"] else None
+        label = merged.get(d["doc_id"]) or majority
+        if label in ("good", "bad"):
+            judged.append({**d, "label": label})
+    y = np.array([int(d["label"] == "good") for d in judged], dtype=np.int64)
     if len(judged) < cfg.committee_min_labels or np.bincount(y, minlength=2).min() < 2:
         return None
     vectors = source.documents([d["doc_id"] for d in judged], [d["dt"] for d in judged],

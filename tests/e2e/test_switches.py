@@ -116,6 +116,7 @@ def test_config_file_switches(dag, airflow_db, storage, tmp_path, monkeypatch):
         "ingest.max_quarantine_ratio": 0.2,  # the demo's malformed rows are a larger share without forum and news
         "export.meta_fields": ["_file", "author"],
         "annotation.budget": 0,
+        "feedback.enabled": False,
         **FAST,
     })))
 
@@ -139,6 +140,11 @@ def test_config_file_switches(dag, airflow_db, storage, tmp_path, monkeypatch):
         if experiment else []
     assert tracked == [], "tracking.enabled false creates no MLflow run"
     assert feedback_store().batch(DT) is None, "annotation.budget 0 switches selection off"
+    from dctp_tasks.feedback.consensus_db import merge_run
+
+    assert merge_run(feedback_store()) is None and "dctp.merge_id" not in commit, \
+        "feedback.enabled false merges nothing"
+    assert "consensus" not in table.column_names and "merge_feedback" not in set(rejects.column("stage").to_pylist())
 
 
 def test_trigger_form_params(dag, airflow_db, storage):

@@ -331,7 +331,7 @@ def _race(storage: Storage, monkeypatch, other) -> tuple[dict, list]:
     date_ledger, calls = retract_module._date_ledger, []
 
     def held(*args, **kwargs):
-        calls.append(args[2])
+        calls.append(args[1])
         if len(calls) == 1:
             meet.wait()  # the retraction has read the table
             assert committed.wait(30)
@@ -517,3 +517,38 @@ def test_cli_versions_marks_the_retraction_with_its_dates_and_rows(storage, caps
     assert (row["operation"], row["dt"], row["rows"], row["run_id"]) == ("retract", f"{D1},{D2}", "-2", "retract-1")
     assert main(["versions"]) == 0
     assert "(retraction)" in capsys.readouterr().out
+
+
+def test_a_date_whose_ledger_is_gone_is_left_as_it_is_and_the_others_are_retracted(storage):
+    commit, _ = committed_ledger(storage, NAME, D2)
+    storage.delete_dir(rejects_dir(D2), VERSION_PREFIX + commit[f"{METADATA_PREFIX}ledger_version"])
+    assert retract(storage)["retracted"] == {D1: 1}
+    assert "web/3" not in doc_ids(storage, D1) and "web/15" in doc_ids(storage, D2)
+
+
+def test_a_failed_commit_leaves_no_rewritten_file_or_ledger_behind(storage, monkeypatch):
+    def files() -> set[str]:
+        return set(storage.list_files(TABLE_DIR)) | {p for dt in (D1, D2) for p in storage.list_files(rejects_dir(dt))}
+
+    before, version = files(), open_table(storage, NAME).version()
+    monkeypatch.setattr(retract_module, "_commit", lambda *a, **k: (_ for _ in ()).throw(OSError("S3 went away")))
+    with pytest.raises(OSError, match="went away"):
+        retract(storage)
+    assert files() == before and open_table(storage, NAME).version() == version
+
+
+def test_a_writer_waiting_too_long_for_the_lock_gives_up_with_a_retryable_error(lock_engine):
+    from dctp_tasks.errors import is_transient
+    from dctp_tasks.feedback import db
+
+    other = db.create_feedback_engine(lock_engine.url)
+    try:
+        with db.table_lock(lock_engine, NAME):
+            with pytest.raises(TimeoutError, match="lock of Delta table 'curated'") as caught:
+                with db.table_lock(other, NAME, wait=1.0):
+                    pass
+        assert is_transient(caught.value)
+        with db.table_lock(other, NAME, wait=1.0):  # released: the next writer gets it at once
+            pass
+    finally:
+        other.dispose()

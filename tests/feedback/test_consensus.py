@@ -8,6 +8,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from dctp_tasks.config import FeedbackConfig
+from dctp_tasks.feedback import consensus as cs
 from dctp_tasks.feedback.consensus import (
     BAD,
     DAWID_SKENE,
@@ -307,3 +308,25 @@ def test_a_million_judgements(capsys):
     assert decided.mean() > 0.8
     assert np.mean(c.label[decided] == truth[decided]) > 0.9
     assert capsys.readouterr() == ("", "")
+
+
+def test_an_expert_who_only_sees_good_documents_is_measured_on_them():
+    """Under Dawid–Skene, an expert restricted to a domain where every document is good and who is always right is
+    measured on the documents they judged (about 0.9: they never say bad, so where the other expert does, they may be
+    the one wrong), not on the bad-class row of their matrix, which only the smoothing prior fills (weighted by the
+    overall class prior, that gave 0.57: flagged)."""
+    rng = np.random.default_rng(4)
+    n = 400
+    truth = rng.random(n) < 0.5
+    truth[:100] = True  # the domain the specialist judges: all good
+    items, experts, labels = [], [], []
+    for i in range(n):
+        judges = [0, 1] if i >= 100 else [0, 2]  # 0 judges everything, 1 the rest, 2 only the good domain
+        for e in judges:
+            items.append(i)
+            experts.append(e)
+            labels.append(int(truth[i]) if rng.random() < 0.95 or e == 2 else 1 - int(truth[i]))
+    j = cs.Judgements(np.array(items), np.array(experts), np.array(labels), n, 3)
+    result = cs.merge_consensus(j, np.ones(3), FeedbackConfig(dawid_skene_min_items=50))
+    assert result.method == cs.DAWID_SKENE
+    assert result.reliability[2] > 0.85 and not result.flagged.any()

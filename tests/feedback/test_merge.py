@@ -177,7 +177,7 @@ def test_record_merge_stores_only_changed_consensus_and_keeps_history(world):
     assert changed == 1 and consensus_rows(store) == 3
 
     current = current_consensus(store)
-    at = current.by_item()
+    at = {int(i): n for n, i in enumerate(current.item_id)}
     assert current.label[at[one]] == "good" and current.merge_id[at[one]] == first
     assert current.label[at[two]] == "bad" and current.merge_id[at[two]] == third
     assert json.loads(current.annotation_ids[at[two]]) == [3, 4, 5]
@@ -187,6 +187,27 @@ def test_record_merge_stores_only_changed_consensus_and_keeps_history(world):
     assert rejected_documents(store) == {"d/2": (DT, [3, 4, 5])}
     run = merge_run(store)
     assert run["merge_id"] == third and run["experts"][0]["expert"] == "alice" and len(run["weights"]) == 1
+
+    # every judgement of `one` taken back: its consensus closes (no longer good, nor bad)
+    fourth, changed = record([(two, "bad", 0.0, [3, 4, 5])])
+    current = current_consensus(store)
+    closed = list(current.item_id).index(one)
+    assert changed == 1 and (current.label[closed], current.judgements[closed]) == ("needs_review", 0)
+    assert record([(two, "bad", 0.0, [3, 4, 5])])[1] == 0, "a closed consensus is not closed again"
+
+
+def test_a_merge_that_read_older_judgements_than_the_last_recorded_one_stores_nothing(world):
+    _, store, _ = world
+    item = queue(store, DT, [("d/1", "web", "news", [])])["d/1"]
+    newer = record_merge(store, MergeRecord(
+        dag_id=DAG, run_id="apply", dt=None, method="weighted_majority", judgements=1, documents=0,
+        stats={"last_annotation_id": 9}, config_hash="h", consensus_rows=[], experts=[], weights=[]))
+    stale = record_merge(store, MergeRecord(
+        dag_id=DAG, run_id="daily", dt=DT, method="weighted_majority", judgements=1, documents=1,
+        stats={"last_annotation_id": 5}, config_hash="h", experts=[], weights=[],
+        consensus_rows=[{"item_id": item, "label": "bad", "p_good": 0.0, "confidence": 1.0, "judgements": 1,
+                         "method": "weighted_majority", "annotation_ids": "[5]"}]))
+    assert stale == (newer[0], 0) and merge_run(store)["run_id"] == "apply"
 
 
 def test_assign_reviews_one_more_allowed_senior_once_everyone_judged(world):
