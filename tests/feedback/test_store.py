@@ -260,7 +260,7 @@ def _race_upgrades(url, workers: int) -> list:
 
 @pytest.mark.parametrize("workers", [2, 4])
 def test_concurrent_upgrades_apply_the_migration_exactly_once(engine_url, request, tmp_path, workers):
-    """Upgrades racing on a new database (three rounds, each on a new one): all succeed, one applies the migration."""
+    """Upgrades racing on a new database (three rounds, each on a new one): all succeed, each migration applied once."""
     for round_ in range(3):
         if engine_url.get_backend_name() == "sqlite":
             url = engine_url.set(database=str(tmp_path / f"round-{round_}.db"))
@@ -269,7 +269,8 @@ def test_concurrent_upgrades_apply_the_migration_exactly_once(engine_url, reques
             _clean_pg(request.getfixturevalue("pg_dsn"), url)
         results = _race_upgrades(url, workers)
         assert not [r for r in results if isinstance(r, Exception)], (round_, results)
-        assert sorted(results) == [[]] * (workers - 1) + [ALL_VERSIONS]
+        # each migration applied by exactly one of them (one may apply the first, another the next)
+        assert sorted(v for r in results for v in r) == ALL_VERSIONS
         engine = db.create_feedback_engine(url)
         try:
             assert db.applied_versions(engine) == ALL_VERSIONS
