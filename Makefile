@@ -58,9 +58,10 @@ bench: install
 	$(BIN)/python bench/bench_quality.py --sizes 10000 100000
 	$(BIN)/python bench/bench_selection.py --rows 1000000
 	$(BIN)/python bench/bench_al_simulate.py
+	$(BIN)/python bench/bench_merge.py --docs 500000
 
 lint: install
 	$(BIN)/ruff check dctp_tasks dags plugins include tests bench
 
 clean:
-	rm -rf $(DEMO_HOME) .bench .bench-dedup .bench-quality .bench-selection .pytest_cache .ruff_cache
+	rm -rf $(DEMO_HOME) .bench .bench-dedup .bench-quality .bench-selection .bench-merge .pytest_cache .ruff_cache

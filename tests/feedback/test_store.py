@@ -260,7 +260,8 @@ def _race_upgrades(url, workers: int) -> list:
 
 @pytest.mark.parametrize("workers", [2, 4])
 def test_concurrent_upgrades_apply_the_migration_exactly_once(engine_url, request, tmp_path, workers):
-    """Upgrades racing on a new database (three rounds, each on a new one): all succeed, each migration applied once."""
+    """Upgrades racing on a new database (three rounds, each on a new one): all succeed, each migration applied
+    once."""
     for round_ in range(3):
         if engine_url.get_backend_name() == "sqlite":
             url = engine_url.set(database=str(tmp_path / f"round-{round_}.db"))
