@@ -152,3 +152,8 @@ def check_ledger(report: LedgerReport) -> LedgerReport:
             f"{report.exported} + {report.by_outcome} = {report.accounted}"
         )
     return report
+
+
+def judgement_ids(ids: list[int], shown: int = 20) -> str:
+    """Name expert judgements in a ledger detail: ``#12,#15`` (the first ``shown``, then how many more)."""
+    return ",".join(f"#{i}" for i in ids[:shown]) + (f",… {len(ids) - shown} more" if len(ids) > shown else "")

@@ -8,6 +8,8 @@ it shows are redacted here (``dctp_tasks.pii``).
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -154,3 +156,10 @@ def stage_report(storage: Storage, stage: str, dt: str, today_dir: str, history_
     text = render_report(stage, dt, method=method, measure=measure, thresholds=thresholds, clusters=clusters,
                          rates=rates, above=above, below=below, texts=texts)
     return write_report(storage, dt, stage, text)
+
+
+def table_cell(text: str) -> str:
+    """A Markdown table cell of untrusted text (a domain, a source, a name): no control characters, no HTML, no column
+    breaks."""
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", " ", text)
+    return html.escape(text).replace("|", "\\|")

@@ -36,7 +36,7 @@ from dctp_tasks.export.delta import (
     dataset_dir,
 )
 from dctp_tasks.export.ledger import RETRACT_STAGE, committed_ledger, rejects_dir, write_ledger
-from dctp_tasks.ledger import REJECT_SCHEMA, check_ledger, ledger_report
+from dctp_tasks.ledger import REJECT_SCHEMA, check_ledger, judgement_ids, ledger_report
 from dctp_tasks.publish import VERSION_PREFIX
 from dctp_tasks.records import conform
 from dctp_tasks.storage import Storage
@@ -179,7 +179,7 @@ def _date_ledger(storage: Storage, day: str, base: tuple[dict, pa.Table], remove
     in_date = files.filter(pc.equal(files.column(f"partition.{PARTITION}"), day))
     exported = int(pc.sum(in_date.column("num_records")).as_py() or 0) - removed.num_rows
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    details = [f"consensus bad by judgements {_ids(rejected[d][1])}; retracted by run {run_id} at {at}"
+    details = [f"consensus bad by judgements {judgement_ids(rejected[d][1])}; retracted by run {run_id} at {at}"
                for d in removed.column("doc_id").to_pylist()]
     rows = pa.table({
         "doc_id": removed.column("doc_id"), "stage": pa.array([RETRACT_STAGE] * removed.num_rows, pa.string()),
@@ -199,7 +199,3 @@ def _date_ledger(storage: Storage, day: str, base: tuple[dict, pa.Table], remove
 def _judgements(gone: dict[str, pa.Table], rejected: dict) -> dict[str, list[int]]:
     doc_ids = [d for t in gone.values() for d in t.column("doc_id").to_pylist()][:MAX_DOCUMENTS_IN_METADATA]
     return {d: rejected[d][1] for d in doc_ids}
-
-
-def _ids(ids: list[int]) -> str:
-    return ",".join(f"#{i}" for i in ids[:20]) + (f",… {len(ids) - 20} more" if len(ids) > 20 else "")

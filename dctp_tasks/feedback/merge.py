@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 import dctp_tasks
 from dctp_tasks.config import PipelineConfig
-from dctp_tasks.dedup.report import write_report
+from dctp_tasks.dedup.report import table_cell, write_report
 from dctp_tasks.feedback import consensus as cs
 from dctp_tasks.feedback.consensus_db import (
     LABEL_NAMES,
@@ -36,7 +36,7 @@ from dctp_tasks.feedback.consensus_db import (
 )
 from dctp_tasks.feedback.store import FeedbackStore
 from dctp_tasks.feedback.weights import Weights, group_weights, row_weights
-from dctp_tasks.ledger import RejectWriter
+from dctp_tasks.ledger import RejectWriter, judgement_ids
 from dctp_tasks.records import append_step, params_hash, with_column
 from dctp_tasks.source_labels import publish_source_labels
 from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rows
@@ -211,7 +211,8 @@ def _apply(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, in_di
                 "doc_id": dropped.column("doc_id"), "source": dropped.column("source"),
                 "outcome": pa.array(["filtered"] * dropped.num_rows, pa.string()),
                 "reason": pa.array([EXPERT_REJECTED] * dropped.num_rows, pa.string()),
-                "detail": pa.array([_detail(rejected[d]) for d in dropped.column("doc_id").to_pylist()], pa.string()),
+                "detail": pa.array([f"consensus bad by judgements {judgement_ids(rejected[d][1])}"
+                                    for d in dropped.column("doc_id").to_pylist()], pa.string()),
             }))
             counts["rejected"] += dropped.num_rows
             kept = table.filter(pa.array(~gone))
@@ -241,9 +242,13 @@ def retrain(storage: Storage, config: PipelineConfig, store: FeedbackStore, merg
     from dctp_tasks.feedback.retrain import LabeledDocs, retrain_expert_classifier
 
     decided = np.flatnonzero(merged.labels != "needs_review")
-    texts = item_texts(store, merged.item_ids[decided].tolist()) if config.feedback.classifier.enabled else {}
-    labeled = LabeledDocs(doc_ids=merged.doc_ids[decided].tolist(), dts=merged.dts[decided].tolist(),
-                          texts=[texts.get(int(i), "") for i in merged.item_ids[decided]],
+    item_ids = merged.item_ids[decided].tolist()
+
+    def texts() -> list[str]:  # read only when a training is due
+        found = item_texts(store, item_ids)
+        return [found.get(i, "") for i in item_ids]
+
+    labeled = LabeledDocs(doc_ids=merged.doc_ids[decided].tolist(), dts=merged.dts[decided].tolist(), texts=texts,
                           y=(merged.labels[decided] == "good").astype(np.int64),
                           synthetic=merged.synthetic[decided])
     return retrain_expert_classifier(storage, config, labeled, dt)
@@ -263,17 +268,17 @@ def render_report(dt: str, config: PipelineConfig, merged: Merged, changes: dict
              "consensus (the export retracts those still in the table).", "",
              "| expert | judgements | reliability | agreement | weight | flagged |", "|---|---:|---:|---:|---:|---|"]
     floor = config.feedback.reliability_floor
-    lines += [f"| {_cell(e['expert'])} | {e['judgements']} | {_num(e['reliability'])} | {_num(e['agreement'])} | "
+    lines += [f"| {table_cell(e['expert'])} | {e['judgements']} | {_num(e['reliability'])} | {_num(e['agreement'])} | "
               f"{e['weight']:.2f} | {'**below ' + format(floor, '.2f') + '**' if e['flagged'] else ''} |"
               for e in merged.experts]
     if s["kappa"]:
         lines += ["", "| expert pair | Cohen's kappa | shared documents |", "|---|---:|---:|"]
-        lines += [f"| {_cell(pair.replace('|', ' / '))} | {_num(k['kappa'])} | {k['items']} |"
+        lines += [f"| {table_cell(pair.replace('|', ' / '))} | {_num(k['kappa'])} | {k['items']} |"
                   for pair, k in s["kappa"].items()]
     lines += ["", f"Sampling weights (prior share judged good {merged.weights.prior_share:.2f}, bounded "
                   f"[{config.feedback.weight_floor}, {config.feedback.weight_ceiling}]):", "",
               "| group | good | bad | posterior share | weight |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {g.kind} {_cell(g.key or '(none)')} | {g.good} | {g.bad} | {g.share:.3f} | {g.weight:.3f} |"
+    lines += [f"| {g.kind} {table_cell(g.key or '(none)')} | {g.good} | {g.bad} | {g.share:.3f} | {g.weight:.3f} |"
               for g in merged.weights.groups]
     lines += ["", "Expert-quality classifier: " + ", ".join(f"{k} {v}" for k, v in trained.items()) + "."]
     return "\n".join(lines) + "\n"
@@ -313,17 +318,7 @@ def _group(values: np.ndarray, index: np.ndarray, n: int) -> list[list[int]]:
     return [ordered[bounds[i]:bounds[i + 1]] for i in range(n)]
 
 
-def _detail(found: tuple[str, list[int]]) -> str:
-    ids = found[1]
-    shown = ",".join(f"#{i}" for i in ids[:20]) + (f",… {len(ids) - 20} more" if len(ids) > 20 else "")
-    return f"consensus bad by judgements {shown}"
-
 
 def _num(value) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
-
-def _cell(text: str) -> str:
-    from dctp_tasks.feedback.select import _cell as cell
-
-    return cell(text)

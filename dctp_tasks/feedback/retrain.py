@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -39,18 +40,23 @@ LABELS = "labels"
 
 @dataclass
 class LabeledDocs:
-    """Documents with a good (1) or bad (0) consensus label, and whether each is synthetic."""
+    """Documents with a good (1) or bad (0) consensus label, and whether each is synthetic.
+
+    ``texts`` may be a function returning them: they are read only when a training is due (a document without a
+    stored vector is encoded from its text), not on every merge."""
 
     doc_ids: list[str]
     dts: list[str]
-    texts: list[str]
+    texts: list[str] | Callable[[], list[str]]
     y: np.ndarray
     synthetic: np.ndarray
 
     def __post_init__(self) -> None:
         self.y = np.asarray(self.y, dtype=np.int64)
         self.synthetic = np.asarray(self.synthetic, dtype=bool)
-        sizes = {len(self.doc_ids), len(self.dts), len(self.texts), len(self.y), len(self.synthetic)}
+        sizes = {len(self.doc_ids), len(self.dts), len(self.y), len(self.synthetic)}
+        if not callable(self.texts):
+            sizes.add(len(self.texts))
         if len(sizes) > 1:
             raise ValueError(f"LabeledDocs: columns of different lengths {sorted(sizes)}")
         if len(self.y) and not np.isin(self.y, (0, 1)).all():
@@ -60,7 +66,11 @@ class LabeledDocs:
         """Return the rows of documents that are not synthetic."""
         keep = np.flatnonzero(~self.synthetic)
         return LabeledDocs([self.doc_ids[i] for i in keep], [self.dts[i] for i in keep],
-                           [self.texts[i] for i in keep], self.y[keep], self.synthetic[keep])
+                           lambda: [self.text_list()[i] for i in keep], self.y[keep], self.synthetic[keep])
+
+    def text_list(self) -> list[str]:
+        """Return the texts (read now when ``texts`` is a function)."""
+        return self.texts() if callable(self.texts) else self.texts
 
 
 def attempts_dir(name: str = EXPERT_CLASSIFIER) -> str:
@@ -102,7 +112,7 @@ def retrain_expert_classifier(storage: Storage, config: PipelineConfig, labeled:
                 "bad": int(counts[0])}
 
     embedding = EmbeddingConfig.from_dedup(config.dedup_semantic)
-    vectors, encoded = document_vectors(storage, labeled.dts, labeled.doc_ids, labeled.texts, embedding)
+    vectors, encoded = document_vectors(storage, labeled.dts, labeled.doc_ids, labeled.text_list(), embedding)
     folds = int(min(cfg.folds, counts.min()))
     cv_auc = cross_validated_auc(vectors, labeled.y, folds, seed)
     model = logistic_regression(DEFAULT_C).fit(vectors, labeled.y)

@@ -8,7 +8,6 @@ semantic dedup's. A re-run replaces the date's batch only while nobody has judge
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 from collections import Counter
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dctp_tasks.config import AnnotationConfig, PipelineConfig
-from dctp_tasks.dedup.report import report_path, write_report
+from dctp_tasks.dedup.report import report_path, table_cell, write_report
 from dctp_tasks.feedback import strategies as al
 from dctp_tasks.feedback.store import FeedbackStore, NewItem
 from dctp_tasks.quality.base import Scorer
@@ -405,11 +404,11 @@ def render_report(dt: str, cfg: AnnotationConfig, day: Day, available: np.ndarra
     per = Counter((i.stratum, i.strategy) for i in new_items)
     for s, name in enumerate(day.names):
         chosen = sum(per[(name, k)] for k in (*cfg.strategies, AUDIT))
-        lines.append(f"| {_cell(name)} | {kept_sizes[s]:,} | {filtered_sizes[s]:,} | {chosen} | "
+        lines.append(f"| {table_cell(name)} | {kept_sizes[s]:,} | {filtered_sizes[s]:,} | {chosen} | "
                      + " | ".join(str(per[(name, k)]) for k in (*cfg.strategies, AUDIT)) + " |")
     load = Counter(e for i in new_items for e in i.experts)
     lines += ["", "| expert | assigned today |", "|---|---:|"]
-    lines += [f"| {_cell(name)} | {load[name]} |" for name in sorted(cfg.experts)]
+    lines += [f"| {table_cell(name)} | {load[name]} |" for name in sorted(cfg.experts)]
     unassigned = sum(1 for i in new_items if not i.experts)
     if unassigned:
         lines += ["", f"**{unassigned} chosen documents have no expert**: no one on the roster "
@@ -434,8 +433,3 @@ def _plain(value):
         return None
     return value
 
-
-def _cell(text: str) -> str:
-    """A table cell of untrusted text (a domain, a source): no control characters, no HTML, no column breaks."""
-    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", " ", text)
-    return html.escape(text).replace("|", "\\|")

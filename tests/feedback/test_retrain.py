@@ -128,6 +128,12 @@ def test_it_waits_for_min_new_labels_and_does_nothing_when_disabled(tmp_path, ro
     assert model_version(storage, EXPERT_CLASSIFIER) is None and last_attempt(storage) is None
     assert not storage.list_files(attempts_dir()), "no attempt was made, none recorded"
 
+    def unread() -> list[str]:
+        raise AssertionError("texts read although no training was due")
+
+    lazy = LabeledDocs(few.doc_ids, few.dts, unread, few.y, few.synthetic)
+    assert retrain_expert_classifier(storage, config(), lazy, DT)["status"] == "waiting"
+
 
 def test_trained_model_scores_held_out_documents_and_records_its_labels(tmp_path, rows, encoder):
     from sklearn.metrics import roc_auc_score

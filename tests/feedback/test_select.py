@@ -332,7 +332,7 @@ def test_the_batch_is_stamped_only_by_the_run_that_chose_it(world):
 
 
 def test_report_cells_are_inert():
-    from dctp_tasks.feedback.select import _cell
+    from dctp_tasks.dedup.report import table_cell as _cell
 
     assert _cell("news|<script>alert(1)</script>\x1b]0;pwned\x07\u202e") == \
         "news\\|&lt;script&gt;alert(1)&lt;/script&gt; ]0;pwned  "
