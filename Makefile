@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python bench/bench_selection.py --rows 1000000
 	$(BIN)/python bench/bench_al_simulate.py
 	$(BIN)/python bench/bench_merge.py --docs 500000
+	$(BIN)/python bench/bench_annotate.py --items 100000
 
 lint: install
 	$(BIN)/ruff check dctp_tasks dags plugins include tests bench

@@ -38,15 +38,22 @@ class S3Options:
     secret_key: str | None = None
     session_token: str | None = None
     region: str = "us-east-1"
+    max_attempts: int = 5
+    """Attempts of each S3 request before a fault reaches the caller (the SDK's standard retry: backoff with jitter);
+    ``AWS_MAX_ATTEMPTS``, as the AWS SDKs and CLI name it."""
 
     @classmethod
     def from_env(cls) -> S3Options:
+        attempts = os.environ.get("AWS_MAX_ATTEMPTS") or "5"
+        if not attempts.isdigit() or int(attempts) < 1:
+            raise ValueError(f"AWS_MAX_ATTEMPTS must be a whole number of at least 1, got {attempts!r}")
         return cls(
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
             access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
             secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
             session_token=os.environ.get("AWS_SESSION_TOKEN"),
             region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+            max_attempts=int(attempts),
         )
 
     @classmethod
@@ -61,6 +68,7 @@ class S3Options:
             secret_key=password or extra.get("aws_secret_access_key") or env.secret_key,
             session_token=extra.get("aws_session_token") or env.session_token,
             region=extra.get("region_name") or env.region,
+            max_attempts=env.max_attempts,
         )
 
 
@@ -499,7 +507,7 @@ class PartWriter:
 
 def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
     kwargs: dict = {"region": options.region, "connect_timeout": 10, "request_timeout": 60,
-                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5)}
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts)}
     if options.access_key:
         kwargs.update(access_key=options.access_key, secret_key=options.secret_key,
                       session_token=options.session_token)

@@ -93,3 +93,28 @@ def test_the_library_installs_beside_the_oldest_airflow_without_changing_it(olde
     # dependencies, e.g. python-dateutil for botocore) stays inside the ranges that Airflow release declares
     assert len(changed) <= 5, f"installing the library would change many of Airflow's dependencies: {changed}"
     assert planned.get("apache-airflow-providers-postgres"), "the airflow extra brings the postgres provider"
+
+
+_PLUGIN_IMPORTS = """
+import inspect, json
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.core_api.security import get_user
+from airflow.configuration import conf
+from airflow.exceptions import AirflowNotFoundException
+from airflow.models.connection import Connection
+from airflow.plugins_manager import AirflowPlugin
+print(json.dumps({"get_user": list(inspect.signature(get_user).parameters),
+                  "plugin": [a for a in ("fastapi_apps", "external_views") if hasattr(AirflowPlugin, a)],
+                  "secrets": callable(Connection.get_connection_from_secrets)}))
+"""
+
+
+def test_what_the_annotation_plugin_imports_from_airflow_exists_on_the_oldest(oldest):
+    # plugins/dctp_annotate.py authenticates through these names; were one missing, the app would refuse every
+    # request (it fails closed), so an expert on Airflow 3.1 could not annotate at all
+    result = subprocess.run([str(oldest), "-c", _PLUGIN_IMPORTS], capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["plugin"] == ["fastapi_apps", "external_views"] and found["secrets"]
+    assert "request" in found["get_user"]  # a dependency of the request: its bearer header or session cookie

@@ -114,3 +114,15 @@ def test_the_default_data_root_and_feedback_store_follow_a_relative_airflow_home
     monkeypatch.setenv("AIRFLOW_HOME", "home")
     assert data_root() == (tmp_path / "home" / "dctp-data").as_uri()
     assert default_url() == f"sqlite:///{tmp_path / 'home' / 'dctp_feedback.db'}"
+
+
+def test_s3_attempts_follow_aws_max_attempts(monkeypatch):
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    assert S3Options.from_env().max_attempts == 5
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    assert S3Options.from_env().max_attempts == 2
+    assert S3Options.from_connection("k", "s", {"endpoint_url": "http://x"}).max_attempts == 2
+    for bad in ("0", "-1", "five"):
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", bad)
+        with pytest.raises(ValueError, match="AWS_MAX_ATTEMPTS"):
+            S3Options.from_env()

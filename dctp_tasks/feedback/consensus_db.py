@@ -287,6 +287,7 @@ def assign_reviews(store: FeedbackStore, item_ids: Sequence[int], max_judgements
             rows.append({"item_id": item_id, "expert": expert, "assigned_at": now,
                          "due_at": now + timedelta(days=store.config.due_days)})
         if rows:
+            # ``judged`` is left to the database's triggers, which set it for every writer of assignments
             conn.execute(assignments.insert(), rows)
     return made
 

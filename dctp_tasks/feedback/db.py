@@ -3,7 +3,8 @@
 PostgreSQL in production (the Airflow connection ``dctp_feedback``), SQLite as the embedded default
 (``$AIRFLOW_HOME/dctp_feedback.db``). ``upgrade`` applies the migrations a database lacks, in order, each in one
 transaction under a lock (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE``), so concurrent upgrades apply
-each migration once. ``annotations`` is append-only: a trigger refuses UPDATE and DELETE on both engines.
+each migration once. ``annotations`` is append-only: a trigger refuses UPDATE and DELETE on both engines; other
+triggers keep ``assignments.judged`` (the expert has an effective judgement of the item) right for every writer.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ items = sa.Table(
     sa.Column("staged_version", sa.Text),
     sa.Column("table_version", sa.Integer),
     sa.Column("synthetic", sa.Boolean, nullable=False, server_default=sa.false()),
+    # JSON: the rows the day's dedup stages removed as duplicates of this document (``select.nearest_duplicates``)
+    sa.Column("duplicates", sa.Text),
 )
 assignments = sa.Table(
     "assignments", metadata,
@@ -83,6 +86,8 @@ assignments = sa.Table(
     sa.Column("expert", sa.String(128), nullable=False),
     sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+    # whether the expert has an effective judgement of the item: set by triggers (migration 3), never by the store
+    sa.Column("judged", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 annotations = sa.Table(
     "annotations", metadata,
@@ -291,6 +296,85 @@ _APPEND_ONLY = {
     ],
 }
 
+# Migration 3: what the annotation app asks on every request (the next open item, undo, today's count) answered from
+# indexes. ``assignments.judged`` caches "the expert has an effective judgement of the item" (a judgement no
+# retraction names); triggers keep it right for every writer, since ``annotations`` only grows by INSERT.
+_LIVE_JUDGEMENT = """EXISTS (SELECT 1 FROM annotations j WHERE j.item_id = {item} AND j.expert = {expert}
+            AND j.label IS NOT NULL AND NOT EXISTS (SELECT 1 FROM annotations r WHERE r.retracts = j.annotation_id))"""
+
+
+def _live(item: str, expert: str) -> str:
+    return _LIVE_JUDGEMENT.format(item=item, expert=expert)
+
+
+_JUDGED = [
+    "ALTER TABLE assignments ADD COLUMN judged {bool} NOT NULL DEFAULT FALSE",
+    "ALTER TABLE queue_items ADD COLUMN duplicates TEXT",
+    # an expert's open queue in the order it is worked (due date, then item id)
+    "CREATE INDEX ix_assignments_open ON assignments (expert, judged, due_at, item_id)",
+    "DROP INDEX ix_assignments_expert",  # the one above leads with expert too
+    # undo: an expert's latest judgement, and whether a retraction names it
+    "CREATE INDEX ix_annotations_expert_id ON annotations (expert, annotation_id)",
+    "DROP INDEX ix_annotations_expert",
+    "CREATE INDEX ix_annotations_retracts ON annotations (retracts)",
+    # "judged today"
+    "CREATE INDEX ix_annotations_expert_created ON annotations (expert, created_at)",
+    # the stores already in use: their judgements so far
+    "UPDATE assignments SET judged = TRUE WHERE " + _live("assignments.item_id", "assignments.expert"),
+]
+_JUDGED_TRIGGERS = {
+    "postgresql": [
+        # Both functions first lock the queue item's row: a judgement and an assignment of one item (or two
+        # judgements, as a submit and an undo) take turns, and under READ COMMITTED each statement after the lock
+        # sees what the other committed, so neither computes ``judged`` from a state the other is changing.
+        f"""CREATE OR REPLACE FUNCTION dctp_assignments_judged() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM 1 FROM queue_items WHERE item_id = NEW.item_id FOR NO KEY UPDATE;
+            NEW.judged := {_live("NEW.item_id", "NEW.expert")};
+            RETURN NEW;
+        END $$""",
+        """CREATE TRIGGER assignments_judged BEFORE INSERT ON assignments
+            FOR EACH ROW EXECUTE FUNCTION dctp_assignments_judged()""",
+        f"""CREATE OR REPLACE FUNCTION dctp_annotations_judged() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            live boolean := TRUE;  -- a new judgement: no retraction can name it yet
+        BEGIN
+            PERFORM 1 FROM queue_items WHERE item_id = NEW.item_id FOR NO KEY UPDATE;
+            IF NEW.label IS NULL THEN
+                live := {_live("NEW.item_id", "NEW.expert")};
+            END IF;
+            UPDATE assignments SET judged = live
+                WHERE item_id = NEW.item_id AND expert = NEW.expert AND judged IS DISTINCT FROM live;
+            RETURN NULL;
+        END $$""",
+        """CREATE TRIGGER annotations_judged AFTER INSERT ON annotations
+            FOR EACH ROW EXECUTE FUNCTION dctp_annotations_judged()""",
+    ],
+    # SQLite has one writer at a time (BEGIN IMMEDIATE): nothing to take turns over.
+    "sqlite": [
+        # most new assignments have no judgement yet: the WHEN spares a bulk insert one UPDATE per row
+        f"""CREATE TRIGGER assignments_judged AFTER INSERT ON assignments
+            WHEN EXISTS (SELECT 1 FROM annotations WHERE item_id = NEW.item_id AND expert = NEW.expert
+                         AND label IS NOT NULL)
+            BEGIN
+                UPDATE assignments SET judged = {_live("NEW.item_id", "NEW.expert")}
+                    WHERE assignment_id = NEW.assignment_id;
+            END""",
+        """CREATE TRIGGER annotations_judged AFTER INSERT ON annotations
+            WHEN NEW.label IS NOT NULL
+            BEGIN
+                UPDATE assignments SET judged = TRUE
+                    WHERE item_id = NEW.item_id AND expert = NEW.expert AND NOT judged;
+            END""",
+        f"""CREATE TRIGGER annotations_retracted AFTER INSERT ON annotations
+            WHEN NEW.label IS NULL
+            BEGIN
+                UPDATE assignments SET judged = {_live("NEW.item_id", "NEW.expert")}
+                    WHERE item_id = NEW.item_id AND expert = NEW.expert;
+            END""",
+    ],
+}
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -308,6 +392,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "annotation batches, queue items, assignments, append-only annotations",
               {d: s + _APPEND_ONLY[d] for d, s in _per_dialect(_INITIAL).items()}),
     Migration(2, "merge runs, consensus history, expert reliability, sampling weights", _per_dialect(_MERGE)),
+    Migration(3, "assignments.judged kept by triggers, indexes of the open queue and undo, queue_items.duplicates",
+              {d: s + _JUDGED_TRIGGERS[d] for d, s in _per_dialect(_JUDGED).items()}),
 )
 LATEST = MIGRATIONS[-1].version
 

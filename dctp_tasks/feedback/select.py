@@ -2,13 +2,16 @@
 
 Reads the decided day (``quality``'s kept rows, and the scores of every row ``decide`` judged) and stores one batch
 per date in the feedback store: the chosen documents as the expert will see them (PII redacted), why each was
-picked (strategy, its score, stratum), and who judges it. No model runs: scores are the stored ones and vectors
-semantic dedup's. A re-run replaces the date's batch only while nobody has judged any of it.
+picked (strategy, its score, stratum), the nearest rows dedup removed as its duplicates, and who judges it. No
+model runs: scores are the stored ones and vectors semantic dedup's. A re-run replaces the date's batch only while
+nobody has judged any of it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import posixpath
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -21,10 +24,11 @@ from dctp_tasks.config import AnnotationConfig, PipelineConfig
 from dctp_tasks.dedup.report import report_path, table_cell, write_report
 from dctp_tasks.feedback import strategies as al
 from dctp_tasks.feedback.store import FeedbackStore, NewItem
+from dctp_tasks.publish import NotPublished
 from dctp_tasks.quality.base import Scorer
 from dctp_tasks.quality.decide import VERDICTS, Decisions, decide_scores, redactor, unjudged
 from dctp_tasks.quality.registry import build_scorers
-from dctp_tasks.staging import stage_rejects, stage_rows
+from dctp_tasks.staging import REJECTS, stage_rejects, stage_rows, stage_version
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage
 
@@ -36,6 +40,16 @@ SCORES_STAGE = "score_models"
 AUDIT = "audit"
 """The strategy name of the rows taken at random from the day's filtered rows."""
 _SNAPSHOT_COLUMNS = ["doc_id", "text", "prompt", "response", "source", "domain", "lang", "synthetic"]
+DEDUP_STAGES = ("dedup_exact", "dedup_near", "dedup_semantic")
+"""The stages whose dropped rows name the document they duplicate (``duplicate_of``)."""
+TEXT_STAGE = "normalize"
+"""Where a removed duplicate's text is read: every dedup stage drops rows of normalize's output."""
+MAX_DUPLICATES = 3
+"""Duplicates shown with a queued document."""
+DUPLICATE_TEXT_CHARS = 300
+"""Characters of a duplicate's text shown."""
+# the similarity near dedup (MinHash Jaccard) and semantic dedup (cosine) write into a duplicate's detail
+_SIMILARITY = re.compile(r"(?:cosine|jaccard)\s*[=≈~]\s*([0-9]*\.?[0-9]+)")
 _MAX_STRATUM_METRICS = 50
 
 
@@ -87,7 +101,8 @@ def select_for_annotation_day(storage: Storage, config: PipelineConfig, dag_id: 
             stats: dict[str, int] = {"committee_members": 0}
             picks = choose(day, available, cfg, config.quality.review_below, dt, source, labeled, stats)
             new_items = snapshot(storage, config, dt, day, picks, kept_dir, scores_dir,
-                                 stage_rejects(storage, dag_id, dt, input_stage, input_version))
+                                 stage_rejects(storage, dag_id, dt, input_stage, input_version),
+                                 dedup_dag_id=scores_dag_id or dag_id)
             assign(new_items, cfg, store.open_load(exclude_dt=dt))
             batch, written = store.replace_batch(
                 dt=dt, dag_id=dag_id, run_id=run_id, budget=cfg.budget, config_hash=config.config_hash(),
@@ -318,9 +333,10 @@ def choose(day: Day, available: np.ndarray, cfg: AnnotationConfig, review_below:
 
 
 def snapshot(storage: Storage, config: PipelineConfig, dt: str, day: Day, picks: list[Pick], kept_dir: str,
-             scores_dir: str, rejects: pa.Table) -> list[NewItem]:
+             scores_dir: str, rejects: pa.Table, *, dedup_dag_id: str | None = None) -> list[NewItem]:
     """Return the picked rows as queue items: kept rows as they will be exported (from ``kept_dir``), filtered rows
-    from the scores with PII redacted the same way, with their scores and the rule that removed them."""
+    from the scores with PII redacted the same way, with their scores, the rule that removed them, and (with
+    ``dedup_dag_id``, the DAG whose dedup stages ran on the day) their nearest removed duplicates."""
     d = day.decisions
     kept_rank = np.cumsum(day.kept) - 1
     rows = np.array([p.row for p in picks], dtype=np.int64)
@@ -337,6 +353,8 @@ def snapshot(storage: Storage, config: PipelineConfig, dt: str, day: Day, picks:
             table = redact(table) if redact is not None else table
         texts.update(zip(order.tolist(), table.to_pylist(), strict=True))
     reasons = {r["doc_id"]: r for r in rejects.select(["doc_id", "reason", "detail"]).to_pylist()}
+    duplicates = {} if dedup_dag_id is None else nearest_duplicates(
+        storage, config, dedup_dag_id, dt, [texts[p.row]["doc_id"] for p in picks])
     out = []
     for pick in picks:
         row = texts[pick.row]
@@ -349,9 +367,80 @@ def snapshot(storage: Storage, config: PipelineConfig, dt: str, day: Day, picks:
             stratum=day.names[day.strata[pick.row]], quality=float(d.quality[pick.row]),
             verdict=VERDICTS[verdict] if verdict < len(VERDICTS) else None,
             filter_reason=reject.get("reason"), filter_detail=reject.get("detail"), synthetic=bool(row["synthetic"]),
+            duplicates=duplicates.get(row["doc_id"], []),
             scores={scorer: {name: _plain(values[pick.row]) for name, values in fields.items()}
                     for scorer, fields in d.scores.items()}))
     return out
+
+
+def nearest_duplicates(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
+                       doc_ids: list[str]) -> dict[str, list[dict]]:
+    """Return, per document of ``doc_ids`` that has any, up to ``MAX_DUPLICATES`` rows the day's dedup stages removed
+    as its duplicates, most similar first (exact copies, then by the Jaccard or cosine their detail gives):
+    ``{doc_id, reason, detail, text}``, ``text`` the start of the duplicate as normalize left it, PII redacted as the
+    queued texts are (``None`` when normalize's rows are not there). A stage that did not run adds nothing.
+
+    A day holds millions of rows: only the rejects naming ``doc_ids`` are kept, and only their texts are read.
+    """
+    wanted = pa.array(sorted(set(doc_ids)), pa.string())
+    if not len(wanted):
+        return {}
+    found = []
+    for stage in DEDUP_STAGES:
+        try:
+            folder = posixpath.join(stage_version(storage, dag_id, dt, stage), REJECTS)
+        except NotPublished:
+            continue
+        columns = ["doc_id", "stage", "reason", "detail", "duplicate_of"]
+        for batch in storage.iter_batches(folder, batch_size=config.batch_size, columns=columns):
+            found += batch.filter(_among(batch.column("duplicate_of"), wanted)).to_pylist()
+    nearest: dict[str, list[dict]] = {}
+    for row in sorted(found, key=_closeness):
+        group = nearest.setdefault(row["duplicate_of"], [])
+        if len(group) < MAX_DUPLICATES and all(d["doc_id"] != row["doc_id"] for d in group):
+            group.append(row)
+    texts = _texts(storage, config, dag_id, dt, {d["doc_id"] for group in nearest.values() for d in group})
+    return {doc_id: [{"doc_id": d["doc_id"], "reason": d["reason"], "detail": d["detail"],
+                      "text": texts.get(d["doc_id"])} for d in group] for doc_id, group in nearest.items()}
+
+
+def _closeness(row: dict) -> tuple:
+    """Sort key of a removed duplicate: exact copies first, then the most similar, then by id."""
+    if row["stage"] == "dedup_exact":
+        return 0, 0.0, row["doc_id"]
+    match = _SIMILARITY.search(row["detail"] or "")
+    return 1, -float(match.group(1)) if match else math.inf, row["doc_id"]
+
+
+def _texts(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, doc_ids: set[str]) -> dict[str, str]:
+    """Return the first ``DUPLICATE_TEXT_CHARS`` characters of each of ``doc_ids``' text in normalize's rows of
+    ``dt``, PII redacted: the ids are found in one pass over the id column, then only their row groups are read."""
+    try:
+        folder = stage_rows(storage, dag_id, dt, TEXT_STAGE)
+    except NotPublished:
+        return {}
+    if not doc_ids:
+        return {}
+    wanted = pa.array(sorted(doc_ids), pa.string())
+    rows, first = [], 0
+    for batch in storage.iter_batches(folder, batch_size=config.batch_size, columns=["doc_id"]):
+        rows.append(np.flatnonzero(_among(batch.column("doc_id"), wanted).to_numpy(zero_copy_only=False)) + first)
+        first += batch.num_rows
+    rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    if not len(rows):
+        return {}
+    table = storage.take_rows(folder, rows=rows.astype(np.int64), columns=["doc_id", "text"])
+    redact = redactor(config.quality)
+    table = redact(table) if redact is not None else table
+    out: dict[str, str] = {}
+    for doc_id, text in zip(table.column("doc_id").to_pylist(), table.column("text").to_pylist(), strict=True):
+        if doc_id not in out and text is not None:  # an id delivered twice in a day: its first row
+            out[doc_id] = text[:DUPLICATE_TEXT_CHARS]
+    return out
+
+
+def _among(values: pa.Array, wanted: pa.Array) -> pa.Array:
+    return pc.fill_null(pc.is_in(values, value_set=wanted), False)
 
 
 def assign(new_items: list[NewItem], cfg: AnnotationConfig, load: dict[str, int]) -> None:

@@ -3,7 +3,8 @@
 Every call validates its input and refuses an unknown expert, item, label or category with ``FeedbackError`` (a
 ``ValueError``) before it writes anything. ``annotations`` is the audit trail and only ever grows: a correction is a
 new judgement, an undo a retraction row naming the judgement it takes back. An expert's *effective* judgement of an
-item is their latest judgement that no retraction names.
+item is their latest judgement that no retraction names; whether they have one is ``assignments.judged``, kept by
+the database's triggers, so the expert's calls (next item, submit, undo, progress) are indexed lookups.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class QueueItem:
     table_version: int | None
     synthetic: bool = False
     due_at: datetime | None = None
+    duplicates: list = field(default_factory=list)
+    """The rows the day's dedup removed as duplicates of this document, most similar first: ``{doc_id, reason,
+    detail, text}`` (``select.nearest_duplicates``)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class NewItem:
     filter_detail: str | None = None
     strategy_score: float | None = None
     synthetic: bool = False
+    duplicates: list = field(default_factory=list)
     experts: list[str] = field(default_factory=list)
 
 
@@ -181,37 +186,62 @@ class FeedbackStore:
 
     # -- the expert's side -------------------------------------------------------------------------------------
 
-    def open_queue(self, expert: str, limit: int | None = 50, dt: str | None = None) -> list[QueueItem]:
-        """Return the items assigned to ``expert`` that they have not judged yet, soonest due first (the first
-        ``limit``; texts are read for those only)."""
-        open_ids = self._open_ids(expert, dt)
-        page = open_ids if limit is None else open_ids[:limit]
+    def open_queue(self, expert: str, limit: int | None = 50, dt: str | None = None,
+                   offset: int = 0) -> list[QueueItem]:
+        """Return the items assigned to ``expert`` that they have not judged yet, soonest due first: ``limit`` of
+        them (all with ``None``) after the first ``offset``, only of date ``dt``'s batch if given."""
+        self.expert(expert)
+        _check_page(limit, offset)
+        query = (sa.select(items, assignments.c.due_at)
+                 .join(assignments, assignments.c.item_id == items.c.item_id)
+                 .where(*self._open(expert, dt))
+                 # item ids grow in batch and position order (a batch's items are inserted in order, each batch
+                 # after the last), so this is the batch's order within a due date, read straight off the index
+                 .order_by(assignments.c.due_at, assignments.c.item_id)
+                 .limit(limit).offset(offset or None))
         with self._reading() as conn:
-            rows = {r["item_id"]: r for chunk in _chunks({i for i, _ in page}) for r in conn.execute(
-                sa.select(items).where(items.c.item_id.in_(chunk))).mappings()}
-        return [_item({**rows[i], "due_at": due}) for i, due in page]
+            return [_item(row) for row in conn.execute(query).mappings()]
 
     def open_count(self, expert: str, dt: str | None = None) -> int:
-        """Return how many items wait for ``expert``'s judgement."""
-        return len(self._open_ids(expert, dt))
-
-    def _open_ids(self, expert: str, dt: str | None) -> list[tuple[int, datetime]]:
+        """Return how many items wait for ``expert``'s judgement (of date ``dt``'s batch, if given)."""
         self.expert(expert)
-        query = (sa.select(assignments.c.item_id, assignments.c.due_at)
-                 .join(items, items.c.item_id == assignments.c.item_id)
-                 .where(assignments.c.expert == expert)
-                 .order_by(assignments.c.due_at, items.c.batch_id, items.c.position))
-        if dt is not None:
-            query = query.where(items.c.dt == dt)
+        query = sa.select(sa.func.count()).select_from(assignments).where(*self._open(expert, dt))
         with self._reading() as conn:
-            assigned = conn.execute(query).all()
-            judged = self._judged_items(conn, expert, [i for i, _ in assigned])
-        return [(i, due) for i, due in assigned if i not in judged]
+            return int(conn.execute(query).scalar_one())
+
+    @staticmethod
+    def _open(expert: str, dt: str | None) -> list[sa.ColumnElement[bool]]:
+        """The conditions of ``expert``'s open assignments (of date ``dt``): ``ix_assignments_open`` answers them, and
+        the date's items are found through its batch (a batch holds only items of its date)."""
+        where = [assignments.c.expert == expert, assignments.c.judged == sa.false()]
+        if dt is not None:
+            batch_id = sa.select(batches.c.batch_id).where(batches.c.dt == dt).scalar_subquery()
+            where.append(assignments.c.item_id.in_(sa.select(items.c.item_id).where(items.c.batch_id == batch_id)))
+        return where
 
     def next_item(self, expert: str) -> QueueItem | None:
         """Return the expert's next open item, or ``None`` when their queue is empty."""
         queue = self.open_queue(expert, limit=1)
         return queue[0] if queue else None
+
+    def progress(self, expert: str, since: datetime) -> dict[str, int]:
+        """Return ``expert``'s work: ``open`` and ``assigned`` assignments, ``done`` (judged) ones, and
+        ``judged_since``: the judgements they made at or after ``since`` that no retraction names (a correction
+        counts as one more)."""
+        self.expert(expert)
+        retracted = annotations.alias("r")
+        counts = {
+            "open": sa.select(sa.func.count()).select_from(assignments).where(*self._open(expert, None)),
+            "assigned": sa.select(sa.func.count()).select_from(assignments).where(assignments.c.expert == expert),
+            "done": sa.select(sa.func.count()).select_from(assignments).where(
+                assignments.c.expert == expert, assignments.c.judged == sa.true()),
+            "judged_since": sa.select(sa.func.count()).select_from(annotations).where(
+                annotations.c.expert == expert, annotations.c.created_at >= _utc(since),
+                annotations.c.label.is_not(None),
+                ~sa.exists().where(retracted.c.retracts == annotations.c.annotation_id)),
+        }
+        with self._reading() as conn:
+            return {name: int(conn.execute(query).scalar_one()) for name, query in counts.items()}
 
     def item(self, item_id: int) -> QueueItem:
         """Return queue item ``item_id``; refuse an id not in the queue."""
@@ -263,13 +293,14 @@ class FeedbackStore:
             repeated = self._repeated(conn, expert, request_id)
             if repeated is not None:
                 return repeated
-            trail = conn.execute(sa.select(annotations).where(annotations.c.expert == expert)
-                                 .order_by(annotations.c.annotation_id)).mappings().all()
-            retracted = {r["retracts"] for r in trail if r["retracts"] is not None}
-            live = [r for r in trail if r["label"] is not None and r["annotation_id"] not in retracted]
-            if not live:
+            retracted = annotations.alias("r")
+            # the newest of the expert's judgements that no retraction names: walks ix_annotations_expert_id back
+            last = conn.execute(sa.select(annotations.c.annotation_id, annotations.c.item_id).where(
+                annotations.c.expert == expert, annotations.c.label.is_not(None),
+                ~sa.exists().where(retracted.c.retracts == annotations.c.annotation_id))
+                .order_by(annotations.c.annotation_id.desc()).limit(1)).mappings().first()
+            if last is None:
                 return None
-            last = live[-1]
             annotation_id = conn.execute(annotations.insert().returning(annotations.c.annotation_id), {
                 "item_id": last["item_id"], "expert": expert, "label": None, "category": None, "rationale": None,
                 "retracts": last["annotation_id"], "created_at": _now(), "client": client,
@@ -292,26 +323,31 @@ class FeedbackStore:
     def counts(self, dt: str | None = None) -> dict:
         """Return queue and judgement counts (overall, or of date ``dt``'s batch): items, assignments open and done,
         effective labels, and the same per expert."""
+        of_date = sa.select(items.c.item_id).where(items.c.dt == dt) if dt is not None else None
+        n_items = sa.select(sa.func.count()).select_from(items)
+        pairs = (sa.select(assignments.c.expert, assignments.c.judged, sa.func.count())
+                 .group_by(assignments.c.expert, assignments.c.judged))
+        if of_date is not None:
+            n_items = n_items.where(items.c.dt == dt)
+            pairs = pairs.where(assignments.c.item_id.in_(of_date))
+        effective = _effective(of_date)
         with self._reading() as conn:
-            item_q = sa.select(items.c.item_id)
-            if dt is not None:
-                item_q = item_q.where(items.c.dt == dt)
-            ids = set(conn.execute(item_q).scalars())
-            pairs = [(i, e) for i, e in conn.execute(sa.select(assignments.c.item_id, assignments.c.expert))
-                     if i in ids]
-            trail = [_judgement(r, "") for r in conn.execute(sa.select(annotations)).mappings() if r["item_id"] in ids]
-        effective = effective_judgements(trail, by_item=True)
+            total_items = int(conn.execute(n_items).scalar_one())
+            assigned = conn.execute(pairs).all()
+            labelled = conn.execute(sa.select(effective.c.expert, effective.c.label, sa.func.count())
+                                    .group_by(effective.c.expert, effective.c.label)).all()
+            judged_items = int(conn.execute(sa.select(sa.func.count(sa.distinct(effective.c.item_id)))).scalar_one())
         per_expert: dict[str, Counter] = {}
-        for item_id, expert in pairs:
-            done = (item_id, expert) in effective
-            per_expert.setdefault(expert, Counter())["done" if done else "open"] += 1
-        for (_, expert), judgement in effective.items():
-            per_expert.setdefault(expert, Counter())[judgement.label] += 1
-        labels = Counter(j.label for j in effective.values())
-        return {"items": len(ids), "assignments": len(pairs),
+        for expert, judged, n in assigned:
+            per_expert.setdefault(expert, Counter())["done" if judged else "open"] += int(n)
+        labels: Counter = Counter()
+        for expert, label, n in labelled:
+            per_expert.setdefault(expert, Counter())[label] += int(n)
+            labels[label] += int(n)
+        return {"items": total_items, "assignments": sum(int(n) for *_, n in assigned),
                 "open": sum(c["open"] for c in per_expert.values()),
                 "done": sum(c["done"] for c in per_expert.values()),
-                "judgements": len(effective), "judged_items": len({i for i, _ in effective}),
+                "judgements": sum(labels.values()), "judged_items": judged_items,
                 "labels": {label: labels[label] for label in LABELS},
                 "experts": {e: {k: c[k] for k in ("open", "done", *LABELS)} for e, c in sorted(per_expert.items())}}
 
@@ -319,31 +355,59 @@ class FeedbackStore:
         """Return what is waiting, per expert and stratum: assigned, done, open, and the earliest open due date."""
         if expert is not None:
             self.expert(expert)
-        query = (sa.select(assignments.c.expert, assignments.c.item_id, assignments.c.due_at, items.c.stratum,
-                           items.c.dt).join(items, items.c.item_id == assignments.c.item_id))
+        is_open = assignments.c.judged == sa.false()
+        query = (sa.select(assignments.c.expert, items.c.stratum, sa.func.count().label("assigned"),
+                           sa.func.sum(sa.case((is_open, 0), else_=1)).label("done"),
+                           sa.func.sum(sa.case((is_open, 1), else_=0)).label("open"),
+                           sa.func.min(sa.case((is_open, assignments.c.due_at))).label("next_due"))
+                 .join(items, items.c.item_id == assignments.c.item_id)
+                 .group_by(assignments.c.expert, items.c.stratum))
         if expert is not None:
             query = query.where(assignments.c.expert == expert)
         if dt is not None:
             query = query.where(items.c.dt == dt)
         with self._reading() as conn:
             rows = conn.execute(query).mappings().all()
-            wanted = {r["item_id"] for r in rows}
-            trail = [_judgement(r, "") for r in conn.execute(sa.select(annotations)).mappings()
-                     if r["item_id"] in wanted]
-        effective = effective_judgements(trail, by_item=True)
-        groups: dict[tuple[str, str], dict] = {}
-        for r in rows:
-            group = groups.setdefault((r["expert"], r["stratum"]), {"expert": r["expert"], "stratum": r["stratum"],
-                                                                    "assigned": 0, "done": 0, "open": 0,
-                                                                    "next_due": None})
-            group["assigned"] += 1
-            if (r["item_id"], r["expert"]) in effective:
-                group["done"] += 1
-            else:
-                group["open"] += 1
-                due = _utc(r["due_at"])
-                group["next_due"] = due if group["next_due"] is None else min(group["next_due"], due)
-        return [groups[k] for k in sorted(groups)]
+        # sorted here, not by the database: PostgreSQL's collation would order names differently from SQLite's
+        return [{"expert": r["expert"], "stratum": r["stratum"], "assigned": int(r["assigned"]),
+                 "done": int(r["done"]), "open": int(r["open"]), "next_due": _utc(r["next_due"])}
+                for r in sorted(rows, key=lambda r: (r["expert"], r["stratum"]))]
+
+    def batch_progress(self, limit: int = 20, offset: int = 0) -> tuple[list[dict], int]:
+        """Return a page of batches, newest date first, with each expert's work on it, and how many batches there
+        are. A batch: ``batch_id, dt, items, created_at, table_version`` and ``experts``: ``{expert: {assigned,
+        done, open, good, bad, skip}}`` (done: assignments with an effective judgement; the labels are those
+        judgements)."""
+        _check_page(limit, offset)
+        with self._reading() as conn:
+            total = int(conn.execute(sa.select(sa.func.count()).select_from(batches)).scalar_one())
+            page = conn.execute(sa.select(batches.c.batch_id, batches.c.dt, batches.c["items"], batches.c.created_at,
+                                          batches.c.table_version)
+                                .order_by(batches.c.dt.desc()).limit(limit).offset(offset or None)).mappings().all()
+            ids = [r["batch_id"] for r in page]
+            in_page = items.c.batch_id.in_(ids)
+            is_done = assignments.c.judged == sa.true()
+            work = (sa.select(items.c.batch_id, assignments.c.expert, sa.func.count(),
+                              sa.func.sum(sa.case((is_done, 1), else_=0)))
+                    .join(items, items.c.item_id == assignments.c.item_id).where(in_page)
+                    .group_by(items.c.batch_id, assignments.c.expert))
+            # the labels in a query of their own, driven by the effective judgements: an outer join of every
+            # assignment to them makes SQLite scan the judgements once per assignment
+            effective = _effective(sa.select(items.c.item_id).where(in_page))
+            labelled = (sa.select(items.c.batch_id, effective.c.expert, effective.c.label, sa.func.count())
+                        .select_from(effective.join(assignments, sa.and_(
+                            assignments.c.item_id == effective.c.item_id, assignments.c.expert == effective.c.expert))
+                            .join(items, items.c.item_id == effective.c.item_id))
+                        .group_by(items.c.batch_id, effective.c.expert, effective.c.label))
+            work_rows = conn.execute(work).all() if ids else []
+            label_rows = conn.execute(labelled).all() if ids else []
+        experts: dict[int, dict[str, dict]] = {batch_id: {} for batch_id in ids}
+        for batch_id, expert, assigned, done in sorted(work_rows, key=lambda r: r[1]):
+            experts[batch_id][expert] = {"assigned": int(assigned), "done": int(done), "open": int(assigned - done),
+                                         **dict.fromkeys(LABELS, 0)}
+        for batch_id, expert, label, n in label_rows:
+            experts[batch_id][expert][label] = int(n)
+        return [{**r, "created_at": _utc(r["created_at"]), "experts": experts[r["batch_id"]]} for r in page], total
 
     # -- the pipeline's side -----------------------------------------------------------------------------------
 
@@ -362,21 +426,13 @@ class FeedbackStore:
 
     def open_load(self, exclude_dt: str | None = None) -> dict[str, int]:
         """Return each roster expert's open assignments (assigned, not yet judged), outside ``exclude_dt``'s batch."""
-        query = sa.select(assignments.c.item_id, assignments.c.expert).join(
-            items, items.c.item_id == assignments.c.item_id)
+        query = (sa.select(assignments.c.expert, sa.func.count()).where(assignments.c.judged == sa.false())
+                 .group_by(assignments.c.expert))
         if exclude_dt is not None:
-            query = query.where(items.c.dt != exclude_dt)
+            query = query.where(assignments.c.item_id.in_(sa.select(items.c.item_id).where(items.c.dt != exclude_dt)))
         with self._reading() as conn:
-            pairs = conn.execute(query).all()
-            wanted = {i for i, _ in pairs}
-            trail = [_judgement(r, "") for r in conn.execute(sa.select(annotations)).mappings()
-                     if r["item_id"] in wanted]
-        effective = effective_judgements(trail, by_item=True)
-        load = dict.fromkeys(self.roster, 0)
-        for item_id, expert in pairs:
-            if expert in load and (item_id, expert) not in effective:
-                load[expert] += 1
-        return load
+            counts = dict(conn.execute(query).all())
+        return {name: int(counts.get(name, 0)) for name in self.roster}
 
     def replace_batch(self, *, dt: str, dag_id: str, run_id: str | None, budget: int, strategy_mix: dict,
                       config_hash: str, mlflow_run_id: str | None, staged_version: str | None,
@@ -407,15 +463,22 @@ class FeedbackStore:
                 "strategy_mix": json.dumps(strategy_mix, sort_keys=True), "config_hash": config_hash,
                 "mlflow_run_id": mlflow_run_id, "staged_version": staged_version, "table_version": None,
                 "items": len(new_items)}).scalar_one()
+            rows = []
             for position, item in enumerate(new_items):
                 values = {f.name: getattr(item, f.name) for f in fields(item) if f.name != "experts"}
                 values.update(batch_id=batch_id, position=position, staged_version=staged_version,
                               scores=json.dumps(_json_safe(item.scores), sort_keys=True),
+                              duplicates=json.dumps(_json_safe(item.duplicates)) if item.duplicates else None,
                               quality=_finite(item.quality), strategy_score=_finite(item.strategy_score))
-                item_id = conn.execute(items.insert().returning(items.c.item_id), values).scalar_one()
-                if item.experts:
-                    conn.execute(assignments.insert(), [{"item_id": item_id, "expert": name, "assigned_at": now,
-                                                         "due_at": due} for name in item.experts])
+                rows.append(values)
+            # one executemany; ids come back in the items' order, and are handed out in it (the queue's order)
+            item_ids = conn.execute(items.insert().returning(items.c.item_id, sort_by_parameter_order=True),
+                                    rows).scalars().all() if rows else []
+            # ``judged`` is the triggers' to set (a document judged before it was assigned is done at once)
+            pairs = [{"item_id": item_id, "expert": name, "assigned_at": now, "due_at": due}
+                     for item_id, item in zip(item_ids, new_items, strict=True) for name in item.experts]
+            if pairs:
+                conn.execute(assignments.insert(), pairs)
             return self._batch(conn, dt), True
 
     def stamp_table_version(self, dt: str, version: int, run_id: str | None = None) -> bool:
@@ -530,12 +593,6 @@ class FeedbackStore:
             raise FeedbackError(f"queue item {item_id} does not exist: judge only documents in the annotation queue")
         return row
 
-    def _judged_items(self, conn: sa.Connection, expert: str, item_ids: list[int]) -> set[int]:
-        wanted = set(item_ids)
-        trail = [_judgement(r, "") for r in conn.execute(
-            sa.select(annotations).where(annotations.c.expert == expert)).mappings() if r["item_id"] in wanted]
-        return {item_id for item_id, _ in effective_judgements(trail, by_item=True)}
-
     def _repeated(self, conn: sa.Connection, expert: str, request_id: str | None, **same: Any) -> Judgement | None:
         """Return the row an earlier call with this ``request_id`` wrote; refuse the id reused for something else."""
         if request_id is None:
@@ -574,6 +631,21 @@ class FeedbackStore:
                             "strategy_mix": json.loads(row["strategy_mix"])}, judged=int(judged))
 
 
+def _effective(item_ids: sa.Select | None = None) -> sa.Subquery:
+    """Return every (item, expert)'s effective judgement as a subquery (``item_id, expert, label``): their newest
+    judgement that no retraction names; only of the items ``item_ids`` selects, if given."""
+    retracted = annotations.alias("r")
+    newest = (sa.select(sa.func.max(annotations.c.annotation_id))
+              .where(annotations.c.label.is_not(None),
+                     ~sa.exists().where(retracted.c.retracts == annotations.c.annotation_id))
+              .group_by(annotations.c.item_id, annotations.c.expert))
+    if item_ids is not None:
+        newest = newest.where(annotations.c.item_id.in_(item_ids))
+    # a plain IN, not a window function: both engines join the result through annotations' indexes
+    return (sa.select(annotations.c.item_id, annotations.c.expert, annotations.c.label)
+            .where(annotations.c.annotation_id.in_(newest)).subquery("effective"))
+
+
 def effective_judgements(trail: Sequence[Judgement], by_item: bool = False) -> dict:
     """Return each expert's latest judgement that no retraction names: ``{expert: j}`` for one document's trail,
     ``{(item_id, expert): j}`` with ``by_item``."""
@@ -599,6 +671,13 @@ def _chunks(values: set, size: int = 5_000) -> Iterator[list]:
         yield ordered[start:start + size]
 
 
+def _check_page(limit: int | None, offset: int) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise FeedbackError(f"limit must be a whole number of at least 0 (or None), got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise FeedbackError(f"offset must be a whole number of at least 0, got {offset!r}")
+
+
 def _check_client(client: str, request_id: str | None) -> None:
     if not isinstance(client, str) or not re.match(CLIENT_PATTERN, client):
         raise FeedbackError(f"client {client!r} is not valid: name the tool a judgement came from ({CLIENT_PATTERN})")
@@ -609,6 +688,7 @@ def _check_client(client: str, request_id: str | None) -> None:
 def _item(row: sa.RowMapping) -> QueueItem:
     values = {k: row[k] for k in QueueItem.__dataclass_fields__ if k in row}
     values["scores"] = json.loads(row["scores"])
+    values["duplicates"] = json.loads(row["duplicates"]) if row.get("duplicates") else []
     if "due_at" in values:
         values["due_at"] = _utc(values["due_at"])
     return QueueItem(**values)

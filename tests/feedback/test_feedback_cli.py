@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from dctp_tasks.cli import main
 from dctp_tasks.config import load_config
+from dctp_tasks.feedback import db
 from dctp_tasks.feedback.store import FeedbackStore, NewItem
 from tests.conftest import config_file
 
@@ -27,6 +28,7 @@ DT, DT2 = "2026-01-05", "2026-01-06"
 T0 = datetime(2026, 1, 5, 6, 30, tzinfo=UTC)
 EXPORT_COLUMNS = ["doc_id", "expert", "label", "category", "rationale", "created_at"]
 EXPERTS = {"alice": {}, "bob": {"seniority": "senior", "weight": 2.0}, "carol": {"domains": ["law"]}}
+ALL_VERSIONS = [m.version for m in db.MIGRATIONS]
 HOSTILE = "before \x1b[31mRED\x1b[0m and \u202eevil\u202c after"
 
 
@@ -99,7 +101,7 @@ def labels(store: FeedbackStore, doc_id: str) -> list:
 def test_db_upgrade_applies_every_migration_then_is_up_to_date(capsys, url):
     code, out, err = dctp(capsys, "db", "upgrade", "--store", url)
     assert code == 0, err
-    assert "schema version 2" in out and "applied now: 1, 2" in out
+    assert f"schema version {db.LATEST}" in out and f"applied now: {', '.join(map(str, ALL_VERSIONS))}" in out
     code, out, _ = dctp(capsys, "db", "upgrade", "--store", url)
     assert code == 0 and "up to date" in out and "applied now" not in out
 
@@ -107,7 +109,7 @@ def test_db_upgrade_applies_every_migration_then_is_up_to_date(capsys, url):
 def test_db_upgrade_json(capsys, url):
     code, out, _ = dctp(capsys, "--json", "db", "upgrade", "--store", url)
     first = json.loads(out)
-    assert code == 0 and first["applied"] == [1, 2] and first["schema_version"] == 2
+    assert code == 0 and first["applied"] == ALL_VERSIONS and first["schema_version"] == db.LATEST
     assert first["store"].startswith("sqlite:///")
     code, out, _ = dctp(capsys, "--json", "db", "upgrade", "--store", url)
     assert code == 0 and json.loads(out)["applied"] == []
@@ -131,7 +133,7 @@ def test_store_url_from_the_environment_wins_and_store_flag_wins_over_it(capsys,
     assert code == 0, err
     assert json.loads(out)["store"] == f"sqlite:///{env_db}" and env_db.is_file()
     code, out, _ = dctp(capsys, "--json", "db", "upgrade", "--store", f"sqlite:///{flag_db}")
-    assert code == 0 and json.loads(out)["applied"] == [1, 2] and flag_db.is_file()
+    assert code == 0 and json.loads(out)["applied"] == ALL_VERSIONS and flag_db.is_file()
     assert not (tmp_path / "airflow-home" / "dctp_feedback.db").exists()
     # the other commands look in the same place: the environment's store is upgraded, so queue works there
     code, out, err = dctp(capsys, "queue")
@@ -157,7 +159,7 @@ def test_store_from_the_airflow_connection_is_postgresql(capsys, monkeypatch, tm
     code, out, err = dctp(capsys, "--json", "db", "upgrade")
     assert code == 0, err
     result = json.loads(out)
-    assert result["applied"] == [1, 2] and result["store"].startswith("postgresql+psycopg2://")
+    assert result["applied"] == ALL_VERSIONS and result["store"].startswith("postgresql+psycopg2://")
     assert result["store"].endswith(f"/{name}")
     conn = psycopg2.connect(pg_dsn, dbname=name)
     try:
@@ -169,7 +171,7 @@ def test_store_from_the_airflow_connection_is_postgresql(capsys, monkeypatch, tm
     finally:
         conn.close()
     assert {"annotation_batches", "queue_items", "assignments", "annotations", "dctp_feedback_migrations"} <= tables
-    assert versions == [1, 2]
+    assert sorted(versions) == ALL_VERSIONS
     assert not (tmp_path / "airflow-home" / "dctp_feedback.db").exists()
     # the connection as Airflow's JSON form names the same database: already up to date
     monkeypatch.setenv("AIRFLOW_CONN_DCTP_FEEDBACK", json.dumps(

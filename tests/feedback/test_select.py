@@ -11,11 +11,12 @@ import pytest
 from dctp_tasks.config import load_config
 from dctp_tasks.feedback.select import AUDIT, select_for_annotation_day
 from dctp_tasks.feedback.store import FeedbackStore
+from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.quality.decide import decide_day
 from dctp_tasks.quality.scoring import score_day
-from dctp_tasks.staging import stage_rejects, stage_rows
+from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rejects, stage_rows
 from dctp_tasks.storage import Storage
-from tests.conftest import stage_dedup_input
+from tests.conftest import make_table, publish_stage, stage_dedup_input, staged
 from tests.quality.scorers_for_tests import use_test_scorers
 
 DAG = "dag"
@@ -329,6 +330,65 @@ def test_the_batch_is_stamped_only_by_the_run_that_chose_it(world):
     assert store.batch(dt).table_version is None
     assert store.stamp_table_version(dt, 7, run_id=f"run-{dt}") and store.batch(dt).table_version == 7
     assert {i.table_version for i in batch_items(store, dt)} == {7}
+
+
+def publish_duplicates(storage: Storage, dt: str, stage: str, drops: list[tuple], rows=None) -> None:
+    """Publish ``stage``'s output for ``dt`` with ``drops`` — ``(doc_id, duplicate_of, reason, detail)`` — as the
+    duplicates it removed, and ``rows`` (the current ones if not given) as what it kept."""
+    rows = staged(storage, DAG, dt, stage) if rows is None else rows
+    with stage_output(storage, DAG, dt, stage) as out, out.writer(ROWS, schema=rows.schema) as writer, \
+            RejectWriter(storage, out.sub(REJECTS), dt, stage) as rejects:
+        writer.write(rows)
+        for doc_id, duplicate_of, reason, detail in drops:
+            rejects.add(doc_id, "duplicate", reason, detail, duplicate_of=duplicate_of)
+
+
+def test_a_chosen_document_lists_the_duplicates_dedup_removed(world):
+    storage, store, cfg = world
+    dt = "2026-05-15"
+    rows = day_rows(dt, n=30)  # fewer rows than the budget: every one is chosen
+    decision = decided(storage, dt, cfg, rows)
+    chosen, other = "web/2", "forum/3"
+    removed = {"web/exact": rows[2][1], "web/near": "a long text, mail me at someone@example.com " * 20,
+               "web/sem1": "nearly the same words", "web/sem2": "the same idea", "forum/sem3": "much the same",
+               "web/else": "a copy of another row"}
+    normalized = make_table([text for _, text, _, _ in rows] + list(removed.values()),
+                            doc_id=[doc_id for doc_id, *_ in rows] + list(removed), dt=[dt] * (len(rows) + 6))
+    publish_stage(storage, DAG, dt, "normalize", normalized)
+    publish_duplicates(storage, dt, "dedup_exact", [("web/exact", chosen, "exact_duplicate",
+                                                     "exact content_hash=ab12 (same day)")], rows=normalized)
+    publish_duplicates(storage, dt, "dedup_near", [("web/near", chosen, "near_duplicate",
+                                                    "minhash jaccard≈0.955 (same day)")], rows=normalized)
+    publish_duplicates(storage, dt, "dedup_semantic", [
+        ("web/sem1", chosen, "semantic_duplicate", "cosine=0.951 (same day)"),
+        ("web/sem2", chosen, "semantic_duplicate", "cosine=0.962 (history dt=2026-05-01)"),
+        ("forum/sem3", other, "semantic_duplicate", "cosine=0.930 (same day)"),
+        ("web/else", "web/gone", "semantic_duplicate", "cosine=0.990 (same day)")])
+
+    select(storage, store, cfg, dt, decision)
+    assert len(store.queued_doc_ids()) == 30
+    duplicates = store.history(chosen).item.duplicates
+    # at most three: exact copies first, then the most similar (cosine 0.962, Jaccard 0.955; 0.951 left out)
+    assert [(d["doc_id"], d["reason"], d["detail"]) for d in duplicates] == [
+        ("web/exact", "exact_duplicate", "exact content_hash=ab12 (same day)"),
+        ("web/sem2", "semantic_duplicate", "cosine=0.962 (history dt=2026-05-01)"),
+        ("web/near", "near_duplicate", "minhash jaccard≈0.955 (same day)")]
+    assert duplicates[0]["text"] == rows[2][1] and duplicates[1]["text"] == "the same idea"
+    near = store.history(chosen).item.duplicates[2]["text"]
+    assert len(near) == 300 and "someone@example.com" not in near, "the first 300 characters, PII redacted"
+    assert [d["doc_id"] for d in store.history(other).item.duplicates] == ["forum/sem3"]
+    assert store.history("web/4").item.duplicates == []
+
+
+def test_duplicates_without_normalized_texts_or_dedup_stages(world):
+    storage, store, cfg = world
+    dt = "2026-05-16"
+    rows = day_rows(dt, n=30)
+    decision = decided(storage, dt, cfg, rows)
+    publish_duplicates(storage, dt, "dedup_semantic", [("web/sem", "web/2", "semantic_duplicate", "cosine=0.95")])
+    select(storage, store, cfg, dt, decision)  # no normalize, no dedup_exact, no dedup_near for the date
+    assert store.history("web/2").item.duplicates == [{"doc_id": "web/sem", "reason": "semantic_duplicate",
+                                                       "detail": "cosine=0.95", "text": None}]
 
 
 def test_report_cells_are_inert():

@@ -197,7 +197,7 @@ def test_a_store_of_an_older_version_gets_only_the_migrations_it_lacks_and_keeps
                              "strategy, stratum) VALUES (1, 1, 0, 's/1', '2026-01-05', 't', '{}', 'kept', 'random', "
                              "'x')"))
     monkeypatch.undo()
-    with pytest.raises(db.SchemaOutdated, match=r"lacks migrations \[2\]"):
+    with pytest.raises(db.SchemaOutdated, match=rf"lacks migrations {re.escape(str(ALL_VERSIONS[1:]))}"):
         db.check_current(engine)
     assert db.upgrade(engine) == ALL_VERSIONS[1:]
     store = FeedbackStore(engine, CONFIG)
@@ -205,7 +205,7 @@ def test_a_store_of_an_older_version_gets_only_the_migrations_it_lacks_and_keeps
 
 
 def test_check_current_refuses_a_database_not_upgraded(engine):
-    with pytest.raises(db.SchemaOutdated, match=r"lacks migrations \[1, 2\].*dctp db upgrade"):
+    with pytest.raises(db.SchemaOutdated, match=rf"lacks migrations {re.escape(str(ALL_VERSIONS))}.*dctp db upgrade"):
         db.check_current(engine)
     with pytest.raises(db.SchemaOutdated, match="dctp db upgrade"):
         FeedbackStore(engine, CONFIG)
@@ -461,6 +461,81 @@ def test_open_queue_lists_unjudged_assignments_soonest_due_first(store):
     assert len(store.open_queue("bob", limit=None)) == 6  # alice's judgements leave bob's queue alone
     with pytest.raises(FeedbackError, match="unknown expert 'mallory'"):
         store.open_queue("mallory")
+
+
+def test_open_queue_pages_and_counts(store):
+    make_batch(store, [new_item(f"a/{i}") for i in range(4)], dt=DT, assigned_at=T0)
+    make_batch(store, [new_item(f"b/{i}", experts=("alice",)) for i in range(3)], dt=DT2, assigned_at=T0)
+    everything = [i.doc_id for i in store.open_queue("alice", limit=None)]
+    assert everything == ["a/0", "a/1", "a/2", "a/3", "b/0", "b/1", "b/2"], "one due date: batch, then position"
+    assert [i.doc_id for i in store.open_queue("alice", limit=3, offset=2)] == everything[2:5]
+    assert [i.doc_id for i in store.open_queue("alice", limit=None, offset=5)] == everything[5:]
+    assert store.open_queue("alice", limit=3, offset=7) == [] and store.open_queue("alice", limit=0) == []
+    assert [i.doc_id for i in store.open_queue("alice", dt=DT2, offset=1)] == ["b/1", "b/2"]
+    assert (store.open_count("alice"), store.open_count("alice", dt=DT2), store.open_count("bob")) == (7, 3, 4)
+    store.submit("alice", item_ids(store, DT2)["b/1"], "good")
+    assert store.open_count("alice", dt=DT2) == 2 and store.next_item("alice").due_at == T0 + timedelta(DUE_DAYS)
+    for bad in ({"offset": -1}, {"limit": -2}, {"offset": "1"}, {"limit": True}):
+        with pytest.raises(FeedbackError, match="limit|offset"):
+            store.open_queue("alice", **bad)
+
+
+def test_progress_counts_an_experts_work(store):
+    make_batch(store, [new_item(f"a/{i}") for i in range(4)])
+    ids = item_ids(store)
+    store.submit("alice", ids["a/0"], "good", created_at=T0 - timedelta(hours=1))  # yesterday's work
+    store.submit("alice", ids["a/1"], "bad", created_at=T0)
+    store.submit("alice", ids["a/1"], "good", created_at=T0 + timedelta(minutes=1))  # a correction: one more
+    store.submit("alice", ids["a/2"], "skip", created_at=T0 + timedelta(minutes=2))
+    store.retract_last("alice")  # the skip, taken back
+    assert store.progress("alice", T0) == {"open": 2, "assigned": 4, "done": 2, "judged_since": 2}
+    assert store.progress("alice", T0 - timedelta(days=1))["judged_since"] == 3
+    assert store.progress("alice", T0.astimezone(timezone(timedelta(hours=2))))["judged_since"] == 2, "an instant"
+    assert store.progress("bob", T0) == {"open": 4, "assigned": 4, "done": 0, "judged_since": 0}
+    with pytest.raises(FeedbackError, match="unknown expert"):
+        store.progress("mallory", T0)
+
+
+def test_batch_progress_pages_batches_newest_first(store):
+    make_batch(store, [new_item("a/0"), new_item("a/1"), new_item("a/2", experts=("bob",)),
+                       new_item("l/1", domain="law", experts=("bob",))], dt=DT)
+    make_batch(store, [new_item("b/0"), new_item("l/0", domain="law", experts=("carol",))], dt=DT2,
+               assigned_at=T0 + timedelta(days=1))
+    ids = {**item_ids(store, DT), **item_ids(store, DT2)}
+    store.submit("alice", ids["a/0"], "good")
+    store.submit("alice", ids["a/1"], "skip")
+    store.submit("alice", ids["a/1"], "bad")  # a correction: one bad, no skip
+    store.submit("bob", ids["a/2"], "good")
+    store.retract_last("bob")  # open again
+    store.submit("carol", ids["l/0"], "bad")
+    store.submit("carol", ids["l/1"], "good")  # not assigned: counted nowhere
+    page, total = store.batch_progress()
+    assert total == 2 and [b["dt"] for b in page] == [DT2, DT]
+    newest, oldest = page
+    assert (newest["items"], newest["created_at"], newest["table_version"]) == (2, T0 + timedelta(days=1), None)
+    none = {"good": 0, "bad": 0, "skip": 0}
+    assert newest["experts"] == {
+        "alice": {"assigned": 1, "done": 0, "open": 1, **none},
+        "bob": {"assigned": 1, "done": 0, "open": 1, **none},
+        "carol": {"assigned": 1, "done": 1, "open": 0, **none, "bad": 1}}
+    assert oldest["experts"] == {
+        "alice": {"assigned": 2, "done": 2, "open": 0, "good": 1, "bad": 1, "skip": 0},
+        "bob": {"assigned": 4, "done": 0, "open": 4, **none}}
+    assert oldest["batch_id"] == store.batch(DT).batch_id and oldest["items"] == 4
+    assert store.batch_progress(limit=1, offset=1) == ([oldest], 2)
+    assert store.batch_progress(offset=2) == ([], 2)
+
+
+def test_queue_items_carry_their_duplicates(store):
+    duplicates = [{"doc_id": "d/9", "reason": "exact_duplicate", "detail": "exact content_hash=ab (same day)",
+                   "text": "text of d/9"}]
+    make_batch(store, [new_item("d/1", duplicates=duplicates), new_item("d/2")])
+    with store.engine.connect() as conn:
+        stored = dict(conn.execute(sa.select(db.items.c.doc_id, db.items.c.duplicates)).all())
+    assert json.loads(stored["d/1"]) == duplicates and stored["d/2"] is None
+    first, second = store.open_queue("alice")
+    assert (first.duplicates, second.duplicates) == (duplicates, [])
+    assert store.history("d/1").item.duplicates == duplicates
 
 
 def test_queued_doc_ids_and_open_load(store):

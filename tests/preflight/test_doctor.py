@@ -82,8 +82,9 @@ def test_a_missing_pool_fails_with_the_command_that_creates_it(env):
 
 @pytest.mark.parametrize("root", ["s3://dctp-nowhere/data", "file:///proc/dctp-data"])
 def test_an_unreachable_data_root_fails_with_its_fix(env, root):
+    # one attempt per request (AWS_MAX_ATTEMPTS): the standard five only add a minute of backoff to the same answer
     env.update(DCTP_DATA_ROOT=root, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="x",
-               AWS_SECRET_ACCESS_KEY="x", AWS_EC2_METADATA_DISABLED="true")
+               AWS_SECRET_ACCESS_KEY="x", AWS_EC2_METADATA_DISABLED="true", AWS_MAX_ATTEMPTS="1")
     code, checks = doctor(env, "--no-airflow")
     assert code == 1 and "data root" in failed(checks)
     check = checks["data root"]
