@@ -3,10 +3,9 @@
 - Identity comes only from the authentication dependency the app is built with (never from a form or body field);
   without one, every request is refused (fail closed).
 - Only experts on the roster may read or write; anyone else signed in gets 403.
-- A write authenticated by the session cookie must come from the app's own origin (the ``Origin``, else the
-  ``Referer`` header): the cookie is ``SameSite=Lax`` and a cross-site form could still post with it on a top-level
-  navigation in older browsers. A write with an ``Authorization`` header carries no ambient credential and needs no
-  such check.
+- A write a browser could have sent with its cookies must come from the app's own origin (the ``Origin``, else the
+  ``Referer`` header): the session cookie is ``SameSite=Lax``, which still lets a sibling subdomain (same site)
+  post with it. Only a bearer-token request carrying no cookie is exempt.
 - Every response forbids scripts, frames and plugins from anywhere but the app itself.
 """
 
@@ -67,17 +66,26 @@ def origin_of(url: str | None) -> str | None:
 
 
 def check_same_origin(request: Request, trusted: Iterable[str] = ()) -> None:
-    """Refuse (403) an unsafe request authenticated by cookie unless it comes from this app's origin: the origin the
-    browser addressed (``Host``) or one of ``trusted`` (the deployment's public base URL behind a proxy)."""
-    if request.method not in UNSAFE_METHODS or request.headers.get("authorization"):
+    """Refuse (403) an unsafe request that a browser could have sent with its cookies unless it comes from this app's
+    origin: the one the browser addressed (``Host``) or one of ``trusted`` (the public base URL behind a proxy).
+
+    Only a request with a bearer token and no cookie at all is exempt: no browser sends such a request across sites
+    (the header needs a CORS preflight this app never grants), and the cookie cannot be what authenticates it.
+    """
+    if request.method not in UNSAFE_METHODS:
+        return
+    scheme, _, _ = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and not request.cookies:
         return
     sent = request.headers.get("origin")
-    source = origin_of(sent) if sent and sent != "null" else origin_of(request.headers.get("referer"))
+    if sent == "null":  # a sandboxed frame, a data: URL, a redirect across sites: never this app's own page
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-site request refused: opaque origin")
+    source = origin_of(sent) if sent else origin_of(request.headers.get("referer"))
     if source is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "a write from the browser must carry an Origin or Referer "
                                                        "header of this site (cross-site request refused)")
-    host = request.headers.get("host", "")
-    allowed = {origin_of(f"{scheme}://{host}") for scheme in ("http", "https")} | {origin_of(t) for t in trusted}
+    own = origin_of(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    allowed = {own} | {origin_of(t) for t in trusted}
     if source not in allowed - {None}:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"cross-site request refused: origin {source} is not this "
                                                        "site's")

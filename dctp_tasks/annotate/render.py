@@ -18,8 +18,11 @@ from markupsafe import Markup, escape
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
 
-# Bidi embeddings/overrides/isolates and marks, zero-width and invisible separators, the BOM.
-HIDDEN_CONTROLS = re.compile("[\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+# Bidi embeddings/overrides/isolates and marks, zero-width characters and joiners, invisible separators and operators,
+# line/paragraph separators, the soft hyphen, Hangul and Mongolian fillers, interlinear annotation marks, the BOM and
+# the tag characters: each can hide or reorder what a reader sees.
+HIDDEN_CONTROLS = re.compile("[\u00ad\u061c\u115f\u1160\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\u3164"
+                             "\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]")
 
 
 def visible(text: str | None) -> Markup:
@@ -39,14 +42,15 @@ def number(value: object, digits: int = 3) -> str:
     return str(value)
 
 
-def doc_path(doc_id: str) -> str:
-    """Return the URL path segment of a document id (ids hold ``/`` and ``:``, and any other character)."""
-    return quote(doc_id, safe="/:@")
+def query_value(value: str) -> str:
+    """Return ``value`` encoded for a URL's query string. Document ids go there, never into the path: an id such as
+    ``../../auth/logout`` in a path would make its own link point elsewhere on the site."""
+    return quote(value, safe="")
 
 
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True,
                                                                                        default_for_string=True),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(visible=visible, number=number, doc_path=doc_path)
+    env.filters.update(visible=visible, number=number, query_value=query_value)
     return env

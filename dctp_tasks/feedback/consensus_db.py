@@ -24,7 +24,7 @@ from dctp_tasks.feedback.db import (
     merge_runs,
     sampling_weights,
 )
-from dctp_tasks.feedback.store import FeedbackStore, _chunks, _json_safe, _lock, _utc
+from dctp_tasks.feedback.store import FeedbackStore, _chunks, _finite, _json_safe, _lock, _utc
 
 LABEL_NAMES = {1: "good", 0: "bad", -1: "needs_review"}
 """Consensus codes (``dctp_tasks.feedback.consensus``) -> the stored label."""
@@ -316,3 +316,20 @@ def rejected_documents(store: FeedbackStore) -> dict[str, tuple[str, list[int]]]
     return {doc_id: (dt, json.loads(ids)) for item_id, doc_id, dt, ids in
             zip(facts.item_id.tolist(), facts.doc_id.tolist(), facts.dt.tolist(), current.annotation_ids[bad].tolist(),
                 strict=True) if item_id in kept}
+
+
+def batch_agreement(store: FeedbackStore, dts: Sequence[str]) -> tuple[dict[str, tuple[int, float | None]],
+                                                                      dict[str, dict]]:
+    """Return each date's latest merge run (id, Krippendorff's alpha of that date's batch) and, from the latest merge
+    run of all, each expert's ``reliability`` and ``agreement``: the numbers merging computed, where one has run."""
+    if not dts:
+        return {}, {}
+    with store._reading() as conn:
+        runs = conn.execute(sa.select(merge_runs.c.merge_id, merge_runs.c.dt, merge_runs.c.stats)
+                            .where(merge_runs.c.dt.in_(list(dts))).order_by(merge_runs.c.merge_id)).all()
+        latest = conn.execute(sa.select(sa.func.max(merge_runs.c.merge_id))).scalar()
+        experts = conn.execute(sa.select(expert_reliability.c.expert, expert_reliability.c.reliability,
+                                         expert_reliability.c.agreement)
+                               .where(expert_reliability.c.merge_id == latest)).all() if latest else []
+    alpha = {dt: (merge_id, _finite(json.loads(stats).get("alpha_batch"))) for merge_id, dt, stats in runs}
+    return alpha, {e: {"reliability": _finite(r), "agreement": _finite(a)} for e, r, a in experts}

@@ -376,7 +376,7 @@ def snapshot(storage: Storage, config: PipelineConfig, dt: str, day: Day, picks:
 def nearest_duplicates(storage: Storage, config: PipelineConfig, dag_id: str, dt: str,
                        doc_ids: list[str]) -> dict[str, list[dict]]:
     """Return, per document of ``doc_ids`` that has any, up to ``MAX_DUPLICATES`` rows the day's dedup stages removed
-    as its duplicates, most similar first (exact copies, then by the Jaccard or cosine their detail gives):
+    as its duplicates, closest first (exact copies, then near and semantic ones by the similarity their detail gives):
     ``{doc_id, reason, detail, text}``, ``text`` the start of the duplicate as normalize left it, PII redacted as the
     queued texts are (``None`` when normalize's rows are not there). A stage that did not run adds nothing.
 
@@ -385,7 +385,8 @@ def nearest_duplicates(storage: Storage, config: PipelineConfig, dag_id: str, dt
     wanted = pa.array(sorted(set(doc_ids)), pa.string())
     if not len(wanted):
         return {}
-    found = []
+    # the best few per document, kept while streaming: a boilerplate text can have a million removed copies
+    nearest: dict[str, list[dict]] = {}
     for stage in DEDUP_STAGES:
         try:
             folder = posixpath.join(stage_version(storage, dag_id, dt, stage), REJECTS)
@@ -393,23 +394,23 @@ def nearest_duplicates(storage: Storage, config: PipelineConfig, dag_id: str, dt
             continue
         columns = ["doc_id", "stage", "reason", "detail", "duplicate_of"]
         for batch in storage.iter_batches(folder, batch_size=config.batch_size, columns=columns):
-            found += batch.filter(_among(batch.column("duplicate_of"), wanted)).to_pylist()
-    nearest: dict[str, list[dict]] = {}
-    for row in sorted(found, key=_closeness):
-        group = nearest.setdefault(row["duplicate_of"], [])
-        if len(group) < MAX_DUPLICATES and all(d["doc_id"] != row["doc_id"] for d in group):
-            group.append(row)
+            for row in batch.filter(_among(batch.column("duplicate_of"), wanted)).to_pylist():
+                group = nearest.setdefault(row["duplicate_of"], [])
+                if all(d["doc_id"] != row["doc_id"] for d in group):
+                    group.append(row)
+                    group.sort(key=_closeness)
+                    del group[MAX_DUPLICATES:]
     texts = _texts(storage, config, dag_id, dt, {d["doc_id"] for group in nearest.values() for d in group})
     return {doc_id: [{"doc_id": d["doc_id"], "reason": d["reason"], "detail": d["detail"],
                       "text": texts.get(d["doc_id"])} for d in group] for doc_id, group in nearest.items()}
 
 
 def _closeness(row: dict) -> tuple:
-    """Sort key of a removed duplicate: exact copies first, then the most similar, then by id."""
-    if row["stage"] == "dedup_exact":
-        return 0, 0.0, row["doc_id"]
+    """Sort key of a removed duplicate: exact copies first, then near (MinHash Jaccard) and semantic (cosine)
+    duplicates, each most similar first (the two scales are not comparable), then by id."""
+    rank = DEDUP_STAGES.index(row["stage"]) if row["stage"] in DEDUP_STAGES else len(DEDUP_STAGES)
     match = _SIMILARITY.search(row["detail"] or "")
-    return 1, -float(match.group(1)) if match else math.inf, row["doc_id"]
+    return rank, -float(match.group(1)) if match else math.inf, row["doc_id"]
 
 
 def _texts(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, doc_ids: set[str]) -> dict[str, str]:

@@ -36,6 +36,18 @@ class FeedbackError(ValueError):
     """Input the store refuses (unknown expert, item, label, category …); nothing was written."""
 
 
+class NotInQueue(FeedbackError):
+    """The queue item or document named is not in the annotation queue."""
+
+
+class NotAllowed(FeedbackError):
+    """The expert may not judge the item (its domain is not theirs)."""
+
+
+class RequestIdReused(FeedbackError):
+    """The request id was already used by the expert for a different judgement."""
+
+
 @dataclass(frozen=True)
 class QueueItem:
     """A queued document as the expert sees it, and why it was picked."""
@@ -263,7 +275,7 @@ class FeedbackStore:
             with self.engine.begin() as conn:
                 row = self._item_row(conn, item_id)
                 if not roster.judges(row["domain"]):
-                    raise FeedbackError(f"expert {expert!r} may not judge domain {row['domain']!r} (their domains: "
+                    raise NotAllowed(f"expert {expert!r} may not judge domain {row['domain']!r} (their domains: "
                                         f"{', '.join(roster.domains)})")
                 repeated = self._repeated(conn, expert, request_id, item_id=item_id, label=label)
                 if repeated is not None:
@@ -312,7 +324,7 @@ class FeedbackStore:
         with self._reading() as conn:
             row = conn.execute(sa.select(items).where(items.c.doc_id == doc_id)).mappings().first()
             if row is None:
-                raise FeedbackError(f"document {doc_id!r} is not in the annotation queue")
+                raise NotInQueue(f"document {doc_id!r} is not in the annotation queue")
             assigned = conn.execute(sa.select(assignments.c.expert).where(assignments.c.item_id == row["item_id"])
                                     .order_by(assignments.c.expert)).scalars().all()
             trail = [_judgement(r, doc_id) for r in conn.execute(
@@ -590,7 +602,7 @@ class FeedbackStore:
             raise FeedbackError(f"queue item id must be an integer, got {item_id!r}")
         row = conn.execute(sa.select(items).where(items.c.item_id == item_id)).mappings().first()
         if row is None:
-            raise FeedbackError(f"queue item {item_id} does not exist: judge only documents in the annotation queue")
+            raise NotInQueue(f"queue item {item_id} does not exist: judge only documents in the annotation queue")
         return row
 
     def _repeated(self, conn: sa.Connection, expert: str, request_id: str | None, **same: Any) -> Judgement | None:
@@ -602,7 +614,7 @@ class FeedbackStore:
         if row is None:
             return None
         if any(row[k] != v for k, v in same.items()) or (not same and row["label"] is not None):
-            raise FeedbackError(f"request id {request_id!r} of {expert!r} was already used for another judgement")
+            raise RequestIdReused(f"request id {request_id!r} of {expert!r} was already used for another judgement")
         return self._judgement(conn, row["annotation_id"])
 
     def _after_race(self, expert: str, request_id: str | None, **same: Any) -> Judgement:

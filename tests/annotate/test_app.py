@@ -20,7 +20,7 @@ ROUTES = [
     ("GET", "/dctp/queue", None, 200),
     ("POST", "/dctp/judge", "form", 303),
     ("POST", "/dctp/undo", "form-undo", 303),
-    ("GET", "/dctp/documents/{doc}", None, 200),
+    ("GET", "/dctp/document", "doc", 200),
     ("GET", "/dctp/batches", None, 200),
     ("GET", "/dctp/static/annotate.js", None, 200),
     ("GET", "/dctp/static/annotate.css", None, 200),
@@ -29,7 +29,7 @@ ROUTES = [
     ("GET", "/dctp/api/queue", None, 200),
     ("POST", "/dctp/api/judgements", "json", 201),
     ("POST", "/dctp/api/undo", "json-undo", 200),
-    ("GET", "/dctp/api/documents/{doc}", None, 200),
+    ("GET", "/dctp/api/document", "doc", 200),
     ("GET", "/dctp/api/batches", None, 200),
     ("GET", "/dctp/api/openapi.json", None, 200),
 ]
@@ -43,10 +43,10 @@ def items(store):
 
 def call(client, method: str, path: str, kind: str | None, items: dict, headers: dict | None = None,
          request_id: str = "r-1"):
-    from urllib.parse import quote
-
-    url = path.format(doc=quote(DOC, safe="/"), item=items[DOC])
+    url = path
     headers = {**ORIGIN, **(headers or {})}
+    if kind == "doc":
+        return client.get(url, params={"doc_id": DOC}, headers=headers)
     if kind == "form":
         return client.post(url, data={"item_id": items[DOC], "label": "good", "request_id": request_id},
                            headers=headers, follow_redirects=False)
@@ -73,7 +73,7 @@ def test_the_route_table_above_lists_every_route_of_the_app(client):
     def expand(path: str) -> list[str]:
         if "{name}" in path:
             return [path.replace("{name}", name) for name in STATIC_FILES]
-        return [path.replace("{doc_id:path}", "{doc}")]
+        return [path]
 
     served = {(m, "/dctp" + p) for r in app.routes for m in r.methods if m != "HEAD" for p in expand(r.path)}
     assert served == {(m, p) for m, p, _, _ in ROUTES}
@@ -206,6 +206,12 @@ def test_a_browser_write_must_come_from_this_site(client, items, store, token):
         response = client.post("/dctp/judge", data=form, headers=headers, follow_redirects=False)
         assert response.status_code == 403, headers
     assert annotation_rows(store) == []
+    # an Authorization header does not exempt a request that carries the session cookie
+    for scheme in ("Basic eDp5", f"Bearer {token('alice')}", "Bearer garbage"):
+        response = client.post("/dctp/api/judgements", headers={"Authorization": scheme},
+                               json={**form, "item_id": items[DOC]})
+        assert response.status_code in (401, 403), scheme
+    assert annotation_rows(store) == []
     ok = client.post("/dctp/judge", data=form, headers={"Referer": "http://testserver/dctp/"},
                      follow_redirects=False)
     assert ok.status_code == 303 and ok.headers["location"] == "/dctp/"
@@ -244,16 +250,15 @@ def test_the_document_page_shows_judgements_consensus_and_history(client, items,
     config = PipelineConfig.model_validate({"annotation": {"experts": ROSTER}})
     merged = merge_judgements(store, config, dag_id="dctp_daily", run_id="manual__1", dt=DT)
     assert merged is not None
-    from urllib.parse import quote
-
-    doc = client.get(f"/dctp/api/documents/{quote(DOC)}", headers=bearer(token("bob"))).json()
+    doc = client.get("/dctp/api/document", params={"doc_id": DOC}, headers=bearer(token("bob"))).json()
     assert [(j["expert"], j["label"]) for j in doc["judgements"]] == [("alice", "bad"), ("bob", "bad")]
     assert doc["consensus"]["label"] == "bad" and doc["consensus"]["judgements"] == 2
     assert [h["label"] for h in doc["history"]] == ["bad"] and doc["history"][0]["run_id"] == "manual__1"
-    page = client.get(f"/dctp/documents/{quote(DOC)}", headers=bearer(token("bob"))).text
+    page = client.get("/dctp/document", params={"doc_id": DOC}, headers=bearer(token("bob"))).text
     assert "alice says &lt;b&gt;no&lt;/b&gt;" in page and "<b>no</b>" not in page
     assert 'id="history"' in page and "manual__1" in page
-    assert client.get("/dctp/api/documents/wiki/missing", headers=bearer(token("bob"))).status_code == 404
+    assert client.get("/dctp/api/document", params={"doc_id": "wiki/missing"},
+                      headers=bearer(token("bob"))).status_code == 404
 
 
 def test_batches_show_progress_per_expert_and_agreement_once_merged(client, items, store, token):
@@ -275,3 +280,16 @@ def test_batches_show_progress_per_expert_and_agreement_once_merged(client, item
     assert alice["agreement"] is not None
     page = client.get("/dctp/batches", headers=bearer(token("alice"))).text
     assert DT in page and "1.000" in page
+
+
+def test_a_form_that_breaks_a_limit_is_refused_not_an_error(client, items, store, token):
+    alice = {**bearer(token("alice")), **ORIGIN}
+    for data in ({"item_id": items[DOC], "label": "good", "request_id": "r", "rationale": "x" * 10_001},
+                 {"item_id": items[DOC], "label": "good", "request_id": "r" * 129},
+                 {"item_id": items[DOC], "label": "fine", "request_id": "r"},
+                 {"item_id": "one", "label": "good", "request_id": "r"}):
+        response = client.post("/dctp/judge", data=data, headers=alice, follow_redirects=False)
+        assert response.status_code == 422, data
+        assert "<h1>422</h1>" in response.text
+    assert client.post("/dctp/undo", data={"request_id": ""}, headers=alice).status_code == 422
+    assert annotation_rows(store) == []

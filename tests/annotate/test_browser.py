@@ -128,7 +128,8 @@ def test_an_expert_judges_with_the_keyboard_undoes_and_sees_the_document(browser
     screenshot = ARTIFACTS / "annotate-queue.png"
     page.screenshot(path=str(screenshot))
 
-    judge_with_key(page, frame, "g", "wiki/1")
+    page.keyboard.press("g")  # no click first: the page took the keyboard when Annotate opened it
+    frame.locator('#item a.doc-id:text-is("wiki/1")').wait_for(timeout=30_000)
     # the hostile document is shown as text, its script inert
     assert "<script>alert(1)</script>" in frame.locator("#doc-text").inner_text()
     judge_with_key(page, frame, "b", "wiki/2")
@@ -147,7 +148,7 @@ def test_an_expert_judges_with_the_keyboard_undoes_and_sees_the_document(browser
     frame.locator("#judgements").wait_for(timeout=30_000)
     trail = [r.inner_text() for r in frame.locator("#judgements tbody tr").all()]
     assert len(trail) == 2 and "skip" in trail[0] and "not what we train on" in trail[0] and "undo of" in trail[1]
-    page.goto(f"{stack.api_url}/dctp/documents/wiki/1")
+    page.goto(f"{stack.api_url}/dctp/document?doc_id=wiki%2F1")
     rows = page.locator("#judgements tbody tr")
     assert rows.count() == 1 and "bad" in rows.first.inner_text() and "alice" in rows.first.inner_text()
 

@@ -368,13 +368,13 @@ def test_a_chosen_document_lists_the_duplicates_dedup_removed(world):
     select(storage, store, cfg, dt, decision)
     assert len(store.queued_doc_ids()) == 30
     duplicates = store.history(chosen).item.duplicates
-    # at most three: exact copies first, then the most similar (cosine 0.962, Jaccard 0.955; 0.951 left out)
+    # at most three: exact copies first, then near ones, then semantic ones, each most similar first (0.951 left out)
     assert [(d["doc_id"], d["reason"], d["detail"]) for d in duplicates] == [
         ("web/exact", "exact_duplicate", "exact content_hash=ab12 (same day)"),
-        ("web/sem2", "semantic_duplicate", "cosine=0.962 (history dt=2026-05-01)"),
-        ("web/near", "near_duplicate", "minhash jaccard≈0.955 (same day)")]
-    assert duplicates[0]["text"] == rows[2][1] and duplicates[1]["text"] == "the same idea"
-    near = store.history(chosen).item.duplicates[2]["text"]
+        ("web/near", "near_duplicate", "minhash jaccard≈0.955 (same day)"),
+        ("web/sem2", "semantic_duplicate", "cosine=0.962 (history dt=2026-05-01)")]
+    assert duplicates[0]["text"] == rows[2][1] and duplicates[2]["text"] == "the same idea"
+    near = store.history(chosen).item.duplicates[1]["text"]
     assert len(near) == 300 and "someone@example.com" not in near, "the first 300 characters, PII redacted"
     assert [d["doc_id"] for d in store.history(other).item.duplicates] == ["forum/sem3"]
     assert store.history("web/4").item.duplicates == []
