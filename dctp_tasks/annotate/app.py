@@ -152,7 +152,8 @@ def create_app(backend: Backend, authenticate: Callable[..., str] | None, *,
     @app.get("/queue", response_class=HTMLResponse, include_in_schema=False)
     def queue_list(request: Request, expert: ExpertDep, offset: Offset = 0, limit: Limit = 50) -> HTMLResponse:
         return render(request, "list.html", expert=expert.name, total=expert.store.open_count(expert.name),
-                      items=expert.store.open_queue(expert.name, limit=limit, offset=offset), offset=offset,
+                      items=expert.store.open_queue(expert.name, limit=limit, offset=offset, brief=True),
+                      offset=offset,
                       limit=limit, page="list")
 
     @app.post("/judge", include_in_schema=False)

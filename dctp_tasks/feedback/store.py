@@ -32,6 +32,10 @@ MAX_RATIONALE = 10_000
 """Characters a rationale may hold."""
 
 
+# What ``open_queue(brief=True)`` reads instead of the columns that can be large.
+_BRIEF = {"text": sa.literal(""), "prompt": sa.null(), "response": sa.null(), "duplicates": sa.null()}
+
+
 class FeedbackError(ValueError):
     """Input the store refuses (unknown expert, item, label, category …); nothing was written."""
 
@@ -198,13 +202,16 @@ class FeedbackStore:
 
     # -- the expert's side -------------------------------------------------------------------------------------
 
-    def open_queue(self, expert: str, limit: int | None = 50, dt: str | None = None,
-                   offset: int = 0) -> list[QueueItem]:
+    def open_queue(self, expert: str, limit: int | None = 50, dt: str | None = None, offset: int = 0, *,
+                   brief: bool = False) -> list[QueueItem]:
         """Return the items assigned to ``expert`` that they have not judged yet, soonest due first: ``limit`` of
-        them (all with ``None``) after the first ``offset``, only of date ``dt``'s batch if given."""
+        them (all with ``None``) after the first ``offset``, only of date ``dt``'s batch if given. ``brief`` leaves
+        out what a listing does not show (texts come back empty, prompt, response and duplicates empty): a
+        document may be megabytes long."""
         self.expert(expert)
         _check_page(limit, offset)
-        query = (sa.select(items, assignments.c.due_at)
+        columns = [_BRIEF[c.name].label(c.name) if brief and c.name in _BRIEF else c for c in items.c]
+        query = (sa.select(*columns, assignments.c.due_at)
                  .join(assignments, assignments.c.item_id == items.c.item_id)
                  .where(*self._open(expert, dt))
                  # item ids grow in batch and position order (a batch's items are inserted in order, each batch

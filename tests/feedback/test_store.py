@@ -480,6 +480,16 @@ def test_open_queue_pages_and_counts(store):
             store.open_queue("alice", **bad)
 
 
+def test_a_brief_open_queue_leaves_the_large_columns_out(store):
+    copy = {"doc_id": "a/9", "reason": "exact_duplicate", "detail": "", "text": "x"}
+    make_batch(store, [new_item("a/0", text="x" * 100_000, prompt="p", response="r", duplicates=[copy])])
+    full, brief = store.open_queue("alice")[0], store.open_queue("alice", brief=True)[0]
+    assert (full.text[:3], full.prompt, full.response, len(full.duplicates)) == ("xxx", "p", "r", 1)
+    assert (brief.text, brief.prompt, brief.response, brief.duplicates) == ("", None, None, [])
+    unchanged = ("item_id", "doc_id", "dt", "domain", "strategy", "stratum", "quality", "scores", "due_at")
+    assert [getattr(brief, k) for k in unchanged] == [getattr(full, k) for k in unchanged]
+
+
 def test_progress_counts_an_experts_work(store):
     make_batch(store, [new_item(f"a/{i}") for i in range(4)])
     ids = item_ids(store)
