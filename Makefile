@@ -65,4 +65,4 @@ lint: install
 	$(BIN)/ruff check dctp_tasks dags plugins include tests bench
 
 clean:
-	rm -rf $(DEMO_HOME) .bench .bench-dedup .bench-quality .bench-selection .bench-merge .pytest_cache .ruff_cache
+	rm -rf $(DEMO_HOME) .bench .bench-dedup .bench-quality .bench-selection .bench-merge .artifacts .pytest_cache .ruff_cache
