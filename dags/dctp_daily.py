@@ -4,8 +4,8 @@
 Turns one day of raw text and instruction data into a new version of the curated Delta table:
 
 `preflight` → `start_run` → `wait_for_landing` → `ingest` → `normalize` → `dedup_exact` → `dedup_near` →
-`dedup_semantic` → `score` → `score_models` → `decide` → `select_for_annotation` → `merge_feedback` → `export` →
-`finish_run`, with
+`dedup_semantic` → `score` → `score_models` → `decide` → `select_for_annotation` → `merge_feedback` →
+`generate_synthetic` → `export` → `finish_run`, with
 `preflight_gpu` between `preflight` and `dedup_semantic`, and `feedback_db` (the feedback store's migrations)
 before `select_for_annotation`
 
@@ -42,6 +42,12 @@ before `select_for_annotation`
   rows judged good pass, every row gets a `sampling_weight` (source x domain x quality, bounded). `export` then
   retracts documents of earlier dates judged bad from their partitions (ledger outcome `retracted`).
   `dctp_feedback_apply` does the same every 30 minutes between daily runs. `dctp feedback stats`, `dctp weights`.
+* **Synthetic data**: `generate_synthetic` (GPU queue) plans rows for the domains short of data (`synthetic.targets`,
+  `synthetic.min_share_of_largest`; at most `synthetic.max_share` of the date, 10 %), generates question–answer or
+  instruction pairs from their best real documents (SmolLM2 by default, or an OpenAI-compatible endpoint through the
+  connection `dctp_llm`), scores them like real data plus an LLM judge, and rejects copies, low quality, reward
+  hacking and drifting batches (ledger reasons `synthetic_*`). Accepted rows have `synthetic = true`. A retried task
+  reuses every batch already generated.
 * **Backfills**: re-running any date gives the same result (with the judgements made so far applied); the dedup
   tasks, `merge_feedback` and `export` wait for the previous date (`depends_on_past`), so history has no holes.
 * **Tracking**: one MLflow run per DAG run (experiment `dctp_daily`, run name = run id).
@@ -239,21 +245,32 @@ def dctp_daily():
         with feedback_store(run.config) as store_:
             return _stage(run, started, merge_feedback_day, store=store_, upstream=decided, run_id=run.run_id)
 
+    @task(queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
+    def generate_synthetic(started: dict, merged: dict) -> dict:
+        """Generate rows for the domains short of data from their best documents; keep what passes the safeguards."""
+        from dctp_common.runtime import llm_endpoints
+        from dctp_tasks.synthetic.stage import generate_synthetic_day
+
+        run = _ctx()
+        return _stage(run, started, generate_synthetic_day, upstream=merged, endpoints=llm_endpoints(run.config))
+
     @task(depends_on_past=True)
-    def export(started: dict, ingested: dict, decided: dict, merged: dict, dropped: list[dict]) -> dict:
+    def export(started: dict, ingested: dict, decided: dict, merged: dict, synthesized: dict,
+               dropped: list[dict]) -> dict:
         """Commit the merged rows to the Delta table as one new version replacing only their date, with the ledger
         of every stage that dropped rows in this run; then retract other dates' documents judged bad."""
-        from dctp_common.runtime import export_with_feedback, merge_metadata
+        from dctp_common.runtime import export_with_feedback, merge_metadata, synthetic_metadata
         from dctp_tasks.export import Staged
 
         run = _ctx()
         return export_with_feedback(
-            run, started, run_id=run.run_id, ingested=ingested["total"],
-            rows=Staged(run.dag_id, merged["output_stage"], merged["version"]),
+            run, started, run_id=run.run_id, ingested=ingested["total"], synthesized=synthesized["generated"],
+            rows=Staged(run.dag_id, synthesized["output_stage"], synthesized["version"]),
             # a stage that passed its input on (merging switched off) dropped nothing
             ledger=[Staged(run.dag_id, r["stage"], r["version"]) for r in dropped if r["output_stage"] == r["stage"]],
             metadata={"mlflow_run_id": started["mlflow_run_id"] or "", **merge_metadata(run, merged),
                       **{f"{r['stage']}_dropped": r["dropped"] for r in dropped},
+                      **synthetic_metadata(run, synthesized),
                       **{key: decided[key] for key in ("scores_dag_id", "scores_stage", "scores_version")}})
 
     @task(execution_timeout=timedelta(minutes=30))
@@ -281,8 +298,9 @@ def dctp_daily():
     checked >> store
     selected = select_for_annotation(started, decided, store)
     merged = merge_feedback(started, decided, selected)
-    exported = export(started, ingested, decided, merged,
-                      dropped=[ingested, normalized, exact, near, semantic, decided, merged])
+    synthesized = generate_synthetic(started, merged)
+    exported = export(started, ingested, decided, merged, synthesized,
+                      dropped=[ingested, normalized, exact, near, semantic, decided, merged, synthesized])
     finish_run(started, ingested, exported)
 
 

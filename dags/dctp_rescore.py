@@ -3,7 +3,7 @@
 
 Applies new quality thresholds to a date the daily DAG already scored, **without running any model**:
 
-`preflight` → `start_run` → `decide` → `merge_feedback` → `export` → `finish_run`
+`preflight` → `start_run` → `decide` → `merge_feedback` → `decide_synthetic` → `export` → `finish_run`
 
 * `preflight` checks what the run needs (as `dctp doctor` does) and fails at once, naming each missing piece.
 
@@ -13,6 +13,9 @@ Applies new quality thresholds to a date the daily DAG already scored, **without
   daily DAG's staged data is never touched).
 * `merge_feedback` applies the experts' consensus as the daily run does: documents judged bad stay out (it neither
   retrains the expert-quality classifier nor republishes the date's source labels).
+* `decide_synthetic` re-decides the synthetic rows the daily run generated for the date from their stored scores and
+  measurements with this run's safeguard thresholds (e.g. `config_overrides`
+  `{"synthetic.judge_threshold": 7}`): no model is called, nothing is generated again.
 * `export` commits the result as a new Delta version replacing only that date, with that export's ledger whose
   quality rows are replaced by this run's (other stages' drops are unchanged) — only if no other export of the date
   committed since; otherwise it fails and says to trigger it again. `finish_run` proves the ledger balances and
@@ -96,20 +99,33 @@ def dctp_rescore():
                           learn=False)
 
     @task
-    def export(started: dict, decided: dict, merged: dict) -> dict:
+    def decide_synthetic(started: dict, decided: dict, merged: dict) -> dict:
+        """Re-decide the synthetic rows the daily run generated for the date, with this run's thresholds (no model
+        call): the same candidates, today's safeguards."""
+        from dctp_tasks.synthetic.stage import redecide_synthetic_day
+
+        synthetic = decided["basis"]["synthetic"]
+        return _stage(_ctx(), started, redecide_synthetic_day, upstream=merged,
+                      candidates_dag_id=synthetic["dag_id"] or "", candidates_version=synthetic["version"])
+
+    @task
+    def export(started: dict, decided: dict, merged: dict, synthesized: dict) -> dict:
         """Commit the re-decided date as a new Delta version replacing only that date, if no other export of the
         date committed meanwhile; its ledger is the re-decided commit's with the quality and merge drops replaced."""
-        from dctp_common.runtime import export_with_feedback, merge_metadata
+        from dctp_common.runtime import export_with_feedback, merge_metadata, synthetic_metadata
         from dctp_tasks.export import Staged
 
         run, basis = _ctx(), decided["basis"]
-        ledger = [Staged(run.dag_id, r["stage"], r["version"]) for r in (decided, merged)
-                  if r["output_stage"] == r["stage"]]  # merging switched off passes the decided rows on
+        ledger = [Staged(run.dag_id, r["stage"], r["version"]) for r in (decided, merged, synthesized)
+                  if r["output_stage"] == r["stage"]]  # a stage switched off passes its input on
         result = export_with_feedback(
-            run, started, run_id=run.run_id, rows=Staged(run.dag_id, merged["output_stage"], merged["version"]),
-            ledger=ledger, ingested=basis["ingested"], amend=basis["commit_token"],
+            run, started, run_id=run.run_id,
+            rows=Staged(run.dag_id, synthesized["output_stage"], synthesized["version"]),
+            ledger=ledger, ingested=basis["ingested"], synthesized=synthesized["generated"],
+            amend=basis["commit_token"],
             metadata={"mlflow_run_id": started["mlflow_run_id"] or "", "rescored_by": "dctp_rescore",
                       "rescored_version": basis["version"], **merge_metadata(run, merged),
+                      **synthetic_metadata(run, synthesized),
                       **{f"scores_{k}": v for k, v in basis["scores"].items()}})
         return {**result, "ingested": basis["ingested"]}
 
@@ -123,7 +139,8 @@ def dctp_rescore():
     started = start_run()
     preflight() >> started
     decided = decide(started)
-    exported = export(started, decided, merge_feedback(started, decided))
+    merged = merge_feedback(started, decided)
+    exported = export(started, decided, merged, decide_synthetic(started, decided, merged))
     finish_run(started, exported)
 
 

@@ -434,6 +434,159 @@ class FeedbackConfig(_Strict):
         return self
 
 
+class GeneratorConfig(_Strict):
+    """A text generator (or judge): a local Hugging Face causal LM, or an OpenAI-compatible endpoint."""
+
+    backend: Literal["transformers", "openai"] = "transformers"
+    """``transformers``: a causal LM loaded in the task (GPU queue; runs on the CPU too). ``openai``: the
+    ``/chat/completions`` API of vLLM, Ollama, TGI or a hosted service, reached through the Airflow connection
+    ``conn_id``."""
+    model: str | None = None
+    """``transformers``: a Hugging Face id or local folder (``None``: the SmolLM2-135M-Instruct that ``make install``
+    prepares). ``openai``: the served model's name (required)."""
+    conn_id: str = "dctp_llm"
+    """``openai``: the Airflow connection whose host (with scheme, port and path, e.g.
+    ``http://vllm:8000/v1``) is the API base URL and whose password is the API key (empty: none)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``transformers``: where the model runs; ``auto`` picks CUDA (half precision) when present."""
+    batch_size: int = Field(8, ge=1)
+    """Prompts per forward pass (``transformers``) or requests in flight at once (``openai``)."""
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    """Tokens generated per prompt at most; an output that stops here is truncated (``synthetic_malformed``)."""
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    """Sampling temperature; 0 decodes greedily."""
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    seed: int = 0
+    """Sampling seed, mixed with each prompt's key, so a re-run generates the same text."""
+    timeout_seconds: float = Field(120.0, gt=0.0)
+    """``openai``: seconds one request may take before it is retried."""
+    max_retries: int = Field(5, ge=0)
+    """``openai``: retries of a request that failed transiently (timeout, connection error, 429, 5xx), with
+    exponential backoff; a 4xx other than 408/409/429 fails at once."""
+    requests_per_minute: float | None = Field(None, gt=0.0)
+    """``openai``: requests started per minute at most (``None``: no limit besides ``batch_size`` in flight)."""
+
+    @model_validator(mode="after")
+    def _served_model(self) -> GeneratorConfig:
+        if self.backend == "openai" and not self.model:
+            raise ValueError("synthetic generator backend 'openai' needs model: the served model's name")
+        return self
+
+
+class SyntheticConfig(_Strict):
+    """Synthetic generation with safeguards (``dctp_tasks.synthetic``): which domains get generated rows, from which
+    seeds, with which generator, and the checks every generated row must pass."""
+
+    enabled: bool = True
+    """Run the stage; off (or with no domain short of data) the merged rows pass to the export unchanged."""
+    targets: dict[str, float] = Field(default_factory=dict)
+    """Target share of a domain among the day's kept real rows (0-1), e.g. ``{legal: 0.1}``."""
+    min_share_of_largest: float | None = Field(None, gt=0.0, le=1.0)
+    """Raise every domain to at least this fraction of the largest domain's rows (0.5: half of the largest);
+    ``None``: only ``targets``. With neither, nothing is generated."""
+    daily_budget: int = Field(1000, ge=0)
+    """Synthetic rows planned per day at most, over every domain."""
+    per_domain_cap: int = Field(500, ge=0)
+    """Synthetic rows planned per domain and day at most."""
+    max_share: float = Field(0.10, ge=0.0, lt=1.0)
+    """Largest share of synthetic rows in the date's partition of the table (0.10 = 10 %). Every partition holding
+    at most this share, so does every version of the table. Applied when planning and again after the safeguards."""
+    max_seeds_per_domain: int = Field(200, ge=1)
+    """Real documents read as seeds per domain at most (the best ones: consensus ``good`` first, then quality)."""
+    chunk_words: int = Field(300, ge=20)
+    """Words per seed chunk (about 400 tokens of English); each chunk is one generation prompt."""
+    chunk_overlap: int = Field(30, ge=0)
+    """Words shared by consecutive chunks of one seed."""
+    questions_per_chunk: int = Field(2, ge=1, le=20)
+    """Question–answer (or instruction–response) pairs asked of each chunk."""
+    templates: dict[str, str] = Field(default_factory=lambda: {"instruction": "instruction"})
+    """Prompt template per domain (a file ``{name}.yaml`` under ``prompts_dir``); other domains use
+    ``default_template``."""
+    default_template: str = Field("qa", pattern=NAME_PATTERN)
+    prompts_dir: str | None = None
+    """Folder of the versioned prompt templates; ``None``: ``include/prompts`` under ``$DCTP_HOME``."""
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    judge: GeneratorConfig | None = None
+    """The model that grades each generated row 1-10 for faithfulness to its chunk and usefulness; ``None``: the
+    generator grades its own rows."""
+    judge_threshold: float | None = Field(5.0, ge=1.0, le=10.0)
+    """Judge score (1-10) below which a generated row is ``synthetic_low_quality``; a row the judge gave no score
+    fails it too. ``None`` keeps the score without applying it."""
+    quality_gate: float | None = Field(0.5, ge=0.0, le=1.0)
+    """Composite ``quality`` (the real data's scorers and weights) below which a generated row is
+    ``synthetic_low_quality``; a generated row failing any of the real data's rules fails too. ``None``: rules only."""
+    exempt_rules: list[str] = Field(default_factory=lambda: [
+        "heuristics.too_few_words", "heuristics.too_many_short_lines", "heuristics.too_few_sentences",
+        "heuristics.top_2gram_too_frequent", "heuristics.top_3gram_too_frequent", "heuristics.top_4gram_too_frequent",
+        "credibility.low_credibility"])
+    """Rules of the real data (``{scorer}.{rule}``) that generated rows are not held to: a question–answer pair is
+    shorter than the web pages Gopher's word-count and top-n-gram rules were set for (an answer restating its
+    question is not a repetitive page), and the ``synthetic`` source has no credibility history. Every other rule
+    applies as to real rows of the domain."""
+    near_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    """Estimated Jaccard of word 5-gram MinHash signatures at or above which a generated row copies its seed, a
+    real document of the day or another generated row (``synthetic_copies_seed``); as near dedup's default."""
+    semantic_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    """Cosine of MiniLM embeddings at or above which a generated row is a semantic copy; as semantic dedup's."""
+    rouge_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    """ROUGE-L F1 of a prompt against the prompts already accepted above which it is a copy (Self-Instruct's 0.7)."""
+    min_grounding: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of an answer's content words that must occur in its chunk; below, the answer is not grounded
+    (``synthetic_malformed``). 0 switches the check off."""
+    reward_z: float | None = Field(3.0, gt=0.0)
+    """Standard deviations by which the trained classifiers' score may exceed what perplexity and the heuristic
+    scores predict (a regression fitted on the day's real rows) before a row is ``synthetic_suspect_reward``;
+    ``None`` switches the check off."""
+    shift_min_rows: int = Field(20, ge=2)
+    """Generated rows of a domain the distribution tests need (fewer: the batch is not tested, and the report
+    says so)."""
+    shift_max_length_ks: float | None = Field(None, gt=0.0, le=1.0)
+    """Largest two-sample Kolmogorov–Smirnov statistic between the batch's and the domain's real lengths (words).
+    ``None`` (the default) reports it without holding a batch back: a question–answer pair is shorter than the
+    document it was drawn from by design (measured on AG News: 0.73 for well-formed pairs). Set it (e.g. 0.5) for
+    domains whose real rows are pairs themselves, such as instruction data."""
+    shift_max_vocab_js: float | None = Field(0.4, gt=0.0, le=1.0)
+    """Largest Jensen–Shannon divergence (base 2, 0-1) between the batch's and the real rows' word distributions.
+    Measured on AG News science articles (14 generated rows against 8 real): 0.26 for pairs drawn from the articles,
+    0.49 when every answer carries the same 60-word disclaimer."""
+    shift_max_mmd: float | None = Field(0.05, gt=0.0)
+    """Largest squared maximum mean discrepancy (RBF kernel on the MiniLM vectors, median-heuristic bandwidth)
+    between the batch and the domain's real rows; near 0 for a batch from the same distribution, and the
+    permutation p-value is reported beside it."""
+    collapse_margin: float = Field(0.3, ge=0.0, lt=1.0)
+    """Mode-collapse alarm: the batch's distinct-2 share or embedding dispersion falls below the real rows' (on
+    samples of equal size) by more than this fraction."""
+    collapse_action: Literal["warn", "hold"] = "warn"
+    """What the alarm does: ``warn`` (report, log and MLflow) or ``hold`` (the batch is held back like a shift)."""
+    seed: int = 0
+    """Seed of the seed sampling and tie-breaks (mixed with the date)."""
+
+    @field_validator("targets")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {domain: share for domain, share in value.items() if not 0.0 <= share < 1.0}
+        if bad:
+            raise ValueError(f"synthetic.targets must be shares in [0, 1); got {bad}")
+        return value
+
+    @field_validator("templates")
+    @classmethod
+    def _template_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value.values() if not re.match(NAME_PATTERN, name) or ".." in name]
+        if bad:
+            raise ValueError(f"synthetic.templates {bad} are not valid: a template names one file under "
+                             f"prompts_dir (pattern {NAME_PATTERN})")
+        return value
+
+    @model_validator(mode="after")
+    def _overlap(self) -> SyntheticConfig:
+        if self.chunk_overlap >= self.chunk_words:
+            raise ValueError(f"synthetic.chunk_overlap={self.chunk_overlap} must be below chunk_words="
+                             f"{self.chunk_words}")
+        return self
+
+
 DEFAULT_SCORERS: dict[str, dict[str, Any]] = {
     "heuristics": {}, "language": {}, "pii": {}, "credibility": {}, "perplexity": {}, "relevance": {}, "toxicity": {},
 }
@@ -479,6 +632,7 @@ class PipelineConfig(_Strict):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -508,6 +662,11 @@ RUN_OVERRIDABLE: tuple[str, ...] = (
     "annotation.budget", "annotation.audit_share", "annotation.strategies",
     "annotation.diversity", "annotation.diversity_pool", "annotation.stratify_by", "annotation.stratification",
     "annotation.min_per_stratum", "annotation.experts_per_item", "annotation.due_days", "annotation.seed",
+    "synthetic.enabled", "synthetic.targets", "synthetic.min_share_of_largest", "synthetic.daily_budget",
+    "synthetic.per_domain_cap", "synthetic.max_share", "synthetic.questions_per_chunk", "synthetic.judge_threshold",
+    "synthetic.quality_gate", "synthetic.near_threshold", "synthetic.semantic_threshold", "synthetic.rouge_threshold",
+    "synthetic.min_grounding", "synthetic.reward_z", "synthetic.shift_max_length_ks", "synthetic.shift_max_vocab_js",
+    "synthetic.shift_max_mmd", "synthetic.collapse_margin", "synthetic.collapse_action",
     "export.validation_fraction", "export.test_fraction",
 )
 

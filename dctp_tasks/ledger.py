@@ -1,10 +1,12 @@
-"""Row accounting: every input row ends exported, duplicate, filtered, quarantined or retracted.
+"""Row accounting: every input row (and every generated one) ends exported, duplicate, filtered, quarantined or
+retracted.
 
 Each stage writes the rows it drops (``REJECT_SCHEMA``: doc_id, stage, outcome, reason, detail, duplicate_of, and
 for malformed input its file and line) next to the rows it keeps; the export gathers one run's dropped rows into
 the date's ledger, which its Delta commit names. ``check_ledger`` proves
-``ingested = exported + duplicates + filtered + quarantined + retracted`` for a date from the data itself
-(``retracted``: exported once, removed later because experts judged them bad).
+``ingested + synthesized = exported + duplicates + filtered + quarantined + retracted`` for a date from the data
+itself (``synthesized``: rows the synthetic stage generated, accepted or not; ``retracted``: exported once, removed
+later because experts judged them bad).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class LedgerReport:
     exported: int
     by_outcome: dict[str, int]
     by_reason: dict[str, int] = field(default_factory=dict)
+    synthesized: int = 0
 
     @property
     def accounted(self) -> int:
@@ -111,12 +114,13 @@ class LedgerReport:
 
     @property
     def balanced(self) -> bool:
-        return self.ingested == self.accounted
+        return self.ingested + self.synthesized == self.accounted
 
     def as_dict(self) -> dict:
         return {
             "dt": self.dt,
             "ingested": self.ingested,
+            "synthesized": self.synthesized,
             "exported": self.exported,
             **{outcome: self.by_outcome.get(outcome, 0) for outcome in OUTCOMES},
             "balanced": self.balanced,
@@ -124,7 +128,9 @@ class LedgerReport:
         }
 
     def render(self) -> str:
-        lines = [f"ledger dt={self.dt}: ingested {self.ingested:,} = exported {self.exported:,}"
+        lines = [f"ledger dt={self.dt}: ingested {self.ingested:,}"
+                 + (f" + synthesized {self.synthesized:,}" if self.synthesized else "")
+                 + f" = exported {self.exported:,}"
                  + "".join(f" + {o} {self.by_outcome.get(o, 0):,}" for o in OUTCOMES)
                  + ("  [balanced]" if self.balanced else f"  [UNBALANCED: accounted {self.accounted:,}]")]
         for reason, count in sorted(self.by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -132,8 +138,8 @@ class LedgerReport:
         return "\n".join(lines)
 
 
-def ledger_report(rejects: pa.Table, dt: str, ingested: int, exported: int) -> LedgerReport:
-    """Count a date's dropped rows by outcome and reason against what was ingested and exported."""
+def ledger_report(rejects: pa.Table, dt: str, ingested: int, exported: int, synthesized: int = 0) -> LedgerReport:
+    """Count a date's dropped rows by outcome and reason against what was ingested (and generated) and exported."""
     by_outcome = {o: 0 for o in OUTCOMES}
     by_reason: dict[str, int] = {}
     if rejects.num_rows:
@@ -141,14 +147,16 @@ def ledger_report(rejects: pa.Table, dt: str, ingested: int, exported: int) -> L
             by_outcome[row["outcome"]] += row["count_all"]
             key = f"{row['outcome']}.{row['reason']}"
             by_reason[key] = by_reason.get(key, 0) + row["count_all"]
-    return LedgerReport(dt=dt, ingested=ingested, exported=exported, by_outcome=by_outcome, by_reason=by_reason)
+    return LedgerReport(dt=dt, ingested=ingested, exported=exported, by_outcome=by_outcome, by_reason=by_reason,
+                        synthesized=synthesized)
 
 
 def check_ledger(report: LedgerReport) -> LedgerReport:
     """Raise ``LedgerImbalance`` unless every ingested row is accounted for exactly once."""
     if not report.balanced:
         raise LedgerImbalance(
-            f"ledger for dt={report.dt} does not balance: ingested {report.ingested} but exported "
+            f"ledger for dt={report.dt} does not balance: ingested {report.ingested}"
+            + (f" + synthesized {report.synthesized}" if report.synthesized else "") + f" but exported "
             f"{report.exported} + {report.by_outcome} = {report.accounted}"
         )
     return report

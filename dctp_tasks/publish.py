@@ -186,9 +186,9 @@ def publish(storage: Storage, folder: str, **kwargs) -> Iterator[Publication]:
         yield publication
 
 
-def earlier_partitions(storage: Storage, parent: str, dt: str) -> list[tuple[str, str]]:
+def earlier_partitions(storage: Storage, parent: str, dt: str, *, inclusive: bool = False) -> list[tuple[str, str]]:
     """Return ``(date, folder to read)`` of every published ``dt=YYYY-MM-DD`` partition under ``parent`` dated
-    before ``dt``, oldest first.
+    before ``dt`` (``inclusive``: up to and including ``dt``), oldest first.
 
     This is how a stage reads history: only dates before its own (so dates re-run in any order give the same
     result), and each date's current version only (never a version still being written).
@@ -196,7 +196,7 @@ def earlier_partitions(storage: Storage, parent: str, dt: str) -> list[tuple[str
     out = []
     for name in sorted(storage.list_dirs(parent)):
         day = name.removeprefix("dt=")
-        if name.startswith("dt=") and day < dt:
+        if name.startswith("dt=") and (day < dt or (inclusive and day == dt)):
             folder = posixpath.join(parent, name)
             try:
                 out.append((day, resolve(storage, folder)))

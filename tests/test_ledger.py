@@ -139,13 +139,25 @@ def test_ledger_report_balances(storage):
     assert report.by_reason == {"quarantined.malformed_json": 1, "quarantined.empty_file": 1,
                                 "filtered.too_short": 2, "filtered.too_long": 1, "duplicate.exact_duplicate": 1}
     assert report.as_dict() == {
-        "dt": DT, "ingested": 16, "exported": 10, "duplicate": 1, "filtered": 3, "quarantined": 2, "retracted": 0,
-        "balanced": True,
+        "dt": DT, "ingested": 16, "synthesized": 0, "exported": 10, "duplicate": 1, "filtered": 3, "quarantined": 2,
+        "retracted": 0, "balanced": True,
         "by_reason": {"duplicate.exact_duplicate": 1, "filtered.too_long": 1, "filtered.too_short": 2,
                       "quarantined.empty_file": 1, "quarantined.malformed_json": 1},
     }
     assert ("ingested 16 = exported 10 + duplicate 1 + filtered 3 + quarantined 2 + retracted 0  [balanced]"
             in report.render())
+
+
+def test_generated_rows_are_accounted_beside_the_ingested_ones(storage):
+    _three_outcomes(storage)
+    write(storage, "generate_synthetic", [("synthetic/a", "filtered", "synthetic_copies_seed"),
+                                          ("synthetic/b", "filtered", "synthetic_malformed")])
+    # 16 ingested + 5 generated = 13 exported (10 real + 3 synthetic) + 8 dropped
+    report = check_ledger(ledger_report(read_rejects(storage, DT), DT, ingested=16, exported=13, synthesized=5))
+    assert report.as_dict()["synthesized"] == 5 and report.by_outcome["filtered"] == 5
+    assert report.render().startswith(f"ledger dt={DT}: ingested 16 + synthesized 5 = exported 13")
+    with pytest.raises(LedgerImbalance, match="synthesized 5"):
+        check_ledger(ledger_report(read_rejects(storage, DT), DT, ingested=16, exported=12, synthesized=5))
 
 
 @pytest.mark.parametrize(("ingested", "exported", "accounted"), [(17, 10, 16), (15, 10, 16), (16, 11, 17)])

@@ -114,14 +114,14 @@ def finish(run: RunContext, started: dict, ingested: int, exported: dict, stamp_
     With ``stamp_batch``, the date's annotation batch records the table version its documents were exported in.
     """
     from dctp_tasks import tracking
-    from dctp_tasks.export import committed_ledger, open_table, rows_for_dt
+    from dctp_tasks.export import committed_ledger, open_table, rows_for_dt, synthesized_count
     from dctp_tasks.ledger import check_ledger, ledger_report
 
     version = exported["table_version"]
     table = open_table(run.storage, run.config.export.dataset_name, version)
     with permanent_errors():
-        _, rejects = committed_ledger(run.storage, run.config.export.dataset_name, run.dt, version)
-    report = ledger_report(rejects, run.dt, ingested, rows_for_dt(table, run.dt))
+        commit, rejects = committed_ledger(run.storage, run.config.export.dataset_name, run.dt, version)
+    report = ledger_report(rejects, run.dt, ingested, rows_for_dt(table, run.dt), synthesized_count(commit))
     cfg, mlflow_run_id = run.config.tracking, started["mlflow_run_id"]
     if mlflow_run_id:
         tracking.log_dict(cfg, mlflow_run_id, "ledger.json", report.as_dict())
@@ -268,6 +268,45 @@ def export_with_feedback(run: RunContext, started: dict, **kwargs: Any) -> dict:
         # every partition, this date's too: a document judged bad after this run merged (by an apply pass) goes now
         result.extra.update(retract_rejected(run, started))
     return track(run, started, result)
+
+
+def synthetic_metadata(run: RunContext, synthesized: dict) -> dict[str, str | int]:
+    """Return the commit metadata naming the synthetic stage's stored candidates (what ``dctp_rescore`` re-decides)
+    and its counts; nothing when the stage passed its input on."""
+    if synthesized["output_stage"] != synthesized["stage"]:
+        return {}
+    return {"synthetic_dag_id": run.dag_id, "synthetic_version": synthesized["version"],
+            "synthetic_rows": synthesized["synthetic"], "synthetic_rejected": synthesized["dropped"]}
+
+
+def llm_endpoints(config: PipelineConfig) -> dict:
+    """Return ``conn_id -> Endpoint`` for the synthetic generator and judge that use an OpenAI-compatible API.
+
+    The connection's ``extra.base_url`` (or a host given as a URL, e.g. ``http://vllm:8000/v1``) is the API base;
+    otherwise ``{schema or http}://{host}[:{port}]/v1``. Its password is the API key; ``extra.headers`` are sent
+    with every request.
+    """
+    from dctp_tasks.synthetic.generators import Endpoint
+
+    cfg = config.synthetic
+    wanted = {g.conn_id for g in (cfg.generator, cfg.judge) if g is not None and g.backend == "openai"}
+    if not cfg.enabled:
+        return {}
+    out = {}
+    for conn_id in sorted(wanted):
+        with permanent_errors():  # a connection that is not defined stays so until someone defines it
+            conn = BaseHook.get_connection(conn_id)
+        extra = conn.extra_dejson
+        host = conn.host or ""
+        if extra.get("base_url"):
+            base = str(extra["base_url"])
+        elif "://" in host:
+            base = host
+        else:
+            base = f"{conn.schema or 'http'}://{host}{f':{conn.port}' if conn.port else ''}/v1"
+        headers = {str(k): str(v) for k, v in (extra.get("headers") or {}).items()}
+        out[conn_id] = Endpoint(base, api_key=conn.password or None, headers=headers)
+    return out
 
 
 def merge_metadata(run: RunContext, merged: dict) -> dict[str, str]:

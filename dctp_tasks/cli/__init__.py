@@ -168,7 +168,7 @@ def ledger(storage: Storage, dataset: str, args) -> dict:
         latest, rejects = {}, staged_rejects(storage, args.dag_id, args.dt)
     ingested = int(latest.get(f"{METADATA_PREFIX}ingested", 0))
     exported = int(latest.get(f"{METADATA_PREFIX}exported", 0))
-    report = ledger_report(rejects, args.dt, ingested, exported)
+    report = ledger_report(rejects, args.dt, ingested, exported, int(latest.get(f"{METADATA_PREFIX}synthesized") or 0))
     examples: dict[str, list[dict]] = {}
     for row in rejects.sort_by([("outcome", "ascending"), ("reason", "ascending"), ("file", "ascending"),
                                 ("line", "ascending"), ("doc_id", "ascending")]).to_pylist():
@@ -213,6 +213,7 @@ def rescore(storage: Storage, dataset: str, args) -> dict:
         from dctp_tasks.feedback import db
         from dctp_tasks.feedback.merge import merge_feedback_day
         from dctp_tasks.feedback.store import FeedbackStore
+        from dctp_tasks.synthetic.stage import redecide_synthetic_day
 
         ingested = basis["ingested"]
         decided = Staged(RESCORE_DAG_ID, STAGE, result.version)
@@ -225,18 +226,32 @@ def rescore(storage: Storage, dataset: str, args) -> dict:
                                         input_version=result.version, run_id=run_id, learn=False)
             rows = Staged(RESCORE_DAG_ID, merged.output_stage or merged.stage, merged.version)
             ledger = [decided] + ([rows] if rows.stage == merged.stage else [])
+            # the synthetic rows the daily run generated, re-decided with these thresholds (no model call)
+            synthetic = redecide_synthetic_day(storage, config, RESCORE_DAG_ID, args.dt, input_stage=rows.stage,
+                                               input_version=rows.version,
+                                               candidates_dag_id=basis["synthetic"]["dag_id"] or "",
+                                               candidates_version=basis["synthetic"]["version"])
+            synthesized = 0
+            if synthetic.output_stage is None:  # it published: its rows are the day's, its drops join the ledger
+                rows = Staged(RESCORE_DAG_ID, synthetic.stage, synthetic.version)
+                ledger.append(rows)
+                synthesized = int(synthetic.extra["generated"])
             with db.table_lock(store.engine, dataset):
                 exported = export_day(storage, config, RESCORE_DAG_ID, args.dt, run_id=run_id, rows=rows,
-                                      ledger=ledger, ingested=ingested, amend=basis["commit_token"],
+                                      ledger=ledger, ingested=ingested, synthesized=synthesized,
+                                      amend=basis["commit_token"],
                                       metadata={"rescored_with": json.dumps(overrides, sort_keys=True),
                                                 "rescored_version": basis["version"],
+                                                **({"synthetic_dag_id": RESCORE_DAG_ID,
+                                                    "synthetic_version": synthetic.version} if synthesized else {}),
                                                 **{f"scores_{k}": v for k, v in scores.items()}})
         finally:
             store.engine.dispose()
         version = int(exported.extra["table_version"])
         _, rejects = committed_ledger(storage, dataset, args.dt, version)
         ledger_ = check_ledger(ledger_report(rejects, args.dt, ingested, rows_for_dt(open_table(storage, dataset,
-                                                                                                 version), args.dt)))
+                                                                                                 version), args.dt),
+                                             synthesized))
         out.update(table_version=version, ledger=ledger_.render())
     return out
 

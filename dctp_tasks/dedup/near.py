@@ -77,7 +77,7 @@ def dedup_near_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: st
         doc_ids, rank, sigs, domains = _day_signatures(storage, in_dir, cfg, config.batch_size)
         has_shingles = sigs[:, 0] != minhash.MAX_HASH32  # a slot only stays at max when there are no shingles
         keys = minhash.band_keys(sigs, bands, rows)
-        history = _history_matches(storage, dt, keys[has_shingles], cfg)
+        history = history_matches(storage, dt, keys[has_shingles], cfg)
         verdicts = _cluster(doc_ids, rank, sigs, keys, has_shingles, history, cfg, _thresholds(domains, cfg))
         survives = (verdicts["position"] < 0) & has_shingles
         _write_state(storage, dt, doc_ids, domains, sigs, keys, survives, cfg)
@@ -140,8 +140,10 @@ def _day_signatures(storage: Storage, in_dir: str, cfg: NearDedupConfig,
     return doc_ids, rank, np.concatenate(sigs), pa.concat_arrays(domains)
 
 
-def _history_matches(storage: Storage, dt: str, keys: np.ndarray, cfg: NearDedupConfig) -> pa.Table:
-    """Scan history before ``dt`` for band hashes seen today; return ``doc_id, band_hash, signature, domain, dt``.
+def history_matches(storage: Storage, dt: str, keys: np.ndarray, cfg: NearDedupConfig, *,
+                    inclusive: bool = False) -> pa.Table:
+    """Scan history before ``dt`` (``inclusive``: and of ``dt`` itself) for the band hashes ``keys``; return
+    ``doc_id, band_hash, signature, domain, dt`` of every stored document sharing one.
 
     Each date's ``bands`` are sorted by hash, so a batch is matched by binary-searching the slice of today's sorted
     keys that falls in its range; then only the signature row groups holding a matched doc are read. Memory holds
@@ -149,7 +151,7 @@ def _history_matches(storage: Storage, dt: str, keys: np.ndarray, cfg: NearDedup
     """
     wanted = np.unique(keys.ravel())
     found = []
-    for day, folder in earlier_partitions(storage, state_dir(STATE), dt):
+    for day, folder in earlier_partitions(storage, state_dir(STATE), dt, inclusive=inclusive):
         _check_layout(storage, day, folder, cfg)
         hashes, docs = [], []
         for batch in storage.iter_batches(folder, "bands", batch_size=_SCAN_ROWS):

@@ -64,15 +64,16 @@ def dataset_dir(name: str) -> str:
 
 
 def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, run_id: str, rows: Staged,
-               ledger: list[Staged], ingested: int, amend: str | None = None,
+               ledger: list[Staged], ingested: int, synthesized: int = 0, amend: str | None = None,
                metadata: dict[str, str | int] | None = None) -> StageResult:
     """Commit ``rows`` as partition ``dt`` of the Delta table, one new version; return counts and the version.
 
     The date's ledger is the rows the ``ledger`` stages dropped. With ``amend`` (a commit token of ``dt``), it is
     that commit's ledger with those stages' rows replaced (a re-decision changes one stage's drops, not the
     others'), and the commit happens only while ``amend`` is still the date's latest: a re-decision never
-    overwrites a newer export of the date. The ledger must balance (``ingested`` = rows + drops) before anything
-    is committed; it is written first and named by the commit, so every version balances against its own ledger.
+    overwrites a newer export of the date. The ledger must balance (``ingested`` + ``synthesized``, the rows the
+    synthetic stage generated, = rows + drops) before anything is committed; it is written first and named by the
+    commit, so every version balances against its own ledger.
     """
     cfg = config.export
     in_dir = stage_rows(storage, rows.dag_id, dt, rows.stage, rows.version)
@@ -85,7 +86,7 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
         rejects = ledger_for_run(storage, dt, ledger, base=read_ledger(
             storage, dt, base.get(f"{METADATA_PREFIX}ledger_version")) if base else None)
         exported = storage.count_rows(in_dir)
-        check_ledger(ledger_report(rejects, dt, ingested, exported))  # before committing anything
+        check_ledger(ledger_report(rejects, dt, ingested, exported, synthesized))  # before committing anything
         ledger_version = write_ledger(storage, dt, rejects)
         custom = {
             f"{METADATA_PREFIX}dag_id": dag_id,
@@ -95,6 +96,7 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
             f"{METADATA_PREFIX}code_version": dctp_tasks.__version__,
             f"{METADATA_PREFIX}exported": str(exported),
             f"{METADATA_PREFIX}ingested": str(ingested),
+            f"{METADATA_PREFIX}synthesized": str(synthesized),
             f"{METADATA_PREFIX}ledger_version": ledger_version,
             f"{METADATA_PREFIX}commit_token": token,
             **{f"{METADATA_PREFIX}{k}": str(v) for k, v in (metadata or {}).items()},
@@ -339,8 +341,10 @@ def _amended_commit(storage: Storage, name: str, dt: str, token: str) -> dict:
 
 
 def rescore_basis(storage: Storage, name: str, dt: str) -> dict:
-    """Return what re-deciding ``dt`` starts from: its latest commit (token, version, ingested count) and the
-    scores that commit's rows were decided from (``Staged`` fields), so scores, ledger and count belong together."""
+    """Return what re-deciding ``dt`` starts from: its latest commit (token, version, ingested and synthesized
+    counts), the scores that commit's rows were decided from (``Staged`` fields) and the synthetic candidates it
+    decided (``synthetic``: dag_id and version, both ``None`` when nothing was generated), so scores, ledger and
+    counts belong together."""
     commit = latest_commit(storage, name, dt)
     if commit is None:
         raise ValueError(f"dt={dt} was never exported, so there is nothing to re-decide: run the daily DAG first")
@@ -348,8 +352,15 @@ def rescore_basis(storage: Storage, name: str, dt: str) -> dict:
     if not all(scores.values()):
         raise ValueError(f"the latest commit of dt={dt} (version {commit['version']}) does not record the scores it "
                          f"was decided from (written by an older version): re-run the daily DAG for dt={dt}")
+    synthetic = {key: commit.get(f"{METADATA_PREFIX}synthetic_{key}") for key in ("dag_id", "version")}
     return {"commit_token": commit[f"{METADATA_PREFIX}commit_token"], "version": commit["version"],
-            "ingested": int(commit[f"{METADATA_PREFIX}ingested"]), "scores": scores}
+            "ingested": int(commit[f"{METADATA_PREFIX}ingested"]), "scores": scores,
+            "synthesized": synthesized_count(commit), "synthetic": synthetic}
+
+
+def synthesized_count(commit: dict) -> int:
+    """Return the generated rows a commit's ledger accounts for (0 for commits made before synthetic generation)."""
+    return int(commit.get(f"{METADATA_PREFIX}synthesized") or 0)
 
 
 class MetaFilter:

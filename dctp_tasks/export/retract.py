@@ -34,6 +34,7 @@ from dctp_tasks.export.delta import (
     _FileWriter,
     _lost_race,
     dataset_dir,
+    synthesized_count,
 )
 from dctp_tasks.export.ledger import RETRACT_STAGE, committed_ledger, rejects_dir, write_ledger
 from dctp_tasks.ledger import REJECT_SCHEMA, check_ledger, judgement_ids, ledger_report
@@ -176,6 +177,7 @@ def _date_ledger(storage: Storage, day: str, base: tuple[dict, pa.Table], remove
     metadata (its ledger version, counts, and the scores its rows were decided from)."""
     commit, ledger = base
     ingested = int(commit[f"{METADATA_PREFIX}ingested"])
+    synthesized = synthesized_count(commit)
     in_date = files.filter(pc.equal(files.column(f"partition.{PARTITION}"), day))
     exported = int(pc.sum(in_date.column("num_records")).as_py() or 0) - removed.num_rows
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -189,9 +191,11 @@ def _date_ledger(storage: Storage, day: str, base: tuple[dict, pa.Table], remove
         "file": pa.nulls(removed.num_rows, pa.string()), "line": pa.nulls(removed.num_rows, pa.int64()),
         "dt": pa.array([day] * removed.num_rows, pa.string())}, schema=REJECT_SCHEMA)
     ledger = pa.concat_tables([ledger, rows])
-    check_ledger(ledger_report(ledger, day, ingested, exported))  # before anything is committed
-    keep = ("scores_dag_id", "scores_stage", "scores_version", "mlflow_run_id")
-    return {"ledger_version": write_ledger(storage, day, ledger), "ingested": ingested, "exported": exported,
+    check_ledger(ledger_report(ledger, day, ingested, exported, synthesized))  # before anything is committed
+    keep = ("scores_dag_id", "scores_stage", "scores_version", "mlflow_run_id", "synthetic_dag_id",
+            "synthetic_version")
+    return {"ledger_version": write_ledger(storage, day, ledger), "ingested": ingested, "synthesized": synthesized,
+            "exported": exported,
             "retracted": removed.num_rows, "base_version": commit["version"],
             **{k: commit[f"{METADATA_PREFIX}{k}"] for k in keep if f"{METADATA_PREFIX}{k}" in commit}}
 

@@ -122,7 +122,7 @@ def unjudged(storage: Storage, in_dir: str) -> Decisions:
 def decide_scores(storage: Storage, in_dir: str, q: QualityConfig, scorers: list[Scorer],
                   batch_size: int) -> Decisions:
     """Read only ``domain`` and ``scores`` of the day and decide every row (memory: the day's numbers)."""
-    scores, domains = _read_scores(storage, in_dir, scorers, batch_size)
+    scores, domains = read_scores(storage, in_dir, scorers, batch_size)
     n = len(domains)
     reason = np.full(n, None, dtype=object)
     detail = np.full(n, None, dtype=object)
@@ -179,7 +179,7 @@ def composite(q: QualityConfig, scorers: list[Scorer], scores: dict[str, dict[st
         return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), np.nan)
 
 
-def _read_scores(storage: Storage, in_dir: str, scorers: list[Scorer],
+def read_scores(storage: Storage, in_dir: str, scorers: list[Scorer],
                  batch_size: int) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
     parts: dict[str, dict[str, list]] = {s.name: {f.name: [] for f in s.fields} for s in scorers}
     domains = []

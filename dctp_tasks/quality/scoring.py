@@ -79,7 +79,7 @@ def score_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, de
         with stage_output(storage, dag_id, dt, stage, meta={"key": key}) as out:
             with out.writer(ROWS, schema=schema) as writer:
                 for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
-                    table = _score_batch(batch, scorers, seconds)
+                    table = score_batch(batch, scorers, seconds)
                     table = with_column(table, table.schema.field("lineage"),
                                         append_step(table.column("lineage"), stage, dctp_tasks.__version__, params))
                     writer.write(table)
@@ -100,7 +100,7 @@ def score_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, de
     return result
 
 
-def _score_batch(batch: pa.RecordBatch, scorers: list[Scorer], seconds: dict[str, float]) -> pa.Table:
+def score_batch(batch: pa.RecordBatch, scorers: list[Scorer], seconds: dict[str, float]) -> pa.Table:
     """Return the batch with ``scores`` holding its earlier sub-structs plus these scorers' (replaced if present)."""
     table = pa.Table.from_batches([batch])
     fields, arrays = [], []

@@ -14,12 +14,12 @@ from tests.conftest import REPO
 
 EXPECTED_TASKS = ["preflight", "preflight_gpu", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact",
                   "dedup_near", "dedup_semantic", "score", "score_models", "decide", "feedback_db",
-                  "select_for_annotation", "merge_feedback", "export", "finish_run"]
+                  "select_for_annotation", "merge_feedback", "generate_synthetic", "export", "finish_run"]
 HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "select_for_annotation",
                  "merge_feedback", "export"}
-GPU_TASKS = {"dedup_semantic", "score_models"}  # model inference
+GPU_TASKS = {"dedup_semantic", "score_models", "generate_synthetic"}  # model inference
 GPU_QUEUE_TASKS = GPU_TASKS | {"preflight_gpu"}  # the models are checked where they load
-RESCORE_TASKS = ["preflight", "start_run", "decide", "merge_feedback", "export", "finish_run"]
+RESCORE_TASKS = ["preflight", "start_run", "decide", "merge_feedback", "decide_synthetic", "export", "finish_run"]
 APPLY_TASKS = ["feedback_db", "apply_feedback"]
 
 
@@ -82,8 +82,8 @@ def test_dag_shape(dagbag):
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
     chain = ["preflight", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
-             "dedup_semantic", "score", "score_models", "decide", "select_for_annotation", "merge_feedback", "export",
-             "finish_run"]
+             "dedup_semantic", "score", "score_models", "decide", "select_for_annotation", "merge_feedback",
+             "generate_synthetic", "export", "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
