@@ -529,6 +529,9 @@ class SyntheticConfig(_Strict):
     real document of the day or another generated row (``synthetic_copies_seed``); as near dedup's default."""
     semantic_threshold: float = Field(0.95, gt=0.0, le=1.0)
     """Cosine of MiniLM embeddings at or above which a generated row is a semantic copy; as semantic dedup's."""
+    history_days: int = Field(30, ge=0)
+    """Days of earlier accepted synthetic rows a new generation is compared with (near and semantic copies, prompt
+    ROUGE-L); 0 compares with the day's own rows only."""
     rouge_threshold: float = Field(0.7, gt=0.0, le=1.0)
     """ROUGE-L F1 of a prompt against the prompts already accepted above which it is a copy (Self-Instruct's 0.7)."""
     min_grounding: float = Field(0.5, ge=0.0, le=1.0)

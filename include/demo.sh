@@ -23,8 +23,8 @@ airflow db migrate > "$DEMO_HOME/db-migrate.log" 2>&1 || { tail -20 "$DEMO_HOME/
 CONF='{}'
 PG_ARGS=()
 # The demo's own config: the defaults plus a roster of three experts, so each date's batch for annotation is
-# assigned (and the table source when DCTP_DEMO_PG is set: a source is the deployment's setting, which a run's
-# config_overrides may not add).
+# assigned, a synthetic target for the domain the demo corpus keeps short, and the table source when DCTP_DEMO_PG is
+# set (a source is the deployment's setting, which a run's config_overrides may not add).
 export DCTP_CONFIG="$DEMO_HOME/dctp.yaml"
 if [ -n "${DCTP_DEMO_PG:-}" ]; then
   export AIRFLOW_CONN_DCTP_SOURCE_PG="$DCTP_DEMO_PG"
@@ -41,6 +41,9 @@ config["annotation"]["experts"] = {
     "bob": {"domains": ["science", "technology", "health", "finance"]},
     "carol": {"weight": 0.8, "seniority": "junior"},
 }
+# the corpus keeps travel short (a quarter of the other web domains): grow it to 10 % of the day with SmolLM2
+config["synthetic"].update(targets={"travel": 0.10}, daily_budget=24)
+config["synthetic"]["generator"].update(max_new_tokens=160)
 if sys.argv[3] == "pg":
     config["ingest"]["sources"]["articles_db"]["enabled"] = True
 yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
@@ -71,6 +74,9 @@ for dt in "${DATES[@]}"; do
   echo
   dctp ledger "$dt" --rows 2
 done
+echo
+echo "==> Synthetic generation of ${DATES[-1]} (every date: reports/dt=DATE/generate_synthetic.md)"
+sed -n '1,40p' "${DCTP_DATA_ROOT#file://}/reports/dt=${DATES[-1]}/generate_synthetic.md"
 echo
 echo "==> Quality score report of ${DATES[0]} (every date: dctp report DATE; re-decide: dctp rescore DATE --set ...)"
 dctp report "${DATES[0]}" > "$DEMO_HOME/quality-${DATES[0]}.md"

@@ -33,6 +33,9 @@ DEFAULT_TABLE = "dctp_demo_articles"
 MIN_ROWS_PER_DAY = 200
 SHARES = {"web": 0.40, "forum": 0.20, "news": 0.15, "instruct": 0.15, "articles_db": 0.10}
 WEB_DOMAINS = ("science", "technology", "health", "finance", "travel")
+SHORT_DOMAIN = "travel"
+"""The domain the corpus keeps short: three in four of its documents are written for another web domain instead, so
+it has about a quarter of the others' rows (``make demo`` grows it with synthetic rows)."""
 NEWS_VOCAB = {"world": ("world",), "sports": ("sports",), "business": ("finance",),
               "scitech": ("science", "technology")}
 # Shares of derived rows; the rest are fresh clean documents.
@@ -198,8 +201,17 @@ def _prose(rng: random.Random, vocab_key: str, low: int = 2, high: int = 12) -> 
 # document for a cross-day duplicate without generating that whole day.
 def _doc(seed: int, day: dt.date, i: int) -> tuple[str, str]:
     rng = random.Random(f"{seed}/{day}/doc/{i}")
-    domain = rng.choice(WEB_DOMAINS)
+    domain = _web_domain(rng, f"{seed}/{day}/doc/{i}")
     return domain, _prose(rng, domain, 4, 12)  # four sentences or more: Gopher's 50-word floor for web pages
+
+
+def _web_domain(rng: random.Random, key: str) -> str:
+    """Draw a web domain; ``SHORT_DOMAIN`` keeps one draw in four (a hash of ``key`` decides, leaving ``rng``'s
+    stream, and so every other document, as it was)."""
+    domain = rng.choice(WEB_DOMAINS)
+    others = [d for d in WEB_DOMAINS if d != SHORT_DOMAIN]
+    bucket = zlib.crc32(key.encode()) % 4
+    return domain if domain != SHORT_DOMAIN or bucket == 0 else others[bucket % len(others)]
 
 
 def _article(seed: int, day: dt.date, i: int) -> tuple[str, str, str | None]:
@@ -211,7 +223,7 @@ def _article(seed: int, day: dt.date, i: int) -> tuple[str, str, str | None]:
 
 def _pair(seed: int, day: dt.date, i: int) -> tuple[str, str]:
     rng = random.Random(f"{seed}/{day}/pair/{i}")
-    domain = rng.choice(WEB_DOMAINS)
+    domain = _web_domain(rng, f"{seed}/{day}/pair/{i}")
     prompt = rng.choice(PROMPTS).format(**_fields(rng, VOCAB[domain]))
     if prompt.startswith("Give me three"):
         return prompt, "\n".join(f"{k}. {_prose(rng, domain, 1, 1)}" for k in (1, 2, 3))

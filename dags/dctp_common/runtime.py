@@ -273,10 +273,9 @@ def export_with_feedback(run: RunContext, started: dict, **kwargs: Any) -> dict:
 def synthetic_metadata(run: RunContext, synthesized: dict) -> dict[str, str | int]:
     """Return the commit metadata naming the synthetic stage's stored candidates (what ``dctp_rescore`` re-decides)
     and its counts; nothing when the stage passed its input on."""
-    if synthesized["output_stage"] != synthesized["stage"]:
-        return {}
-    return {"synthetic_dag_id": run.dag_id, "synthetic_version": synthesized["version"],
-            "synthetic_rows": synthesized["synthetic"], "synthetic_rejected": synthesized["dropped"]}
+    from dctp_tasks.synthetic.stage import commit_metadata
+
+    return commit_metadata(run.dag_id, synthesized)
 
 
 def llm_endpoints(config: PipelineConfig) -> dict:

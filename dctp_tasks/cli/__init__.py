@@ -125,6 +125,8 @@ def versions(storage: Storage, dataset: str, args) -> list[dict]:
             "operation": "retract" if dates else commit.get("operation"),
             "dt": meta.get("dt") or ",".join(sorted(dates)) or None,
             "rows": meta.get("exported") or (f"-{sum(d['retracted'] for d in dates.values())}" if dates else None),
+            "synthetic": int(meta["synthetic_rows"]) if meta.get("synthetic_rows") else None,
+            "synthetic_rejected": json.loads(meta["synthetic_rejected"]) if meta.get("synthetic_rejected") else {},
             "run_id": meta.get("run_id"),
             "mlflow_run_id": meta.get("mlflow_run_id"),
         })
@@ -132,14 +134,34 @@ def versions(storage: Storage, dataset: str, args) -> list[dict]:
 
 
 def show(storage: Storage, dataset: str, args) -> dict:
-    table = open_table(storage, dataset, args.version).to_pyarrow_dataset().to_table(
-        columns=["dt", "split", "source", "domain", "lang"])
+    delta = open_table(storage, dataset, args.version)
+    names = delta.schema().to_arrow().names
+    table = delta.to_pyarrow_dataset().to_table(
+        columns=[c for c in ("dt", "split", "source", "domain", "lang", "synthetic") if c in names])
     out: dict = {"version": args.version, "rows": table.num_rows}
     for column in ("dt", "split", "source", "domain", "lang"):
         counts = table.group_by(column).aggregate([([], "count_all")]).sort_by([("count_all", "descending"),
                                                                                 (column, "ascending")])
         out[f"by_{column}"] = {str(r[column]): r["count_all"] for r in counts.to_pylist()}
+    synthetic = table.filter(pc.fill_null(table.column("synthetic"), False)) if "synthetic" in names \
+        else table.slice(0, 0)
+    out["synthetic"] = synthetic.num_rows
+    counts = synthetic.group_by("domain").aggregate([([], "count_all")]).sort_by([("count_all", "descending")])
+    out["synthetic_by_domain"] = {str(r["domain"]): r["count_all"] for r in counts.to_pylist()}
+    out["synthetic_rejected"] = _synthetic_rejected(storage, dataset, sorted(out["by_dt"]), args.version)
     return out
+
+
+def _synthetic_rejected(storage: Storage, dataset: str, dates: list[str], version: int | None) -> dict[str, int]:
+    """Sum, over the dates of a version, the synthetic rows their latest commits rejected, by reason."""
+    from dctp_tasks.export import latest_commit
+
+    total: dict[str, int] = {}
+    for dt in dates:
+        commit = latest_commit(storage, dataset, dt, version) or {}
+        for reason, count in json.loads(commit.get(f"{METADATA_PREFIX}synthetic_rejected") or "{}").items():
+            total[reason] = total.get(reason, 0) + int(count)
+    return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def files(storage: Storage, dataset: str, args) -> list[str]:
@@ -213,7 +235,7 @@ def rescore(storage: Storage, dataset: str, args) -> dict:
         from dctp_tasks.feedback import db
         from dctp_tasks.feedback.merge import merge_feedback_day
         from dctp_tasks.feedback.store import FeedbackStore
-        from dctp_tasks.synthetic.stage import redecide_synthetic_day
+        from dctp_tasks.synthetic.stage import commit_metadata, redecide_synthetic_day
 
         ingested = basis["ingested"]
         decided = Staged(RESCORE_DAG_ID, STAGE, result.version)
@@ -242,8 +264,7 @@ def rescore(storage: Storage, dataset: str, args) -> dict:
                                       amend=basis["commit_token"],
                                       metadata={"rescored_with": json.dumps(overrides, sort_keys=True),
                                                 "rescored_version": basis["version"],
-                                                **({"synthetic_dag_id": RESCORE_DAG_ID,
-                                                    "synthetic_version": synthetic.version} if synthesized else {}),
+                                                **commit_metadata(RESCORE_DAG_ID, synthetic.as_dict()),
                                                 **{f"scores_{k}": v for k, v in scores.items()}})
         finally:
             store.engine.dispose()
@@ -298,10 +319,18 @@ def _doc_ids(storage: Storage, dataset: str, version: int) -> pa.Array:
 
 def _render(command: str, out) -> str:
     if command == "versions":
-        header = f"{'version':>7}  {'committed':<25} {'dt':<10} {'rows':>8}  {'run_id':<45} mlflow_run_id"
-        lines = [header] + [f"{r['version']:>7}  {r['committed']:<25} {r['dt'] or '-':<10} {r['rows'] or '-':>8}  "
-                            f"{r['run_id'] or '-':<45} {r['mlflow_run_id'] or '-'}"
-                            + ("  (retraction)" if r["operation"] == "retract" else "") for r in out]
+        header = (f"{'version':>7}  {'committed':<25} {'dt':<10} {'rows':>8} {'synthetic':>9}  {'run_id':<45} "
+                  "mlflow_run_id")
+        lines = [header]
+        for r in out:
+            synthetic = "-" if r["synthetic"] is None else f"{r['synthetic']:,}"
+            lines.append(f"{r['version']:>7}  {r['committed']:<25} {r['dt'] or '-':<10} {r['rows'] or '-':>8} "
+                         f"{synthetic:>9}  {r['run_id'] or '-':<45} {r['mlflow_run_id'] or '-'}"
+                         + ("  (retraction)" if r["operation"] == "retract" else ""))
+            if r["synthetic_rejected"]:
+                lines.append(f"{'':>9}synthetic rejected: " + ", ".join(
+                    f"{reason.removeprefix('synthetic_')} {count:,}" for reason, count in
+                    sorted(r["synthetic_rejected"].items(), key=lambda kv: (-kv[1], kv[0]))))
         return "\n".join(lines)
     if command == "show":
         lines = [f"version {out['version']}: {out['rows']:,} rows"]
@@ -309,6 +338,12 @@ def _render(command: str, out) -> str:
             lines.append(f"  {key[3:]}:")
             lines += [f"    {name:<24} {count:>10,}  ({count / max(out['rows'], 1):.1%})"
                       for name, count in list(out[key].items())[:15]]
+        lines.append(f"  synthetic: {out['synthetic']:,} rows ({out['synthetic'] / max(out['rows'], 1):.1%})"
+                     + ("".join(f"\n    {name:<24} {count:>10,}" for name, count in
+                                out["synthetic_by_domain"].items())))
+        if out["synthetic_rejected"]:
+            lines.append("  synthetic rows rejected (ledger reasons):")
+            lines += [f"    {reason:<32} {count:>10,}" for reason, count in out["synthetic_rejected"].items()]
         return "\n".join(lines)
     if command == "files":
         return "\n".join(out)

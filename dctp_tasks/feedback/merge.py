@@ -105,7 +105,9 @@ def merge_judgements(store: FeedbackStore, config: PipelineConfig, *, dag_id: st
     label_names = np.array([LABEL_NAMES[int(v)] for v in result.label], dtype=object)
     ids_per_item = _group(labels.annotation_id, item_index, len(item_ids))
     decided = label_names != LABEL_NAMES[cs.NEEDS_REVIEW]
-    group = group_weights(facts.source[decided], facts.domain[decided], result.label[decided] == cs.GOOD, cfg)
+    # a synthetic document's label says nothing about the source or domain its seed came from
+    counted = decided & ~np.asarray(facts.synthetic, dtype=bool)
+    group = group_weights(facts.source[counted], facts.domain[counted], result.label[counted] == cs.GOOD, cfg)
     experts = [{"expert": str(name), "judgements": int(result.judgements[e]), "reliability": result.reliability[e],
                 "agreement": result.agreement[e], "flagged": bool(result.flagged[e]),
                 "weight": float((1.0 if result.method == cs.DAWID_SKENE else weights[e])

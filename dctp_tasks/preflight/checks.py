@@ -181,6 +181,32 @@ def check_connections(config: PipelineConfig, facts: AirflowFacts | None) -> lis
             checks.append(Check(name, "fail", f"source {source!r}: cannot query {table.schema_name}.{table.table}: "
                                               f"{describe_error(exc)}",
                                 f"check host, port, database and credentials of {conn_id}, and that the table exists"))
+    return checks + _llm_connections(config, facts)
+
+
+def _llm_connections(config: PipelineConfig, facts: AirflowFacts | None) -> list[Check]:
+    """The connection of each synthetic generator or judge served by an OpenAI-compatible endpoint exists (it is not
+    called: a hosted endpoint bills every request)."""
+    cfg = config.synthetic
+    users = {}
+    for role, generator in (("generator", cfg.generator), ("judge", cfg.judge)):
+        if cfg.enabled and generator is not None and generator.backend == "openai":
+            users.setdefault(generator.conn_id, []).append(f"synthetic {role} ({generator.model})")
+    checks = []
+    for conn_id, roles in users.items():
+        name = f"connection {conn_id}"
+        if facts is None:
+            checks.append(Check(name, "skip", f"{' and '.join(roles)} call it; no Airflow installation to ask"))
+            continue
+        try:
+            defined = facts.connection_uri(conn_id) is not None
+        except Unknown as exc:
+            checks.append(Check(name, "skip", str(exc)))
+            continue
+        checks.append(Check(name, "ok", f"defined; {' and '.join(roles)} call it") if defined else Check(
+            name, "fail", f"not defined: {' and '.join(roles)} call it",
+            f"airflow connections add {conn_id} --conn-type http --conn-host http://HOST:8000/v1 "
+            f"[--conn-password API_KEY] (or AIRFLOW_CONN_{conn_id.upper()})"))
     return checks
 
 

@@ -32,6 +32,38 @@ def model_checks(config: PipelineConfig) -> list[Check]:
         checks.append(_causal_lm(scorers["perplexity"].model))
     if "toxicity" in scorers:
         checks.append(_toxicity(scorers["toxicity"]))
+    if config.synthetic.enabled:
+        checks += synthetic_checks(config)
+    return checks
+
+
+def synthetic_checks(config: PipelineConfig) -> list[Check]:
+    """The synthetic stage's prompt templates parse, and its local generator and judge are on disk (an endpoint's
+    connection is checked with the other connections)."""
+    from dctp_tasks.synthetic.prompts import TemplateError, load_template, prompts_dir
+
+    cfg = config.synthetic
+    folder = prompts_dir(cfg)
+    names = sorted({*cfg.templates.values(), cfg.default_template, "judge"})
+    checks = []
+    try:
+        loaded = [load_template(folder, name) for name in names]
+        checks.append(Check("prompt templates", "ok", ", ".join(f"{t.name} v{t.version}" for t in loaded)
+                            + f" in {folder}"))
+    except TemplateError as exc:
+        checks.append(Check("prompt templates", "fail", str(exc),
+                            "set DCTP_HOME to the folder holding include/prompts, or fix synthetic.prompts_dir / "
+                            "synthetic.templates"))
+    for role, generator in (("generator", cfg.generator), ("judge", cfg.judge)):
+        if generator is None or generator.backend != "transformers":
+            continue
+        if generator.model is None:
+            check = _causal_lm(None)
+            checks.append(Check(f"{check.name} ({role})", check.status,
+                                check.detail.replace("perplexity", f"synthetic {role}"), check.fix))
+        else:
+            checks.append(_named_model(f"model {generator.model}", generator.model, f"synthetic {role}",
+                                       offline=False))
     return checks
 
 

@@ -72,7 +72,9 @@ def build_candidates(chunks: list[Chunk], generations: list[Generation], produce
     taken: dict[str, int] = {}
     surplus = 0
     for chunk, gen, made in zip(chunks, generations, produced, strict=True):
-        pairs = made.template.parse_pairs(gen.text)[:per_chunk]
+        parsed = made.template.parse_pairs(gen.text)
+        pairs = parsed[:per_chunk]
+        surplus += len(parsed) - len(pairs)  # more pairs than were asked for
         room = limits.get(chunk.domain, 0) - taken.get(chunk.domain, 0)
         if room <= 0:
             surplus += max(len(pairs), 1)
@@ -85,8 +87,8 @@ def build_candidates(chunks: list[Chunk], generations: list[Generation], produce
                 why = None
                 if not prompt or not response:
                     why = EMPTY
-                elif gen.finish_reason == "length" and i == len(pairs) - 1:
-                    why = TRUNCATED  # the last pair was still being written when the token limit hit
+                elif gen.finish_reason == "length" and i == len(parsed) - 1:
+                    why = TRUNCATED  # the model was still writing its last pair (kept or not) at the token limit
                 entries.append((prompt, response, why))
         surplus += max(0, len(entries) - room)
         for index, (prompt, response, why) in enumerate(entries[:room]):

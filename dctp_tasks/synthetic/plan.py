@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -75,10 +76,10 @@ def plan_generation(counts: dict[str, int], cfg: SyntheticConfig) -> Plan:
             continue
         target, why = 0, []
         if domain in cfg.targets:
-            target = math.ceil(cfg.targets[domain] * real_total)
+            target = _ceil_share(cfg.targets[domain], real_total)
             why.append(f"target {cfg.targets[domain]:.1%} of {real_total:,}")
         if cfg.min_share_of_largest is not None:
-            floor = math.ceil(cfg.min_share_of_largest * largest)
+            floor = _ceil_share(cfg.min_share_of_largest, largest)
             if floor > target:
                 target, why = floor, [f"{cfg.min_share_of_largest:.0%} of the largest domain ({largest:,})"]
         shortfall = max(0, target - real)
@@ -98,17 +99,22 @@ def plan_generation(counts: dict[str, int], cfg: SyntheticConfig) -> Plan:
     return plan
 
 
+def _ceil_share(share: float, rows: int) -> int:
+    """Return ``ceil(share * rows)`` for the share as written in the config: in floats 0.07 x 100 is 7.000…01."""
+    return math.ceil(Fraction(repr(share)) * rows)
+
+
 def _split(wanted: np.ndarray, total: int) -> np.ndarray:
     """Grant ``wanted`` in full when it fits in ``total``, else in proportion (largest remainder, ties by order)."""
     if wanted.sum() <= total:
         return wanted.copy()
     if total <= 0:
         return np.zeros_like(wanted)
-    exact = wanted * (total / wanted.sum())
-    granted = np.floor(exact).astype(np.int64)
-    order = np.argsort(-(exact - granted), kind="stable")
+    # integer quotients and remainders: float shares would break exact ties by rounding noise, not by order
+    granted, remainder = np.divmod(wanted * total, wanted.sum())
+    order = np.argsort(-remainder, kind="stable")
     granted[order[:total - int(granted.sum())]] += 1
-    return np.minimum(granted, wanted)
+    return granted
 
 
 def render_plan(plan: Plan) -> list[str]:

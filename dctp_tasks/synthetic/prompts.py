@@ -19,7 +19,9 @@ import yaml
 from dctp_tasks.config import SyntheticConfig, dctp_home
 
 KINDS = ("qa", "instruction", "judge")
-_SCORE = re.compile(r"score\s*[:=]?\s*\**\s*(10|[1-9])(?:\s*/\s*10)?\b", re.IGNORECASE)
+# "Score: 7", "score = 7/10", "**Score:** 7.5": the whole number (never a prefix of "11" or "10.5") and its denominator
+_NUMBER = r"(\d+(?:\.\d+)?)(?!\d|\.\d)"
+_SCORE = re.compile(rf"\bscore\s*[:=]?\s*[*_]*\s*{_NUMBER}(?:\s*/\s*{_NUMBER})?", re.IGNORECASE)
 
 
 class TemplateError(ValueError):
@@ -69,9 +71,13 @@ class Template:
 
 
 def parse_score(text: str | None) -> float:
-    """Return the judge's 1-10 score from its reply (``Score: 7``, ``score = 7/10``), NaN when it gave none."""
+    """Return the judge's 1-10 score from its reply (``Score: 7``, ``score = 7/10``); NaN when it gave none, or a
+    score outside 1-10 or out of another scale (``Score: 11``, ``Score: 3/5``)."""
     match = _SCORE.search(text or "")
-    return float(match.group(1)) if match else float("nan")
+    if match is None or match.group(2) is not None and float(match.group(2)) != 10:
+        return float("nan")
+    score = float(match.group(1))
+    return score if 1 <= score <= 10 else float("nan")
 
 
 def prompts_dir(cfg: SyntheticConfig) -> Path:
@@ -96,13 +102,24 @@ def load_template(folder: Path, name: str) -> Template:
         raise TemplateError(f"prompt template {path} lacks {missing}")
     if data["kind"] not in KINDS:
         raise TemplateError(f"prompt template {path}: kind {data['kind']!r} is not one of {KINDS}")
-    labels = tuple(str(label) for label in data["labels"])
-    if len(labels) != (1 if data["kind"] == "judge" else 2) or any(not label.strip() for label in labels):
-        raise TemplateError(f"prompt template {path}: labels must be two names (one for a judge), got {labels}")
+    labels = tuple(str(label) for label in data["labels"]) if isinstance(data["labels"], list) else ()
+    if len(labels) != (1 if data["kind"] == "judge" else 2) or any(not label.strip() for label in labels) \
+            or len({label.lower() for label in labels}) != len(labels):
+        raise TemplateError(f"prompt template {path}: labels must be a list of two different names (one for a "
+                            f"judge), got {data['labels']!r}")
+    if not isinstance(data["user"], str):
+        raise TemplateError(f"prompt template {path}: user must be text, got {type(data['user']).__name__}")
     needed = ("chunk", "prompt", "response") if data["kind"] == "judge" else ("chunk", "n")
-    named = {m.group("named") or m.group("braced") for m in _Text.pattern.finditer(data["user"])} - {None}
+    found = list(_Text.pattern.finditer(data["user"]))
+    if any(m.group("invalid") is not None for m in found):
+        raise TemplateError(f"prompt template {path}: a $ in the user message must open a placeholder (${{name}}) "
+                            f"or be doubled ($$)")
+    named = {m.group("named") or m.group("braced") for m in found} - {None}
     if set(needed) - named:
         raise TemplateError(f"prompt template {path}: the user message must use ${{{'}, ${'.join(needed)}}}")
+    if named - set(needed):
+        raise TemplateError(f"prompt template {path}: unknown placeholders {sorted(named - set(needed))}; a "
+                            f"{data['kind']} template has ${{{'}, ${'.join(needed)}}}")
     return Template(name=name, version=str(data["version"]), kind=data["kind"], labels=labels,
                     system=str(data.get("system") or "").strip(), user=str(data["user"]),
                     digest=hashlib.sha256(raw).hexdigest()[:16])

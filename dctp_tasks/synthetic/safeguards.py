@@ -161,8 +161,12 @@ def max_cosine(vectors: np.ndarray, others: np.ndarray, other_ids: np.ndarray, b
 def decide_candidates(cands: pa.Table, cfg: SyntheticConfig, *, rule_fail: np.ndarray, rule_detail: np.ndarray,
                       quality: np.ndarray, real: dict[str, RealDomain], reward: RewardBasis | None,
                       reward_target: np.ndarray | None, reward_features: np.ndarray | None, allowed_total: int,
-                      near_cfg: NearDedupConfig, seed: int = 0) -> Outcome:
-    """Decide every candidate (``cands``: the stored candidates with ``generation``, ``signature``, ``vector``)."""
+                      near_cfg: NearDedupConfig, seed: int = 0,
+                      earlier_prompts: dict[str, list[str]] | None = None) -> Outcome:
+    """Decide every candidate (``cands``: the stored candidates with ``generation``, ``signature``, ``vector``).
+
+    ``earlier_prompts`` are the prompts accepted on earlier dates, by domain: a new prompt too close to one of them
+    is a copy (ROUGE-L), as is one too close to a prompt accepted before it today."""
     n = cands.num_rows
     reason = np.full(n, None, dtype=object)
     detail = np.full(n, None, dtype=object)
@@ -180,20 +184,19 @@ def decide_candidates(cands: pa.Table, cfg: SyntheticConfig, *, rule_fail: np.nd
     grounding = gen["grounding"].astype(np.float64)
     if cfg.min_grounding > 0:
         with np.errstate(invalid="ignore"):
-            ungrounded = grounding < cfg.min_grounding
+            ungrounded = grounding < _stored(cfg.min_grounding)
         reject(ungrounded, MALFORMED, [f"not grounded: {g:.2f} of the answer's content words in its chunk "
                                        f"< {cfg.min_grounding:.2f}" for g in grounding])
     with np.errstate(invalid="ignore"):
-        reject(gen["seed_similarity"].astype(float) >= cfg.near_threshold, COPIES_SEED,
+        reject(gen["seed_similarity"].astype(float) >= _stored(cfg.near_threshold), COPIES_SEED,
                [f"copies its chunk: 5-gram Jaccard {s:.2f} >= {cfg.near_threshold:.2f}"
                 for s in gen["seed_similarity"].astype(float)])
-        reject(gen["near_similarity"].astype(float) >= cfg.near_threshold, COPIES_SEED,
+        reject(gen["near_similarity"].astype(float) >= _stored(cfg.near_threshold), COPIES_SEED,
                [f"near copy of {d}: estimated Jaccard {s:.2f} >= {cfg.near_threshold:.2f}"
                 for s, d in zip(gen["near_similarity"].astype(float), gen["near_copy_of"], strict=True)])
-        reject(gen["semantic_similarity"].astype(float) >= cfg.semantic_threshold, COPIES_SEED,
+        reject(gen["semantic_similarity"].astype(float) >= _stored(cfg.semantic_threshold), COPIES_SEED,
                [f"semantic copy of {d}: cosine {s:.3f} >= {cfg.semantic_threshold:.3f}"
                 for s, d in zip(gen["semantic_similarity"].astype(float), gen["semantic_copy_of"], strict=True)])
-    _copies_of_each_other(cands, reason, detail, cfg, near_cfg)
     # quality: the real data's rules, the composite gate, the judge
     reject(rule_fail, LOW_QUALITY, [f"rule {d}" for d in rule_detail])
     if cfg.quality_gate is not None:
@@ -203,8 +206,8 @@ def decide_candidates(cands: pa.Table, cfg: SyntheticConfig, *, rule_fail: np.nd
     judge = gen["judge_score"].astype(np.float64)
     if cfg.judge_threshold is not None:
         with np.errstate(invalid="ignore"):
-            low = ~(judge >= cfg.judge_threshold)
-        reject(low, LOW_QUALITY, [f"judge score {j:.0f}<{cfg.judge_threshold:g}" if j == j
+            low = ~(judge >= _stored(cfg.judge_threshold))
+        reject(low, LOW_QUALITY, [f"judge score {j:g}<{cfg.judge_threshold:g}" if j == j
                                   else "the judge gave no score" for j in judge])
     z = np.full(n, np.nan)
     if cfg.reward_z is not None and reward is not None and reward_target is not None:
@@ -214,18 +217,20 @@ def decide_candidates(cands: pa.Table, cfg: SyntheticConfig, *, rule_fail: np.nd
                    [f"classifiers {t:.2f}, {zz:.1f} sd above what perplexity and heuristics predict "
                     f"(> {cfg.reward_z:g})"
                     for t, zz in zip(reward_target, z, strict=True)])
+    # only now, among the rows every row-level check accepted: a row knocked out above cannot take its copy with it
+    _copies_of_each_other(cands, reason, detail, cfg, near_cfg, earlier_prompts or {})
     batches = _batch_tests(cands, reason, detail, cfg, real, seed)
     _cap(reason, detail, judge, quality, allowed_total)
     return Outcome(reason, detail, batches, z)
 
 
 def _copies_of_each_other(cands: pa.Table, reason: np.ndarray, detail: np.ndarray, cfg: SyntheticConfig,
-                          near_cfg: NearDedupConfig) -> None:
+                          near_cfg: NearDedupConfig, earlier_prompts: dict[str, list[str]]) -> None:
     """Reject rows that copy an earlier row still accepted (near, semantic), then prompts too close to the prompts
-    accepted before them (ROUGE-L, in order)."""
+    of their domain accepted before them, on earlier dates or earlier today (ROUGE-L, in order)."""
     open_rows = np.flatnonzero(reason == None)  # noqa: E711
     if len(open_rows) > 1:
-        sigs = _sig_matrix(cands.column("signature"), near_cfg.num_perm)[open_rows]
+        sigs = signature_matrix(cands.column("signature"), near_cfg.num_perm)[open_rows]
         vecs = _vectors(cands.column("vector"))[open_rows]
         ids = np.asarray(cands.column("doc_id").to_pylist(), dtype=object)
         kept: list[int] = []
@@ -244,13 +249,16 @@ def _copies_of_each_other(cands: pa.Table, reason: np.ndarray, detail: np.ndarra
                                                              f"{ids[open_rows[earlier[c]]]}: cosine {cosine[c]:.3f}")
                     continue
             kept.append(pos)
-    open_rows = np.flatnonzero(reason == None)  # noqa: E711
     prompts = cands.column("prompt").to_pylist()
-    keep, best = measures.novel_prompts([prompts[i] or "" for i in open_rows], [], cfg.rouge_threshold)
-    for row, ok, score in zip(open_rows, keep, best, strict=True):
-        if not ok:
-            reason[row], detail[row] = COPIES_SEED, (f"prompt ROUGE-L {score:.2f} > {cfg.rouge_threshold:.2f} against "
-                                                     "a prompt already accepted")
+    domains = np.asarray(cands.column("domain").to_pylist(), dtype=object)
+    for domain in sorted(set(domains[reason == None].tolist())):  # noqa: E711
+        rows = np.flatnonzero((reason == None) & (domains == domain))  # noqa: E711
+        keep, best = measures.novel_prompts([prompts[i] or "" for i in rows], earlier_prompts.get(domain, []),
+                                            cfg.rouge_threshold)
+        for row, ok, score in zip(rows, keep, best, strict=True):
+            if not ok:
+                reason[row], detail[row] = COPIES_SEED, (f"prompt ROUGE-L {score:.2f} > {cfg.rouge_threshold:.2f} "
+                                                         "against a prompt already accepted")
 
 
 def _batch_tests(cands: pa.Table, reason: np.ndarray, detail: np.ndarray, cfg: SyntheticConfig,
@@ -314,6 +322,12 @@ def _cap(reason: np.ndarray, detail: np.ndarray, judge: np.ndarray, quality: np.
     detail[over] = f"beyond max_share: the partition may hold {allowed} synthetic rows"
 
 
+def _stored(threshold: float) -> float:
+    """Return ``threshold`` as the float32 ``generation`` stores measures in: a measure at the threshold (a Jaccard
+    of 7/10 against 0.7) then counts as at it, not a rounding error below or above it."""
+    return float(np.float32(threshold))
+
+
 def _field(table: pa.Table, name: str) -> np.ndarray:
     column = pc.struct_field(table.column("generation"), name)
     if pa.types.is_floating(column.type):
@@ -321,7 +335,7 @@ def _field(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(column.to_pylist(), dtype=object)
 
 
-def _sig_matrix(column: pa.ChunkedArray, num_perm: int) -> np.ndarray:
+def signature_matrix(column: pa.ChunkedArray, num_perm: int) -> np.ndarray:
     arr = column.combine_chunks()
     return np.frombuffer(arr.buffers()[1], dtype="<u4")[arr.offset * num_perm:(arr.offset + len(arr))
                                                         * num_perm].reshape(len(arr), num_perm)

@@ -65,6 +65,8 @@ def rank_seeds(facts: pa.Table, domain: str, strata: list[str], limit: int) -> n
 def chunk_text(text: str, words: int, overlap: int) -> list[str]:
     """Cut ``text`` into windows of ``words`` words, consecutive windows sharing ``overlap`` words; each window is
     the original text between its first and last word (line breaks and spacing kept)."""
+    if not 0 <= overlap < words:
+        raise ValueError(f"chunk_text needs 0 <= overlap < words, got words={words}, overlap={overlap}")
     spans = [m.span() for m in _WORD.finditer(text or "")]
     if not spans:
         return []

@@ -10,6 +10,7 @@ nothing planned the stage passes its input on. Writes ``reports/dt=D/generate_sy
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import posixpath
@@ -40,6 +41,7 @@ from dctp_tasks.synthetic import measures
 from dctp_tasks.synthetic.candidates import GENERATION_FIELD, SOURCE, Produced, build_candidates, set_generation
 from dctp_tasks.synthetic.generate import CallStats, cached_generate
 from dctp_tasks.synthetic.generators import Endpoint, Generator, build_generator
+from dctp_tasks.synthetic.history import clear_history, read_history, write_history
 from dctp_tasks.synthetic.plan import Plan, plan_generation, render_plan
 from dctp_tasks.synthetic.prompts import Template, load_template, parse_score, prompts_dir, template_for
 from dctp_tasks.synthetic.safeguards import (
@@ -51,6 +53,7 @@ from dctp_tasks.synthetic.safeguards import (
     max_cosine,
     nearest_in_history,
     seed_similarity,
+    signature_matrix,
     signatures,
 )
 from dctp_tasks.synthetic.seeds import SEED_COLUMNS, rank_seeds, seed_chunks
@@ -68,6 +71,7 @@ REAL_SAMPLE = 1_000
 REWARD_SAMPLE = 20_000
 """Real rows the reward-hacking regression is fitted on at most."""
 _WORKING = ("chunk", "signature", "vector")  # candidate columns that are not exported
+_HISTORY_BLOCK = 256  # earlier synthetic rows compared per step: bounds the (rows x block x num_perm) comparison
 
 
 @dataclass
@@ -100,6 +104,7 @@ def generate_synthetic_day(storage: Storage, config: PipelineConfig, dag_id: str
         if plan.planned == 0:
             report = write_report(storage, dt, STAGE, render_report(dt, plan, None, None, None, switched_off=not
                                                                     cfg.enabled))
+            clear_history(storage, dt)
             result = StageResult(STAGE, storage.uri(in_dir), version=input_version, output_stage=input_stage)
             result.total = result.kept = facts.num_rows
             result.extra = {"planned": 0, "generated": 0, "synthetic": 0, "report": report}
@@ -136,6 +141,17 @@ def redecide_synthetic_day(storage: Storage, config: PipelineConfig, dag_id: str
                                                  plan.allowed_total)
         report = write_report(storage, dt, STAGE, render_report(dt, plan, None, outcome, written, redecided=True))
     return _result(storage, out, timer, facts.num_rows, plan, outcome, written, report, None)
+
+
+def commit_metadata(dag_id: str, result: dict) -> dict[str, str | int]:
+    """Return the Delta commit metadata of the stage's result (its XCom): the stored candidates a re-decision starts
+    from, the synthetic rows exported and the rejected ones by reason; nothing when the stage passed its input on."""
+    if result["output_stage"] != result["stage"]:
+        return {}
+    rejected = {key.removeprefix("dropped_"): value for key, value in result.items()
+                if key.startswith("dropped_synthetic_")}
+    return {"synthetic_dag_id": dag_id, "synthetic_version": result["version"],
+            "synthetic_rows": result["synthetic"], "synthetic_rejected": json.dumps(rejected, sort_keys=True)}
 
 
 # generating ------------------------------------------------------------------------------------------------------
@@ -247,6 +263,20 @@ def _measure(storage: Storage, config: PipelineConfig, dt: str, cands: pa.Table)
     if best is not None:
         better = best[0] > sem_sim
         sem_sim, sem_of = np.where(better, best[0], sem_sim), np.where(better, best[1], sem_of)
+    cfg = config.synthetic
+    domains = sorted(set(cands.column("domain").to_pylist()))
+    earlier = read_history(storage, dt, cfg.history_days, domains) if cfg.history_days and texts else None
+    if earlier is not None:  # the rows accepted on earlier dates: a copy of one is a copy too
+        ids = np.asarray(earlier.column("doc_id").to_pylist(), dtype=object)
+        stored = signature_matrix(earlier.column("signature"), near.num_perm)
+        for start in range(0, len(stored), _HISTORY_BLOCK):
+            estimate = (sigs[:, None, :] == stored[None, start:start + _HISTORY_BLOCK, :]).mean(axis=2)
+            top = estimate.argmax(axis=1)
+            value = estimate[np.arange(len(sigs)), top]
+            better = value > near_sim
+            near_sim[better], near_of[better] = value[better], ids[start + top[better]]
+        sem_sim, sem_of = max_cosine(vectors, vectors_matrix(earlier.column("vector")), ids,
+                                     best=(sem_sim.astype(np.float64), sem_of.astype(object)))
     cands = set_generation(cands, grounding=grounding, seed_similarity=seed_sim, near_similarity=near_sim,
                            near_copy_of=near_of, semantic_similarity=sem_sim.astype(np.float64),
                            semantic_copy_of=sem_of)
@@ -304,12 +334,19 @@ def _decide_and_write(storage: Storage, config: PipelineConfig, dt: str, in_dir:
             reward = _reward_basis(real_scores, real_domains, scorers, config, dt)
         if reward is not None:
             reward_features, reward_target = _reward_arrays(mine, domains, scorers, reward.names)
-    real = _real_samples(storage, config, dt, in_dir, facts, sorted(set(cands.column("domain").to_pylist())))
+    domains_today = sorted(set(cands.column("domain").to_pylist()))
+    real = _real_samples(storage, config, dt, in_dir, facts, domains_today)
+    earlier = read_history(storage, dt, cfg.history_days, domains_today) if cfg.history_days else None
+    earlier_prompts: dict[str, list[str]] = {}
+    if earlier is not None:
+        for domain, prompt in zip(earlier.column("domain").to_pylist(), earlier.column("prompt").to_pylist(),
+                                  strict=True):
+            earlier_prompts.setdefault(domain, []).append(prompt or "")
     quality, verdict = judged.quality, judged.verdict
     outcome = decide_candidates(cands, cfg, rule_fail=judged.fail, rule_detail=judged.detail, quality=quality,
                                 real=real, reward=reward, reward_target=reward_target,
                                 reward_features=reward_features, allowed_total=allowed, near_cfg=config.dedup_near,
-                                seed=cfg.seed + int(dt.replace("-", "")))
+                                seed=cfg.seed + int(dt.replace("-", "")), earlier_prompts=earlier_prompts)
     cands = set_generation(cands, reward_z=outcome.reward_z)
     # the decided candidates go with this version: a later re-decision starts from them
     with out.writer(CANDIDATES, schema=cands.schema) as writer:
@@ -352,6 +389,8 @@ def _decide_and_write(storage: Storage, config: PipelineConfig, dt: str, in_dir:
             "reason": pa.array(outcome.reason[gone].tolist(), pa.string()),
             "detail": pa.array([str(d) for d in outcome.detail[gone]], pa.string()),
         }))
+    # what later dates must not copy: the rows accepted now (a re-decision replaces the date's partition)
+    write_history(storage, dt, cands.filter(pa.array(accepted)))
     written["candidates"] = n
     written["judge"] = pc.cast(pc.struct_field(cands.column("generation"), "judge_score"),
                                pa.float64()).to_numpy(zero_copy_only=False)

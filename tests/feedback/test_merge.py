@@ -334,6 +334,25 @@ def test_merge_applies_consensus_to_the_day(world):
     assert "| alice | 5 |" in report and "| carol | 5 |" in report
 
 
+def test_synthetic_documents_never_move_a_source_or_domain_weight(world):
+    from dctp_tasks.feedback.merge import merge_judgements
+
+    storage, store, cfg = world
+    new = [NewItem(doc_id=d, dt=DT, text=f"text of {d}", pool="kept", strategy="random", stratum="all", source="web",
+                   domain="science", experts=["alice", "carol"], synthetic=synthetic)
+           for d, synthetic in (("web/real", False), ("synthetic/abc", True))]
+    store.replace_batch(dt=DT, dag_id=DAG, run_id=f"run-{DT}", budget=2, strategy_mix={"random": 1.0},
+                        config_hash="x", mlflow_run_id=None, staged_version=None, new_items=new)
+    for doc_id, label in (("web/real", "good"), ("synthetic/abc", "bad")):
+        item = store.history(doc_id).item.item_id
+        for expert in ("alice", "carol"):
+            store.submit(expert, item, label)
+    merged = merge_judgements(store, cfg, dag_id=DAG, run_id="r", dt=DT)
+    assert merged.docs("bad").keys() == {"synthetic/abc"}  # its consensus is kept (and applied to it) ...
+    weights = {(g.kind, g.key): (g.good, g.bad) for g in merged.weights.groups}
+    assert weights[("source", "web")] == (1, 0) and weights[("domain", "science")] == (1, 0)  # ... but not counted
+
+
 def test_a_second_merge_without_new_judgements_changes_nothing(world):
     storage, store, cfg = world
     version, ids, _ = judged_day(storage, store)

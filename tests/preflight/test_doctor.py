@@ -21,7 +21,7 @@ DCTP = str(Path(sys.executable).with_name("dctp"))
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 EVERY_CHECK = {"config", "data root", "pool default_pool", "queues", "airflow version", "provider standard",
                "deltalake", "pyarrow", "model MiniLM", "model SmolLM2", "model toxicity", "mlflow", "delta table",
-               "feedback store"}
+               "feedback store", "prompt templates", "model SmolLM2 (generator)"}
 
 
 @pytest.fixture
@@ -163,6 +163,25 @@ def test_postgres_sources_need_their_connection_and_table(env, tmp_path, pg_dsn,
                                                     "ingest.sources.articles_db.postgres.table": "no_such_table"}))
     code, checks = doctor(env)
     assert code == 1 and "no_such_table" in checks["connection dctp_source_pg"]["detail"]
+
+
+def test_a_synthetic_endpoint_needs_its_connection_and_the_templates_must_parse(env, tmp_path):
+    env["DCTP_CONFIG"] = str(config_file(tmp_path, {
+        "synthetic.generator": {"backend": "openai", "model": "qwen2.5-7b-instruct"},
+        "synthetic.prompts_dir": str(tmp_path / "no-prompts")}))
+    code, checks = doctor(env)
+    assert code == 1 and failed(checks).keys() == {"connection dctp_llm", "prompt templates"}
+    assert "synthetic generator (qwen2.5-7b-instruct)" in checks["connection dctp_llm"]["detail"]
+    assert checks["connection dctp_llm"]["fix"].startswith("airflow connections add dctp_llm --conn-type http")
+    assert "no-prompts" in checks["prompt templates"]["detail"]
+    assert "model SmolLM2 (generator)" not in checks  # an endpoint's model is not on this disk
+
+    env["DCTP_CONFIG"] = str(config_file(tmp_path, {
+        "synthetic.generator": {"backend": "openai", "model": "qwen2.5-7b-instruct"}}))
+    env["AIRFLOW_CONN_DCTP_LLM"] = json.dumps({"conn_type": "http", "host": "http://127.0.0.1:9/v1"})
+    code, checks = doctor(env)
+    assert code == 0 and checks["connection dctp_llm"]["status"] == "ok", failed(checks)
+    assert checks["prompt templates"]["detail"].startswith("instruction v1, judge v1, qa v1")
 
 
 def test_a_config_that_does_not_load_fails_and_skips_what_needs_it(env, tmp_path):

@@ -72,13 +72,13 @@ def fast_backoff(monkeypatch):
     monkeypatch.setattr(generators, "BACKOFF_BASE_SECONDS", 0.01)
 
 
-def decided_day(root: Path, rows: list[tuple], **overrides):
+def decided_day(root: Path, rows: list[tuple], dt: str = DT, **overrides):
     """Publish ``rows`` as the day's deduplicated input; sign it (near-dedup history), score and decide it."""
     storage = Storage(root.as_uri())
     config = load_config(overrides=settings(**overrides))
-    stage_dedup_input(storage, DAG, DT, "dedup_semantic", rows)
+    stage_dedup_input(storage, DAG, dt, "dedup_semantic", rows)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    dedup_near_day(storage, config, DAG, DT, input_stage="dedup_semantic")  # writes state/minhash/dt=D
-    score_day(storage, config, DAG, DT, "cpu", input_stage="dedup_semantic")
-    decided = decide_day(storage, config, DAG, DT, input_stage="score")
+    dedup_near_day(storage, config, DAG, dt, input_stage="dedup_semantic")  # writes state/minhash/dt=D
+    score_day(storage, config, DAG, dt, "cpu", input_stage="dedup_semantic")
+    decided = decide_day(storage, config, DAG, dt, input_stage="score")
     return storage, config, decided

@@ -91,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
-            self.server.requests.append(body)
+            self.server.requests.append({**body, "authorization": self.headers.get("Authorization")})
         status, content, finish = self.server.answer(body)
         if status != 200:
             payload = b'{"error": "unavailable"}'

@@ -19,9 +19,9 @@ from dctp_tasks.synthetic.stage import CANDIDATES, generate_synthetic_day, redec
 from tests.synthetic.conftest import DAG, DT, decided_day, settings
 
 
-def generate(storage, llm, **overrides):
+def generate(storage, llm, dt: str = DT, **overrides):
     config = load_config(overrides=settings(**overrides))
-    return generate_synthetic_day(storage, config, DAG, DT, input_stage="quality",
+    return generate_synthetic_day(storage, config, DAG, dt, input_stage="quality",
                                   endpoints={"dctp_llm": llm.endpoint})
 
 
@@ -205,3 +205,22 @@ def test_low_judge_scores_are_low_quality_and_a_redecision_needs_no_model(day, l
                                    candidates_dag_id=DAG, candidates_version=result.version)
     assert llm.requests == [] and again.extra["synthetic"] > 0
     assert "synthetic_low_quality" not in reasons(storage, again)
+
+
+def test_a_later_date_may_not_copy_what_an_earlier_one_accepted(tmp_path, news_rows, llm):
+    later = "2026-03-03"
+    storage, _, _ = decided_day(tmp_path / "data", news_rows)
+    first = generate(storage, llm)
+    assert first.extra["synthetic"] > 0
+    decided_day(tmp_path / "data", news_rows, dt=later)  # the same articles again: the server answers the same
+    again = generate(storage, llm, dt=later)
+    assert again.extra["synthetic"] == 0
+    rejects = stage_rejects(storage, DAG, later, again.stage, again.version).to_pylist()
+    copies = [r for r in rejects if r["reason"] == "synthetic_copies_seed"]
+    accepted_first = set(rows_of(storage, first).filter(pc.equal(rows_of(storage, first).column("synthetic"), True))
+                         .column("doc_id").to_pylist())
+    assert len(copies) >= first.extra["synthetic"]
+    assert any(r["detail"].split(":")[0].removeprefix("near copy of ") in accepted_first for r in copies)
+    # switched off, the earlier dates' rows are not compared: the same pairs are accepted again
+    third = generate(storage, llm, dt=later, **{"synthetic.history_days": 0})
+    assert third.extra["synthetic"] == first.extra["synthetic"]
