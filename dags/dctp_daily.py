@@ -245,7 +245,8 @@ def dctp_daily():
         with feedback_store(run.config) as store_:
             return _stage(run, started, merge_feedback_day, store=store_, upstream=decided, run_id=run.run_id)
 
-    @task(queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
+    # compares what it generates with the rows earlier dates accepted (state/synthetic): dates go in order
+    @task(queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4), depends_on_past=True)
     def generate_synthetic(started: dict, merged: dict) -> dict:
         """Generate rows for the domains short of data from their best documents; keep what passes the safeguards."""
         from dctp_common.runtime import llm_endpoints

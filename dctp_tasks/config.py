@@ -516,14 +516,10 @@ class SyntheticConfig(_Strict):
     quality_gate: float | None = Field(0.5, ge=0.0, le=1.0)
     """Composite ``quality`` (the real data's scorers and weights) below which a generated row is
     ``synthetic_low_quality``; a generated row failing any of the real data's rules fails too. ``None``: rules only."""
-    exempt_rules: list[str] = Field(default_factory=lambda: [
-        "heuristics.too_few_words", "heuristics.too_many_short_lines", "heuristics.too_few_sentences",
-        "heuristics.top_2gram_too_frequent", "heuristics.top_3gram_too_frequent", "heuristics.top_4gram_too_frequent",
-        "credibility.low_credibility"])
-    """Rules of the real data (``{scorer}.{rule}``) that generated rows are not held to: a question–answer pair is
-    shorter than the web pages Gopher's word-count and top-n-gram rules were set for (an answer restating its
-    question is not a repetitive page), and the ``synthetic`` source has no credibility history. Every other rule
-    applies as to real rows of the domain."""
+    exempt_rules: list[str] = Field(default_factory=list)
+    """Rules of the real data (``{scorer}.{rule}``) generated rows are not held to; every other rule applies as to
+    real rows of the domain. A generated pair is scored like a real instruction row: the heuristics scorer already
+    leaves its web-page shape (word count, lines, sentences) unscored, and its repetition rules still apply."""
     near_threshold: float = Field(0.7, gt=0.0, le=1.0)
     """Estimated Jaccard of word 5-gram MinHash signatures at or above which a generated row copies its seed, a
     real document of the day or another generated row (``synthetic_copies_seed``); as near dedup's default."""

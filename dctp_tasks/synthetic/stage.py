@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import dctp_tasks
-from dctp_tasks.config import PipelineConfig
+from dctp_tasks.config import GeneratorConfig, PipelineConfig
 from dctp_tasks.dedup.report import table_cell, write_report
 from dctp_tasks.embeddings import STATE as EMBEDDINGS
 from dctp_tasks.embeddings import encoder_identity, encoder_mismatch, stored_encoder, vectors_matrix
@@ -33,7 +33,7 @@ from dctp_tasks.quality.decide import VERDICTS, composite, read_scores, redactor
 from dctp_tasks.quality.embeddings import EmbeddingConfig, document_vectors, encode
 from dctp_tasks.quality.registry import build_scorers
 from dctp_tasks.quality.scoring import score_batch
-from dctp_tasks.records import append_step, conform, params_hash, with_column
+from dctp_tasks.records import append_step, conform, content_hashes, params_hash, with_column
 from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rows
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage, staging_dir, state_dir
@@ -66,6 +66,9 @@ CANDIDATES = "candidates"
 CALLS = "synthetic_calls"
 """Sibling of the stage's folder holding every model call's stored batch (the resume cache)."""
 JUDGE_TEMPLATE = "judge"
+JUDGE_DECODING = {"max_new_tokens": 16, "temperature": 0.0}
+"""How the generator grades its own rows when no judge is configured: greedily, one short line (``Score: N``), so a
+score never hangs on a sampling draw; a configured judge decodes as its own config says."""
 REAL_SAMPLE = 1_000
 """Real rows per domain the batch tests compare with (seeded sample)."""
 REWARD_SAMPLE = 20_000
@@ -179,7 +182,9 @@ def _generate(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, in
         templates.setdefault(name, load_template(folder, name))
     done.chunks = len(chunks)
     generator = build_generator(cfg.generator, endpoints.get(cfg.generator.conn_id))
-    judge = generator if cfg.judge is None else build_generator(cfg.judge, endpoints.get(cfg.judge.conn_id))
+    # the generator's own decoding (sampled, hundreds of tokens) would make its grades noisy and slow
+    judge_cfg = cfg.judge or cfg.generator.model_copy(update=JUDGE_DECODING)
+    judge = build_generator(judge_cfg, endpoints.get(judge_cfg.conn_id))
     try:
         decoding = {"max_new_tokens": cfg.generator.max_new_tokens, "temperature": cfg.generator.temperature,
                     "top_p": cfg.generator.top_p, "seed": cfg.generator.seed}
@@ -192,13 +197,14 @@ def _generate(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, in
         produced = [Produced(generator.identity, templates[template_for(cfg, c.domain)], decoding) for c in chunks]
         cands, done.surplus = build_candidates(chunks, outputs, produced, dt, cfg.questions_per_chunk,
                                                {d.domain: d.planned for d in plan.domains})
+        cands = normalize_candidates(cands, config)
         done.candidates = cands.num_rows
         done.by_domain.update(cands.column("domain").to_pylist())
-        cands = _judge(storage, config, cands, judge, posixpath.join(calls, "judge"), seed, done.judging)
+        cands = _judge(storage, config, cands, judge, judge_cfg, posixpath.join(calls, "judge"), seed,
+                       done.judging)
     finally:
         generator.close()
-        if judge is not generator:
-            judge.close()
+        judge.close()
     cands = _score(storage, config, dt, cands)
     cands = _measure(storage, config, dt, cands)
     with storage.writer(cand_dir, schema=cands.schema) as writer:
@@ -206,8 +212,26 @@ def _generate(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, in
     return done
 
 
-def _judge(storage: Storage, config: PipelineConfig, cands: pa.Table, judge: Generator, folder: str, seed: int,
-           stats: CallStats) -> pa.Table:
+def normalize_candidates(cands: pa.Table, config: PipelineConfig) -> pa.Table:
+    """Normalize generated text as ingested text is (repair, NFC, whitespace) and identify its language, so the
+    real data's language rules judge it by its own ``lang_score``, not its seed's."""
+    from dctp_tasks.normalize import identify_languages, normalize_texts
+
+    if cands.num_rows == 0:
+        return cands
+    prompt = normalize_texts(pc.fill_null(cands.column("prompt"), ""), config.normalize)
+    response = normalize_texts(pc.fill_null(cands.column("response"), ""), config.normalize)
+    has_response = pc.greater(pc.utf8_length(response), 0)
+    text = pc.if_else(has_response, pc.binary_join_element_wise(prompt, response, "\n\n"), prompt)
+    langs, scores = identify_languages(text)
+    for name, values in (("prompt", prompt), ("response", response), ("text", text), ("lang", langs),
+                         ("lang_score", scores), ("content_hash", content_hashes(text))):
+        cands = with_column(cands, cands.schema.field(name), values)
+    return cands
+
+
+def _judge(storage: Storage, config: PipelineConfig, cands: pa.Table, judge: Generator, judge_cfg: GeneratorConfig,
+           folder: str, seed: int, stats: CallStats) -> pa.Table:
     """Grade every well-formed pair 1-10 against its chunk; keep the score (the threshold is applied later)."""
     cfg = config.synthetic
     template = load_template(prompts_dir(cfg), JUDGE_TEMPLATE)
@@ -215,9 +239,9 @@ def _judge(storage: Storage, config: PipelineConfig, cands: pa.Table, judge: Gen
     rows = np.flatnonzero(~malformed)
     chunk, prompt, response = (cands.column(n).to_pylist() for n in ("chunk", "prompt", "response"))
     prompts = [template.render(chunk=chunk[i], prompt=prompt[i], response=response[i]) for i in rows]
-    batch = (cfg.judge or cfg.generator).batch_size
-    graded = cached_generate(storage, folder, judge, {"template": template.digest, "max_new_tokens": 16,
-                                                      "temperature": 0.0}, prompts, seed, batch, stats) \
+    settings = {"template": template.digest, "max_new_tokens": judge_cfg.max_new_tokens,
+                "temperature": judge_cfg.temperature}
+    graded = cached_generate(storage, folder, judge, settings, prompts, seed, judge_cfg.batch_size, stats) \
         if prompts else []
     scores = np.full(cands.num_rows, np.nan)
     scores[rows] = [parse_score(g.text) for g in graded]

@@ -16,7 +16,7 @@ EXPECTED_TASKS = ["preflight", "preflight_gpu", "start_run", "wait_for_landing",
                   "dedup_near", "dedup_semantic", "score", "score_models", "decide", "feedback_db",
                   "select_for_annotation", "merge_feedback", "generate_synthetic", "export", "finish_run"]
 HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "select_for_annotation",
-                 "merge_feedback", "export"}
+                 "merge_feedback", "generate_synthetic", "export"}
 GPU_TASKS = {"dedup_semantic", "score_models", "generate_synthetic"}  # model inference
 GPU_QUEUE_TASKS = GPU_TASKS | {"preflight_gpu"}  # the models are checked where they load
 RESCORE_TASKS = ["preflight", "start_run", "decide", "merge_feedback", "decide_synthetic", "export", "finish_run"]

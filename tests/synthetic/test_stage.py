@@ -204,7 +204,8 @@ def test_low_judge_scores_are_low_quality_and_a_redecision_needs_no_model(day, l
     again = redecide_synthetic_day(storage, config, DAG, DT, input_stage="quality", input_version=None,
                                    candidates_dag_id=DAG, candidates_version=result.version)
     assert llm.requests == [] and again.extra["synthetic"] > 0
-    assert "synthetic_low_quality" not in reasons(storage, again)
+    details = stage_rejects(storage, DAG, DT, again.stage, again.version).column("detail").to_pylist()
+    assert not any("judge" in d for d in details)
 
 
 def test_a_later_date_may_not_copy_what_an_earlier_one_accepted(tmp_path, news_rows, llm):
@@ -224,3 +225,33 @@ def test_a_later_date_may_not_copy_what_an_earlier_one_accepted(tmp_path, news_r
     # switched off, the earlier dates' rows are not compared: the same pairs are accepted again
     third = generate(storage, llm, dt=later, **{"synthetic.history_days": 0})
     assert third.extra["synthetic"] == first.extra["synthetic"]
+
+
+def test_instruction_domains_use_their_template_and_a_separate_judge_grades(day, llm):
+    storage, _ = day
+    judge = {"backend": "openai", "model": "judge-model", "temperature": 0.0, "batch_size": 4}
+    result = generate(storage, llm, **{"synthetic.templates": {"science": "instruction"}, "synthetic.judge": judge})
+    rows = rows_of(storage, result)
+    synthetic = rows.filter(pc.equal(rows.column("synthetic"), True)).to_pylist()
+    assert synthetic and {(r["generation"]["template"], r["generation"]["judge_model"]) for r in synthetic} == \
+        {("instruction", "judge-model")}
+    asked = llm.generation_requests()
+    assert {r["model"] for r in asked} == {"test-model"} and "Instruction: <the request>" in \
+        asked[0]["messages"][-1]["content"]
+    assert {r["model"] for r in llm.judge_requests()} == {"judge-model"}
+    assert {r["temperature"] for r in llm.judge_requests()} == {0.0}
+
+
+def test_the_real_datas_rules_apply_unless_exempted_and_the_quality_gate(day, llm):
+    storage, _ = day
+    # a language-ID confidence no text reaches: every generated row fails the rule, as a real row would
+    strict = {"quality.thresholds": {"heuristics.too_few_words": 10, "language.uncertain_language": 1.01}}
+    held = generate(storage, llm, **strict)
+    assert held.extra["synthetic"] == 0
+    low = stage_rejects(storage, DAG, DT, held.stage, held.version).filter(
+        pc.equal(stage_rejects(storage, DAG, DT, held.stage, held.version).column("reason"), "synthetic_low_quality"))
+    assert low.num_rows and all("rule language.uncertain_language" in d for d in low.column("detail").to_pylist())
+    exempt = generate(storage, llm, **strict, **{"synthetic.exempt_rules": ["language.uncertain_language"]})
+    assert exempt.extra["synthetic"] > 0
+    gated = generate(storage, llm, **{"synthetic.quality_gate": 0.99})
+    assert gated.extra["synthetic"] == 0 and "synthetic_low_quality" in reasons(storage, gated)

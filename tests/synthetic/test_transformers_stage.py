@@ -5,7 +5,6 @@ and the prepared SmolLM2 writing and judging pairs of its own."""
 from __future__ import annotations
 
 import os
-import time
 
 import pyarrow.compute as pc
 import pytest
@@ -23,10 +22,6 @@ from dctp_tasks.synthetic.stage import CANDIDATES, generate_synthetic_day
 from tests.conftest import unavailable
 from tests.quality.tiny_models import build_tiny_causal_lm
 from tests.synthetic.conftest import DAG, DT, decided_day, settings
-
-SMOLLM2_SECONDS = 90
-"""Budget of the SmolLM2 test on a 2-core CPU, fixture included (measured: see the test)."""
-
 
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> str:
@@ -156,7 +151,6 @@ def test_a_crash_mid_generation_resumes_from_the_stored_batches(day, tiny_lm, mo
 def test_smollm2_writes_and_judges_pairs_from_real_articles(tmp_path, news_rows, monkeypatch):
     if not lm.is_prepared(lm.smollm2_folder()):
         unavailable(f"SmolLM2 not prepared at {lm.smollm2_folder()}: run `make install`")
-    began = time.monotonic()
     storage, _, decided = decided_day(tmp_path / "data", news_rows)
     config = hf_config(None, **{"synthetic.daily_budget": 6, "synthetic.questions_per_chunk": 2,
                                 "synthetic.max_share": 0.5, "synthetic.generator": {
@@ -178,11 +172,10 @@ def test_smollm2_writes_and_judges_pairs_from_real_articles(tmp_path, news_rows,
     if parsed:  # SmolLM2 kept to the format: the well-formed pairs went to the judge
         assert calls.count("judge") == extra["judge_batches"] >= 1
         assert extra["judge_prompts"] == sum(1 for g in generation if g["malformed"] is None)
-        assert extra["judge_completion_tokens"] > 0
+        assert 0 < extra["judge_completion_tokens"] <= 16 * extra["judge_prompts"]  # greedy, one short line
     else:  # it did not: each chunk's text is one malformed row, and the judge was never asked
         assert set(rejected) == {"synthetic_malformed"} and calls.count("judge") == 0
         assert {d.split(":")[0] for d in rejects_of(storage, result).column("detail").to_pylist()} == {"output"}
         assert {g["malformed"] for g in generation} <= {NO_PAIR, "truncated"}
     report = storage.read_bytes(storage.path(extra["report"])).decode()
     assert "## Generation" in report and "completion tokens" in report and "## Decisions" in report
-    assert time.monotonic() - began < SMOLLM2_SECONDS
