@@ -8,7 +8,7 @@ clock starts; their load is reported apart. Timed: one ``generate_synthetic_day`
 (two pairs per chunk, so one prompt per two rows), SmolLM2 generating and judging its own rows, then scoring,
 measuring and deciding them. Output: ``{workdir}/results.json`` and ``results.md``.
 
-    python bench/bench_synthetic.py [--rows 24] [--batch-size 8] [--max-new-tokens 128] [--device cpu]
+    python bench/bench_synthetic.py [--rows 24] [--batch-size 8] [--max-new-tokens 128] [--device cpu] [--threads N]
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> dict:
     from dctp_tasks.quality.embeddings import EmbeddingConfig, encode
     from dctp_tasks.synthetic.stage import generate_synthetic_day
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model is None and not lm.is_prepared(lm.smollm2_folder()):
         raise SystemExit(f"SmolLM2 is not prepared at {lm.smollm2_folder()}: run `make install`")
     generator = {"backend": "transformers", "model": args.model, "device": args.device, "batch_size": args.batch_size,
@@ -123,9 +125,10 @@ def run(args: argparse.Namespace) -> dict:
     gen_s, judge_s = x.get("generate_seconds", 0.0), x.get("judge_seconds", 0.0)
     return {
         "rows": args.rows, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-        "device": args.device, "model": args.model or "SmolLM2-135M-Instruct", "torch_threads": torch.get_num_threads(),
-        "real_rows": real, "prepare_seconds": prepared, "model_load_seconds": loaded, "stage_seconds": wall,
-        "planned": x["planned"], "chunks": x.get("chunks", 0), "candidates": x["generated"], "accepted": x["synthetic"],
+        "device": args.device, "model": args.model or "SmolLM2-135M-Instruct",
+        "torch_threads": torch.get_num_threads(), "real_rows": real, "prepare_seconds": prepared,
+        "model_load_seconds": loaded, "stage_seconds": wall, "planned": x["planned"], "chunks": x.get("chunks", 0),
+        "candidates": x["generated"], "accepted": x["synthetic"],
         "rejected": dict(result.dropped_by_reason),
         "generate_seconds": gen_s, "generate_prompts": x.get("generate_prompts", 0),
         "generate_prompt_tokens": x.get("generate_prompt_tokens", 0),
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     parser.add_argument("--model", default=None, help="causal LM id or folder (default: the prepared SmolLM2)")
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench-synthetic")
     parser.add_argument("--keep-data", action="store_true", help="keep the staged day under {workdir}/day")

@@ -42,7 +42,9 @@ config["annotation"]["experts"] = {
     "carol": {"weight": 0.8, "seniority": "junior"},
 }
 # the corpus keeps travel short (a quarter of the other web domains): grow it to 10 % of the day with SmolLM2
-config["synthetic"].update(targets={"travel": 0.10}, daily_budget=24)
+# SmolLM2-135M cannot grade (it rarely writes "Score: N"): the demo keeps its judge score without applying it;
+# in production set synthetic.judge to a capable instruct model and keep the threshold
+config["synthetic"].update(targets={"travel": 0.10}, daily_budget=24, judge_threshold=None)
 config["synthetic"]["generator"].update(max_new_tokens=160)
 if sys.argv[3] == "pg":
     config["ingest"]["sources"]["articles_db"]["enabled"] = True

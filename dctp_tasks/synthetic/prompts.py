@@ -51,7 +51,9 @@ class Template:
     def parse_pairs(self, text: str) -> list[tuple[str, str]]:
         """Return the ``(prompt, response)`` pairs the model wrote, in order; a label without its partner is dropped.
 
-        A part runs from its label (``Q:``, ``**Q:**``, ``1. Q:``) to the next label, so answers may span lines.
+        A part runs from its label (``Q:``, ``**Q:**``, ``1. Q:``) to the next label, so answers may span lines;
+        a question–answer part (kind ``qa``, asked for in a sentence or two) ends at its first blank line, where
+        small models go on with unlabelled chatter.
         """
         first, second = self.labels[:2]
         pattern = re.compile(rf"^[ \t]*(?:\d+[.)][ \t]*)?[*_]*({re.escape(first)}|{re.escape(second)})[*_]*"
@@ -62,6 +64,8 @@ class Template:
         for i, mark in enumerate(marks):
             end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
             body = text[mark.end():end].strip()
+            if self.kind == "qa":
+                body = re.split(r"\n[ \t]*\n", body, maxsplit=1)[0].strip()
             if mark.group(1).lower() == first.lower():
                 pending = body
             elif pending is not None:

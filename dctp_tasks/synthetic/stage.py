@@ -561,6 +561,7 @@ def _result(storage: Storage, out, timer: Timer, real: int, plan: Plan, outcome:
                     "synthetic_share": round(written["synthetic"] / max(1, written["real"] + written["synthetic"]),
                                              4),
                     "judge_mean": float(np.nanmean(judge)) if np.isfinite(judge).any() else -1.0,
+                    **_quantiles("judge", judge), **_quantiles("quality", written["quality"]),
                     "judge_scored": int(np.isfinite(judge).sum()),
                     "batches_held": sum(1 for b in outcome.batches if b.shifted),
                     "collapse_alarms": sum(1 for b in outcome.batches if b.collapsed)}
@@ -572,6 +573,15 @@ def _result(storage: Storage, out, timer: Timer, real: int, plan: Plan, outcome:
     log.info("generate_synthetic: %d planned, %d generated, %d accepted (%s)", plan.planned, written["candidates"],
              written["synthetic"], ", ".join(f"{k} {v}" for k, v in result.dropped_by_reason.most_common()))
     return result
+
+
+def _quantiles(name: str, values: np.ndarray) -> dict[str, float]:
+    """The 10th, 50th and 90th percentiles of the generated rows' ``name`` (MLflow metrics), when any is scored."""
+    present = values[np.isfinite(values)]
+    if not len(present):
+        return {}
+    return {f"{name}_p{q}": round(float(v), 4) for q, v in zip((10, 50, 90), np.percentile(present, [10, 50, 90]),
+                                                               strict=True)}
 
 
 def render_report(dt: str, plan: Plan, generated: Generated | None, outcome: Outcome | None, written: dict | None,

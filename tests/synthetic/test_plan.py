@@ -376,7 +376,7 @@ INSTRUCTION = load_template(PROMPTS, "instruction")
     ("**Q:** What is X?\n**A:** X is Y.\n\n**Q1:** Who?\n**A1:** Ann.", [("What is X?", "X is Y."), ("Who?", "Ann.")]),
     ("**Q**: Where?\n__A__: Here.", [("Where?", "Here.")]),
     ("Q: Explain X.\nA: First line.\nSecond line.\n\n- a bullet\nQ: Next?\nA: Yes.",
-     [("Explain X.", "First line.\nSecond line.\n\n- a bullet"), ("Next?", "Yes.")]),
+     [("Explain X.", "First line.\nSecond line."), ("Next?", "Yes.")]),  # a QA part ends at a blank line
     ("Q: Lost question?\nQ: Kept?\nA: Yes.\nQ: Dangling at the end", [("Kept?", "Yes.")]),
     ("A: an answer with no question\nQ: Then?\nA: Then.", [("Then?", "Then.")]),
     ("q: lower case?\na: fine.", [("lower case?", "fine.")]),
@@ -421,3 +421,16 @@ def test_parse_instruction_pairs():
 def test_parse_score(reply, score):
     got = parse_score(reply)
     assert got == score or (math.isnan(score) and math.isnan(got)), (reply, got)
+
+
+def test_a_qa_part_ends_at_its_first_blank_line_an_instruction_response_does_not():
+    from dctp_tasks.config import SyntheticConfig
+    from dctp_tasks.synthetic.prompts import load_template, prompts_dir
+
+    folder = prompts_dir(SyntheticConfig())
+    chatter = "Q: What did the workers say?\nA: They were disappointed.\n\nQuestion 1: What is the passage about?"
+    assert load_template(folder, "qa").parse_pairs(chatter) == [("What did the workers say?",
+                                                                 "They were disappointed.")]
+    steps = "Instruction: List the steps.\nResponse: First, plan.\n\nThen, act."
+    assert load_template(folder, "instruction").parse_pairs(steps) == [("List the steps.",
+                                                                        "First, plan.\n\nThen, act.")]
