@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,21 @@ def ag_news_rows(shared: Path) -> list[tuple]:
 @pytest.fixture(scope="session")
 def news_rows(shared_data) -> list[tuple]:
     return ag_news_rows(shared_data)
+
+
+@pytest.fixture(scope="session")
+def decided_template(tmp_path_factory, news_rows):
+    """The decided AG News day, built once: tests copy it (``copy_day``) instead of scoring it again."""
+    root = tmp_path_factory.mktemp("decided-day") / "data"
+    _, _, decided = decided_day(root, news_rows)
+    return root, decided
+
+
+def copy_day(template, root: Path):
+    """Return a storage at ``root`` holding a copy of the decided day, and the decide stage's result."""
+    source, decided = template
+    shutil.copytree(source, root)
+    return Storage(root.as_uri()), decided
 
 
 @pytest.fixture

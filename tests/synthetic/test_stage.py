@@ -16,7 +16,7 @@ from dctp_tasks.staging import stage_rejects, stage_rows
 from dctp_tasks.synthetic.generators import EndpointUnavailable
 from dctp_tasks.synthetic.plan import allowed_synthetic
 from dctp_tasks.synthetic.stage import CANDIDATES, generate_synthetic_day, redecide_synthetic_day
-from tests.synthetic.conftest import DAG, DT, decided_day, settings
+from tests.synthetic.conftest import DAG, DT, copy_day, decided_day, settings
 
 
 def generate(storage, llm, dt: str = DT, **overrides):
@@ -35,9 +35,8 @@ def reasons(storage, result) -> dict[str, int]:
 
 
 @pytest.fixture
-def day(tmp_path, news_rows):
-    storage, _, decided = decided_day(tmp_path / "data", news_rows)
-    return storage, decided
+def day(tmp_path, decided_template):
+    return copy_day(decided_template, tmp_path / "data")
 
 
 def test_short_domain_gets_grounded_rows_with_provenance_and_every_row_is_accounted(day, llm):
@@ -120,7 +119,7 @@ def test_switched_off_generates_nothing(day, llm):
     assert "switched off" in storage.read_bytes(storage.path(result.extra["report"])).decode()
 
 
-def test_a_retried_task_resumes_and_never_pays_twice(day, llm, fast_backoff, tmp_path, news_rows):
+def test_a_retried_task_resumes_and_never_pays_twice(day, llm, fast_backoff, tmp_path, decided_template):
     storage, _ = day
     llm.fail_after = 2  # the first batch (2 prompts) completes, then the endpoint goes down
     with pytest.raises(EndpointUnavailable):
@@ -135,7 +134,7 @@ def test_a_retried_task_resumes_and_never_pays_twice(day, llm, fast_backoff, tmp
     assert len(asked) == resumed.extra["chunks"] - 2 and first_try >= 3
     assert resumed.extra["generate_reused_batches"] == 1
     # the same rows as a run that never failed
-    other, _, _ = decided_day(tmp_path / "other", news_rows)
+    other, _ = copy_day(decided_template, tmp_path / "other")
     clean = generate(other, llm)
     assert sorted(rows_of(storage, resumed).column("doc_id").to_pylist()) == \
         sorted(rows_of(other, clean).column("doc_id").to_pylist())
