@@ -139,7 +139,8 @@ def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
     started = time.monotonic()
     gpu_tasks = gpu_task_ids(cluster)
     # the GPU tasks take the pool DCTP_GPU_POOL names; the GPU worker's own preflight never waits on it
-    assert gpu_tasks == {"dedup_semantic": "gpu", "score_models": "gpu", "preflight_gpu": "default_pool"}, gpu_tasks
+    assert gpu_tasks == {"dedup_semantic": "gpu", "score_models": "gpu", "generate_synthetic": "gpu",
+                         "preflight_gpu": "default_pool"}, gpu_tasks
     assert cluster.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})["is_paused"] is False
 
     created = cluster.backfill(DAG_ID, DATES)
