@@ -187,10 +187,12 @@ def check_connections(config: PipelineConfig, facts: AirflowFacts | None) -> lis
 def _llm_connections(config: PipelineConfig, facts: AirflowFacts | None) -> list[Check]:
     """The connection of each synthetic generator or judge served by an OpenAI-compatible endpoint exists (it is not
     called: a hosted endpoint bills every request)."""
+    from dctp_tasks.preflight.models import generates
+
     cfg = config.synthetic
     users = {}
     for role, generator in (("generator", cfg.generator), ("judge", cfg.judge)):
-        if cfg.enabled and generator is not None and generator.backend == "openai":
+        if generates(config) and generator is not None and generator.backend == "openai":
             users.setdefault(generator.conn_id, []).append(f"synthetic {role} ({generator.model})")
     checks = []
     for conn_id, roles in users.items():

@@ -32,9 +32,14 @@ def model_checks(config: PipelineConfig) -> list[Check]:
         checks.append(_causal_lm(scorers["perplexity"].model))
     if "toxicity" in scorers:
         checks.append(_toxicity(scorers["toxicity"]))
-    if config.synthetic.enabled:
-        checks += synthetic_checks(config)
+    checks += synthetic_checks(config)
     return checks
+
+
+def generates(config: PipelineConfig) -> bool:
+    """Whether the synthetic stage can plan rows at all: switched on, and some target says which domains are short."""
+    cfg = config.synthetic
+    return cfg.enabled and (bool(cfg.targets) or cfg.min_share_of_largest is not None)
 
 
 def synthetic_checks(config: PipelineConfig) -> list[Check]:
@@ -43,6 +48,8 @@ def synthetic_checks(config: PipelineConfig) -> list[Check]:
     from dctp_tasks.synthetic.prompts import TemplateError, load_template, prompts_dir
 
     cfg = config.synthetic
+    if not generates(config):
+        return []
     folder = prompts_dir(cfg)
     names = sorted({*cfg.templates.values(), cfg.default_template, "judge"})
     checks = []

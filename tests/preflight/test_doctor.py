@@ -21,7 +21,7 @@ DCTP = str(Path(sys.executable).with_name("dctp"))
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 EVERY_CHECK = {"config", "data root", "pool default_pool", "queues", "airflow version", "provider standard",
                "deltalake", "pyarrow", "model MiniLM", "model SmolLM2", "model toxicity", "mlflow", "delta table",
-               "feedback store", "prompt templates", "model SmolLM2 (generator)"}
+               "feedback store"}
 
 
 @pytest.fixture
@@ -167,6 +167,7 @@ def test_postgres_sources_need_their_connection_and_table(env, tmp_path, pg_dsn,
 
 def test_a_synthetic_endpoint_needs_its_connection_and_the_templates_must_parse(env, tmp_path):
     env["DCTP_CONFIG"] = str(config_file(tmp_path, {
+        "synthetic.targets": {"legal": 0.1},
         "synthetic.generator": {"backend": "openai", "model": "qwen2.5-7b-instruct"},
         "synthetic.prompts_dir": str(tmp_path / "no-prompts")}))
     code, checks = doctor(env)
@@ -177,11 +178,16 @@ def test_a_synthetic_endpoint_needs_its_connection_and_the_templates_must_parse(
     assert "model SmolLM2 (generator)" not in checks  # an endpoint's model is not on this disk
 
     env["DCTP_CONFIG"] = str(config_file(tmp_path, {
+        "synthetic.targets": {"legal": 0.1},
         "synthetic.generator": {"backend": "openai", "model": "qwen2.5-7b-instruct"}}))
     env["AIRFLOW_CONN_DCTP_LLM"] = json.dumps({"conn_type": "http", "host": "http://127.0.0.1:9/v1"})
     code, checks = doctor(env)
     assert code == 0 and checks["connection dctp_llm"]["status"] == "ok", failed(checks)
     assert checks["prompt templates"]["detail"].startswith("instruction v1, judge v1, qa v1")
+    # with no target, nothing can be generated: neither the templates nor a generator are checked
+    env["DCTP_CONFIG"] = str(config_file(tmp_path, {"annotation.experts": {"alice": {}}}))
+    code, checks = doctor(env, "--no-airflow")
+    assert code == 0 and "prompt templates" not in checks and "model SmolLM2 (generator)" not in checks
 
 
 def test_a_config_that_does_not_load_fails_and_skips_what_needs_it(env, tmp_path):
