@@ -185,7 +185,8 @@ def test_the_commit_names_reason_run_judgements_and_each_dates_ledger(storage):
     assert set(dates) == {D1, D2}
     for dt, base in ((D1, 1), (D2, 2)):
         assert {k: v for k, v in dates[dt].items() if k != "ledger_version"} == {
-            "ingested": ingested(dt), "exported": len(IDS[dt]) - 1, "retracted": 1, "base_version": base,
+            "ingested": ingested(dt), "synthesized": 0, "exported": len(IDS[dt]) - 1, "retracted": 1,
+            "base_version": base,
             "scores_dag_id": DAG, "scores_stage": "quality", "scores_version": "scores-v1", "mlflow_run_id": "m1"}
         assert VERSION_PREFIX + dates[dt]["ledger_version"] in ledger_versions(storage, dt)
 
