@@ -49,7 +49,8 @@ before `select_for_annotation`
   hacking and drifting batches (ledger reasons `synthetic_*`). Accepted rows have `synthetic = true`. A retried task
   reuses every batch already generated.
 * **Backfills**: re-running any date gives the same result (with the judgements made so far applied); the dedup
-  tasks, `merge_feedback` and `export` wait for the previous date (`depends_on_past`), so history has no holes.
+  tasks, `merge_feedback`, `generate_synthetic` and `export` wait for the previous date (`depends_on_past`), so
+  history has no holes.
 * **Tracking**: one MLflow run per DAG run (experiment `dctp_daily`, run name = run id).
 
 Trigger with config to override thresholds for one run (see the Params).
