@@ -84,8 +84,10 @@ def test_generated_rows_land_in_the_version_and_are_re_decided_without_a_model(a
     out = capsys.readouterr().out
     assert f"synthetic: {synthetic.num_rows:,} rows" in out
     assert f"+ synthesized {synthesized:,}" in out
-    if rejected:
-        assert "synthetic rows rejected (ledger reasons):" in out and "synthetic rejected:" in out
+    assert rejected, "the endpoint's pairs repeat prompts within a chunk: some are rejected as copies"
+    assert "synthetic rows rejected (ledger reasons):" in out and "synthetic rejected:" in out
+    for reason, count in rejected.items():
+        assert f"{reason.removeprefix('filtered.')}" in out and count > 0
 
     # a re-run of the date generates and judges nothing again: every batch is read back
     assert bag.dags["dctp_daily"].test(logical_date=logical).state == "success"
