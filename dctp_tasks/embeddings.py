@@ -35,18 +35,41 @@ _SAMPLE_BYTES = 64 << 10
 class EncoderSettings(Protocol):
     model: str | None
     device: str
-    batch_size: int
+    batch_size: int | str
+    token_budget: int | str
     max_seq_length: int | None
 
 
+CPU_ROWS = 64
+"""Texts per forward pass on a CPU when the batch size is ``auto`` (MiniLM's cost barely changes above it)."""
+
+
 def embed_texts(texts: list[str], cfg: EncoderSettings) -> np.ndarray:
-    """Return the texts' L2-normalized embeddings as a float32 ``(len(texts), dim)`` matrix."""
+    """Return the texts' L2-normalized embeddings as a float32 ``(len(texts), dim)`` matrix, in input order.
+
+    Texts are tokenized by the model's own preprocessing in a worker thread, a chunk ahead of the model, and run in
+    token-budget batches of similar lengths (``batching.feature_batches``); padding is masked, so a text's vector
+    does not depend on the batch it lands in.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from dctp_tasks.batching import activation_bytes, feature_batches, resolve_limits
     from dctp_tasks.models import sentence_encoder
 
     model = sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length)
-    vectors = model.encode(texts, batch_size=cfg.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                           show_progress_bar=False)
-    return np.asarray(vectors, dtype=np.float32)
+    device = model.device
+    max_length = model.max_seq_length
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    limits = resolve_limits(cfg.batch_size, cfg.token_budget, str(device), cpu_rows=CPU_ROWS, max_length=max_length,
+                            bytes_per_token=activation_bytes(config, max_length, 2 if device.type == "cuda" else 4))
+    texts = [t if isinstance(t, str) else "" for t in texts]
+    out = np.empty((len(texts), _dimension(model)), dtype=np.float32)
+    with torch.inference_mode():
+        for batch in feature_batches(len(texts), lambda rows: model.preprocess(texts[rows.start:rows.stop]), limits):
+            vectors = model(batch.tensors(device))["sentence_embedding"]
+            out[batch.rows] = F.normalize(vectors.float(), p=2, dim=1).cpu().numpy()
+    return out
 
 
 def model_dim(cfg: EncoderSettings) -> int:
@@ -55,7 +78,13 @@ def model_dim(cfg: EncoderSettings) -> int:
         return DEFAULT_DIM
     from dctp_tasks.models import sentence_encoder
 
-    return int(sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length).get_sentence_embedding_dimension())
+    return _dimension(sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length))
+
+
+def _dimension(model: object) -> int:
+    # sentence-transformers 6 renamed the method; older releases only have the old name
+    method = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(method())
 
 
 def encoder_name(cfg: EncoderSettings) -> dict:

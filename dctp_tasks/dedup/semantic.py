@@ -9,10 +9,13 @@ re-run in any order) beats today; within the day the earliest ``created_at``, th
 The search reaches ``REPORT_MARGIN`` below the lowest threshold, so the run's report
 (``reports/dt=D/dedup_semantic.md``) can show the pairs just below each threshold next to those just above.
 
-Index: faiss (``faiss-cpu``) rather than usearch, because faiss has *range search* — every neighbour above a cosine
-radius, which is exactly "all pairs >= threshold" — while usearch only answers top-k, which silently misses pairs in
-large duplicate clusters. Its exact ``IndexFlatIP`` (BLAS inner products) is deterministic, so re-runs give the same
-survivors; ``nlist`` > 0 switches to an IVF index (k-means cells, SemDeDup's partitioning) for very large days.
+Search (``dctp_tasks.dedup.search``): a *range search* — every neighbour above a cosine radius, which is exactly
+"all pairs >= threshold" — not top-k (usearch's), which silently misses pairs in large duplicate clusters. On the
+CPU it is faiss (``faiss-cpu``): exact ``IndexFlatIP``, or with ``nlist`` > 0 an IVF index (k-means cells, SemDeDup's
+partitioning) for very large days. On CUDA (``search: auto``) it is an exact blockwise fp16 matrix product in torch:
+faiss-cpu is quadratic (about an hour for a million docs), and faiss-gpu is not pip-installable for every CUDA.
+Both find candidates a margin below the radius and rescore them in float64, so faiss flat and torch give the same
+pairs and cosines, and re-runs the same survivors.
 History is never held in RAM: it is scanned ``history_batch_size`` rows at a time and each batch searches today's
 index, keeping for each of today's docs only its best match.
 """
@@ -28,6 +31,7 @@ import pyarrow.compute as pc
 
 from dctp_tasks.config import PipelineConfig, SemanticDedupConfig
 from dctp_tasks.dedup.report import SAMPLE_PAIRS, SamplePair, stage_report
+from dctp_tasks.dedup.search import backend_of, build_index, range_search, resolve_backend
 from dctp_tasks.dedup.verdicts import apply_verdicts, row_thresholds, survivor_rank
 from dctp_tasks.embeddings import (
     STATE,
@@ -50,8 +54,7 @@ STAGE = "dedup_semantic"
 INPUT_STAGE = "dedup_near"
 REASON = "semantic_duplicate"
 _LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
-_QUERY_ROWS = 8_192  # queries per range search: bounds the result buffers faiss allocates
-_EPS = 1e-6  # faiss range search is strict (>); widen the radius so ">= threshold" holds
+_EPS = 1e-6  # range search is strict (>); widen the radius so ">= threshold" holds
 REPORT_MARGIN = 0.05  # pairs this far below their threshold are found too, and sampled for the report
 
 
@@ -60,13 +63,14 @@ def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
     """Drop semantic duplicates of date ``dt``; return counts (``dropped_semantic_duplicate``)."""
     cfg = config.dedup_semantic
     in_dir = stage_rows(storage, dag_id, dt, input_stage, input_version)
-    step_params = params_hash(cfg.model_dump(mode="json", exclude={"device", "batch_size"}))
+    step_params = params_hash(cfg.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search"}))
     with Timer() as timer:
         doc_ids, rank, thresholds, vectors, embed_seconds = _day_embeddings(storage, in_dir, cfg, config.batch_size)
         lowest = min([cfg.threshold, *cfg.domain_thresholds.values()])
         radius = lowest - REPORT_MARGIN - _EPS
         encoder = encoder_identity(cfg, vectors.shape[1])
         index = _build_index(vectors, cfg)
+        log.info("dedup_semantic dt=%s: %s range search over %d docs", dt, backend_of(index), len(rank))
         history = _history_best(storage, dt, index, len(rank), encoder, radius, cfg.history_batch_size)
         verdicts = _decide(doc_ids, rank, thresholds, _day_pairs(index, vectors, rank, radius), history)
         _write_state(storage, dt, doc_ids.filter(pa.array(verdicts["position"] < 0)),
@@ -87,9 +91,10 @@ def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt
     result.extra = {"duplicates_of_history": verdicts["of_history"], "candidate_pairs": verdicts["pairs"],
                     "clusters": verdicts["clusters"], "state_rows": result.kept,
                     "embed_docs_per_s": round(len(rank) / embed_seconds, 1) if embed_seconds > 0 else 0.0,
-                    "report": report}
-    log.info("dedup_semantic dt=%s: %d in, %d kept, %d semantic duplicates (%d of earlier dates), %d pairs >= %.3f",
-             dt, result.total, result.kept, result.dropped, verdicts["of_history"], verdicts["pairs"], lowest)
+                    "report": report, "search": backend_of(index)}
+    log.info("dedup_semantic dt=%s: %d in, %d kept, %d semantic duplicates (%d of earlier dates), %d pairs >= %.3f "
+             "(%s search)", dt, result.total, result.kept, result.dropped, verdicts["of_history"], verdicts["pairs"],
+             lowest, result.extra["search"])
     return result
 
 
@@ -131,32 +136,9 @@ def _day_embeddings(storage: Storage, in_dir: str, cfg: SemanticDedupConfig, bat
 
 
 def _build_index(vectors: np.ndarray, cfg: SemanticDedupConfig):
-    """Return a faiss inner-product index over today's vectors: exact, or IVF when ``nlist`` is set and fits."""
-    import faiss
-
-    n, dim = vectors.shape
-    if cfg.nlist and n >= 39 * cfg.nlist:
-        index = faiss.index_factory(dim, f"IVF{cfg.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-        index.nprobe = cfg.nprobe
-    else:
-        index = faiss.IndexFlatIP(dim)
-    index.add(vectors)
-    return index
-
-
-def _range_search(index, queries: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(query_row, index_row, cosine)`` of every pair with cosine > ``radius``."""
-    rows, hits, sims = [], [], []
-    for start in range(0, len(queries), _QUERY_ROWS):
-        chunk = np.ascontiguousarray(queries[start:start + _QUERY_ROWS], dtype=np.float32)
-        lims, found_sims, found = index.range_search(chunk, radius)
-        rows.append(start + np.repeat(np.arange(len(chunk)), np.diff(lims).astype(np.int64)))
-        hits.append(found.astype(np.int64))
-        sims.append(found_sims)
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(rows), np.concatenate(hits), np.concatenate(sims)
+    """Return the range-search index over today's vectors, of the backend ``cfg.search`` resolves to."""
+    return build_index(vectors, resolve_backend(cfg.search, cfg.device, cfg.nlist), nlist=cfg.nlist,
+                       nprobe=cfg.nprobe, device=cfg.device)
 
 
 def _history_best(storage: Storage, dt: str, index, n: int, encoder: dict, radius: float,
@@ -176,7 +158,7 @@ def _history_best(storage: Storage, dt: str, index, n: int, encoder: dict, radiu
         for batch in storage.iter_batches(folder, batch_size=batch_size):
             if batch.num_rows == 0:
                 continue
-            hist_rows, today, sims = _range_search(index, vectors_matrix(batch.column("embedding")), radius)
+            hist_rows, today, sims = range_search(index, vectors_matrix(batch.column("embedding")), radius)
             if not len(today):
                 continue
             # Best per today's row: highest cosine, ties to the earlier history row (scan order is dt, file order).
@@ -194,7 +176,7 @@ def _history_best(storage: Storage, dt: str, index, n: int, encoder: dict, radiu
 
 def _day_pairs(index, vectors: np.ndarray, rank: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
     """Return today's pairs above ``radius`` as ``(better, worse, cosine)`` rows, each pair once."""
-    u, v, sims = _range_search(index, vectors, radius)
+    u, v, sims = range_search(index, vectors, radius)
     keep = u != v
     u, v, sims = u[keep], v[keep], sims[keep]
     better = np.where(rank[u] < rank[v], u, v)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from dctp_tasks.config import SemanticDedupConfig
+from dctp_tasks.config import AutoSize, SemanticDedupConfig
 from dctp_tasks.embeddings import (
     STATE,
     embed_texts,
@@ -42,19 +42,22 @@ class EmbeddingConfig(BaseModel):
     the same default as ``dedup_semantic.model``."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to encode; ``auto`` picks CUDA (half precision) when present, else the CPU."""
-    batch_size: int = Field(64, ge=1)
-    """Texts per forward pass; 64 suits MiniLM on CPU (as ``dedup_semantic.batch_size``), raise it on a GPU."""
+    batch_size: AutoSize = "auto"
+    """Most texts per forward pass (as ``dedup_semantic.batch_size``); ``auto``: 64 on a CPU, up to 4,096 on CUDA."""
+    token_budget: AutoSize = "auto"
+    """Most padded tokens per forward pass (as ``dedup_semantic.token_budget``); ``auto`` follows the device."""
     max_seq_length: int | None = Field(None, ge=8)
     """Tokens per text read by the encoder (longer texts are truncated); ``None`` keeps the model's own (256)."""
 
     @classmethod
     def from_dedup(cls, cfg: SemanticDedupConfig) -> EmbeddingConfig:
         """Return the encoder semantic dedup used, so scorers reuse its stored vectors."""
-        return cls(model=cfg.model, device=cfg.device, batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length)
+        return cls(model=cfg.model, device=cfg.device, batch_size=cfg.batch_size, token_budget=cfg.token_budget,
+                   max_seq_length=cfg.max_seq_length)
 
     def as_dedup(self) -> SemanticDedupConfig:
         return SemanticDedupConfig(model=self.model, device=self.device, batch_size=self.batch_size,
-                                   max_seq_length=self.max_seq_length)
+                                   token_budget=self.token_budget, max_seq_length=self.max_seq_length)
 
     def key(self) -> tuple:
         return (self.model, self.max_seq_length)

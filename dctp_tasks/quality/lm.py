@@ -55,7 +55,7 @@ def default_lm_path() -> Path:
 @lru_cache(maxsize=2)
 def causal_lm(name_or_path: str | None = None,
               device: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return ``(model, tokenizer)`` in eval mode: CUDA in fp16 when ``device`` resolves to it, else fp32.
+    """Return ``(model, tokenizer)`` in eval mode: CUDA in bf16 (fp16 on GPUs without it), else fp32 on the CPU.
 
     ``None`` is the prepared SmolLM2. A local folder loads with the Hub offline, so it can never download; a Hub id
     loads as configured (production only).
@@ -69,7 +69,10 @@ def causal_lm(name_or_path: str | None = None,
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
     resolved = pick_device(device)
-    dtype = torch.float16 if resolved == "cuda" else torch.float32
+    dtype = torch.float32
+    if resolved == "cuda":
+        # bf16 where the GPU has it: fp16's narrow range overflows in some LMs' activations, bf16's does not
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local).to(resolved)
     model.eval()

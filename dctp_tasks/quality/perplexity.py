@@ -13,9 +13,12 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as Setting
 
+from dctp_tasks.batching import BatchLimits
+from dctp_tasks.config import AutoSize
 from dctp_tasks.quality.base import Field, Rule, Scorer, ScoringContext
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -30,62 +33,109 @@ class PerplexityConfig(BaseModel):
     """Hugging Face causal LM id or local folder; ``None``: SmolLM2-135M-Instruct prepared by ``make install``
     (nothing downloads at run time)."""
     device: str = "auto"
-    """``auto`` (CUDA in fp16 when present, else CPU in fp32), ``cpu`` or ``cuda``."""
-    batch_size: int = Setting(16, ge=1)
-    """Documents per forward pass. Logits take batch_size x max_tokens x vocabulary x 4 bytes on CPU (≈ 1.6 GB at
-    the defaults with SmolLM2's 49,152-token vocabulary); raise it on a GPU."""
+    """``auto`` (CUDA in bf16 when present, else CPU in fp32), ``cpu`` or ``cuda``."""
+    batch_size: AutoSize = "auto"
+    """Most documents per forward pass; ``auto``: 16 on a CPU, up to 4,096 on CUDA (the token budget decides)."""
+    token_budget: AutoSize = "auto"
+    """Most padded tokens per forward pass (documents x the longest; documents are sorted by length first);
+    ``auto``: 16 x ``max_tokens`` on a CPU, a share of free GPU memory on CUDA."""
     max_tokens: int = Setting(512, ge=2)
     """Tokens per document, the context token included; longer documents are scored on their first tokens
     (CCNet scores perplexity on a paragraph-sized prefix, Wenzek et al. 2020)."""
 
 
+CPU_ROWS = 16
+"""Documents per forward pass on a CPU when the batch size is ``auto``."""
+CPU_LOGIT_BYTES = 256 << 20
+"""Logits computed at once on a CPU: the output head runs over the batch's real tokens in chunks of this size
+(vocabulary x 4 bytes per token), so a batch's logits never exist whole (16 x 512 x 49k floats would be 1.6 GB)."""
+CUDA_LOGIT_SHARE = 0.1
+"""Share of free CUDA memory the chunked output head may take (at most 4 GB)."""
+
+
 def mean_token_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str | None],
-                   batch_size: int = 16, max_tokens: int = 512) -> tuple[np.ndarray, np.ndarray]:
+                   limits: BatchLimits | None = None, max_tokens: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Return each text's mean next-token negative log-likelihood (nats, float64) and the number of tokens scored.
 
     Each text is preceded by the tokenizer's BOS token (EOS when it has none) unless the tokenizer adds it, so the
-    first word is scored too. Texts are sorted by length so a forward pass pads little; padding is right-aligned,
-    masked from attention and left out of the loss, so a text scores the same alone or in any batch. A text with
-    nothing to score (empty) gets NaN and 0 tokens.
+    first word is scored too. Texts run in token-budget batches of similar lengths (``limits``; ``None``: the
+    device's ``auto``), tokenized a chunk ahead in a worker thread; padding is right-aligned, masked from attention
+    and left out of the loss, so a text scores the same alone or in any batch. The output head runs only on the
+    real tokens, packed, in chunks. A text with nothing to score (empty) gets NaN and 0 tokens.
     """
     import torch
     import torch.nn.functional as F
 
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    encoded = tokenizer([t or "" for t in texts], add_special_tokens=True, truncation=True,
-                        max_length=max_tokens - (start is not None))["input_ids"]
-    ids = [list(e) if start is None or (e and e[0] == start) else [start, *e] for e in encoded]
-    ids = [e[:max_tokens] for e in ids]
-    nll = np.full(len(ids), np.nan)
-    counts = np.array([max(len(e) - 1, 0) for e in ids], dtype=np.int32)
-    order = [i for i in np.argsort([-len(e) for e in ids], kind="stable") if counts[i] > 0]
+    from dctp_tasks.batching import token_batches
+
     device = next(model.parameters()).device
+    limits = limits or lm_limits(model, "auto", "auto", max_tokens)
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    cleaned = [t or "" for t in texts]
+
+    def encode(positions: range) -> list[list[int]]:
+        encoded = tokenizer(cleaned[positions.start:positions.stop], add_special_tokens=True, truncation=True,
+                            max_length=max_tokens - (start is not None), return_attention_mask=False)["input_ids"]
+        ids = [list(e) if start is None or (e and e[0] == start) else [start, *e] for e in encoded]
+        # a text with nothing to score is left out of the batches (length 0) and keeps NaN
+        return [e[:max_tokens] if len(e) > 1 else [] for e in ids]
+
+    nll = np.full(len(texts), np.nan)
+    counts = np.zeros(len(texts), dtype=np.int32)
     # any id works as padding: padded positions are masked from attention and never enter the loss
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # Logits for a whole batch are batch x tokens x vocabulary (1.6 GB at 16 x 512 x 49k): run the decoder once and
-    # the output head one row at a time instead. Models that post-process logits (soft-capping) take the plain path.
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     head = model.get_output_embeddings()
-    by_row = decoder is not None and head is not None and not getattr(model.config, "final_logit_softcapping", None)
+    # Models that post-process logits (soft-capping) take the plain path through the whole model.
+    packed = decoder is not None and head is not None and not getattr(model.config, "final_logit_softcapping", None)
+    chunk = _head_chunk(model, device)
     with torch.inference_mode():
-        for lo in range(0, len(order), batch_size):
-            rows = order[lo:lo + batch_size]
-            width = len(ids[rows[0]])
-            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                input_ids[r, :len(ids[i])] = torch.tensor(ids[i])
-                mask[r, :len(ids[i])] = 1
-            if by_row:
-                hidden = decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        for batch in token_batches(len(cleaned), encode, limits, pad):
+            scored = batch.lengths > 1
+            if not scored.any():
+                continue
+            features = batch.tensors(device)
+            input_ids, mask = features["input_ids"], features["attention_mask"]
+            # position t predicts token t + 1: keep the positions whose next token is real
+            targets_at = mask[:, 1:].bool()
+            targets = input_ids[:, 1:][targets_at]
+            if packed:
+                hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, :-1][targets_at]
+                losses = torch.cat([F.cross_entropy(head(hidden[lo:lo + chunk]).float(), targets[lo:lo + chunk],
+                                                    reduction="none") for lo in range(0, len(targets), chunk)])
             else:
-                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-            for r, i in enumerate(rows):
-                n = len(ids[i])
-                row_logits = head(hidden[r, :n - 1]) if by_row else logits[r, :n - 1]
-                loss = F.cross_entropy(row_logits.float(), input_ids[r, 1:n].to(device), reduction="mean")
-                nll[i] = float(loss)
+                logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1][targets_at]
+                losses = F.cross_entropy(logits.float(), targets, reduction="none")
+            row_of = torch.arange(len(batch.rows), device=device).repeat_interleave(targets_at.sum(dim=1))
+            sums = torch.zeros(len(batch.rows), dtype=torch.float64, device=device)
+            sums.index_add_(0, row_of, losses.double())
+            n = batch.lengths - 1
+            rows = batch.rows[scored]
+            nll[rows] = sums.cpu().numpy()[scored] / n[scored]
+            counts[rows] = n[scored]
     return nll, counts
+
+
+def lm_limits(model: PreTrainedModel, batch_size: int | str, token_budget: int | str,
+              max_tokens: int) -> BatchLimits:
+    """Return the batch limits of a causal LM on its device (``auto``: see ``PerplexityConfig``)."""
+    from dctp_tasks.batching import activation_bytes, resolve_limits
+
+    param = next(model.parameters())
+    return resolve_limits(batch_size, token_budget, str(param.device), cpu_rows=CPU_ROWS, max_length=max_tokens,
+                          bytes_per_token=activation_bytes(model.config, max_tokens, param.element_size()))
+
+
+def _head_chunk(model: PreTrainedModel, device: torch.device) -> int:
+    """Return how many tokens' logits the output head computes at once on ``device``."""
+    vocab = int(model.config.vocab_size)
+    budget = CPU_LOGIT_BYTES
+    if device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = int(min(4 << 30, free * CUDA_LOGIT_SHARE))
+    return max(1, budget // (vocab * 4))
 
 
 def percentile_quality(values: np.ndarray, domains: np.ndarray) -> np.ndarray:
@@ -143,8 +193,9 @@ class PerplexityScorer(Scorer):
         if self._lm is None:
             self.prepare()
         model, tokenizer = self._lm
-        nll, tokens = mean_token_nll(model, tokenizer, batch.column("text").to_pylist(),
-                                     self.config.batch_size, self.config.max_tokens)
+        limits = lm_limits(model, self.config.batch_size, self.config.token_budget, self.config.max_tokens)
+        nll, tokens = mean_token_nll(model, tokenizer, batch.column("text").to_pylist(), limits,
+                                     self.config.max_tokens)
         with np.errstate(over="ignore"):
             perplexity = np.exp(nll).astype(np.float32)
         return {"perplexity": perplexity, "tokens": tokens}

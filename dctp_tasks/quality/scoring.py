@@ -154,12 +154,13 @@ def code_fingerprint(scorer: type) -> str:
 
     A scorer fixed or changed between two runs (same package version) gets new stored scores.
     """
+    import dctp_tasks.batching
     import dctp_tasks.embeddings
     import dctp_tasks.quality.base
     import dctp_tasks.quality.embeddings
 
     modules = {inspect.getmodule(scorer), dctp_tasks.quality.base, dctp_tasks.quality.embeddings,
-               dctp_tasks.embeddings, inspect.getmodule(code_fingerprint)}
+               dctp_tasks.embeddings, dctp_tasks.batching, inspect.getmodule(code_fingerprint)}
     digest = hashlib.sha256()
     for module in sorted(modules, key=lambda m: m.__name__):
         digest.update(module.__name__.encode() + b"\0" + inspect.getsource(module).encode())

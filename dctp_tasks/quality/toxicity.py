@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic import Field as Setting
 
-from dctp_tasks.config import dctp_home
+from dctp_tasks.config import AutoSize, dctp_home
 from dctp_tasks.quality.base import Field, Rule, Scorer, ScoringContext
 from dctp_tasks.quality.embeddings import EmbeddingConfig, EmbeddingLookup, encode
 
@@ -73,8 +73,12 @@ class ToxicityConfig(BaseModel):
     device: str = "auto"
     """Detoxify: ``auto`` (CUDA in fp16 when present, else CPU in fp32), ``cpu`` or ``cuda`` (the classifier
     backend encodes on ``embedding.device``)."""
-    batch_size: int = Setting(32, ge=1)
-    """Detoxify: documents per forward pass (BERT-base at 512 tokens: ≈ 0.8 GB of activations per 32 on CPU)."""
+    batch_size: AutoSize = "auto"
+    """Detoxify: most documents per forward pass; ``auto``: 32 on a CPU (BERT-base at 512 tokens: ≈ 0.8 GB of
+    activations), up to 4,096 on CUDA (the token budget decides)."""
+    token_budget: AutoSize = "auto"
+    """Detoxify: most padded tokens per forward pass (documents x the longest, sorted by length first); ``auto``:
+    32 x ``max_tokens`` on a CPU, a share of free GPU memory on CUDA."""
     max_tokens: int = Setting(512, ge=8)
     """Detoxify: tokens per document; longer ones are scored on their first tokens (512 = BERT's position limit)."""
 
@@ -240,23 +244,31 @@ class ToxicityScorer(Scorer):
     def _score_detoxify(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         import torch
 
+        from dctp_tasks.batching import activation_bytes, resolve_limits, token_batches
+
         if self._model is None:
             self.prepare()
         texts = batch.column("text").to_pylist()
         out = np.full((len(texts), len(self._columns)), np.nan, dtype=np.float32)
         todo = [i for i, t in enumerate(texts) if t]
-        # longest first, so each forward pass pads to lengths alike (character length predicts token length)
-        todo.sort(key=lambda i: -len(texts[i]))
         model, tokenizer = self._model.model, self._model.tokenizer
-        device = next(model.parameters()).device
+        param = next(model.parameters())
         max_length = min(self.config.max_tokens, tokenizer.model_max_length)
+        limits = resolve_limits(self.config.batch_size, self.config.token_budget, str(param.device), cpu_rows=32,
+                                max_length=max_length,
+                                bytes_per_token=activation_bytes(model.config, max_length, param.element_size()))
+
+        def encode(positions: range) -> list[list[int]]:
+            return tokenizer([texts[i] for i in todo[positions.start:positions.stop]], truncation=True,
+                             max_length=max_length, return_attention_mask=False,
+                             return_token_type_ids=False)["input_ids"]
+
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        rows = np.asarray(todo, dtype=np.int64)
         with torch.inference_mode():
-            for lo in range(0, len(todo), self.config.batch_size):
-                rows = todo[lo:lo + self.config.batch_size]
-                inputs = tokenizer([texts[i] for i in rows], return_tensors="pt", truncation=True, padding=True,
-                                   max_length=max_length).to(device)
-                probs = torch.sigmoid(model(**inputs).logits.float())[:, self._columns]
-                out[rows] = probs.cpu().numpy()
+            for token_batch in token_batches(len(todo), encode, limits, pad):
+                logits = model(**token_batch.tensors(param.device)).logits.float()
+                out[rows[token_batch.rows]] = torch.sigmoid(logits)[:, self._columns].cpu().numpy()
         return {c: out[:, j] for j, c in enumerate(self.config.categories)}
 
     def _rule_doc(self, category: str, threshold: float) -> str:

@@ -41,8 +41,10 @@ def _batch(texts, **columns):
     return make_table(texts, **columns).combine_chunks().to_batches()[0]
 
 
-def test_batched_equals_one_at_a_time(tiny_lm):
-    batched = PerplexityScorer(PerplexityConfig(model=tiny_lm, device="cpu", batch_size=3, max_tokens=256))
+@pytest.mark.parametrize(("batch_size", "token_budget"), [(3, "auto"), ("auto", 40), (2, 300), ("auto", "auto")])
+def test_batched_equals_one_at_a_time(tiny_lm, batch_size, token_budget):
+    batched = PerplexityScorer(PerplexityConfig(model=tiny_lm, device="cpu", batch_size=batch_size,
+                                                token_budget=token_budget, max_tokens=256))
     single = PerplexityScorer(PerplexityConfig(model=tiny_lm, device="cpu", batch_size=1, max_tokens=256))
     together = batched.score(_batch(TEXTS))
     alone = [single.score(_batch([t])) for t in TEXTS]

@@ -82,10 +82,12 @@ def test_scores_land_in_their_fields(checkpoints):
     assert scorer.to_struct(scores).type == scorer.struct_type()
 
 
-def test_batched_equals_one_at_a_time_and_detoxify_predict(checkpoints):
+@pytest.mark.parametrize(("batch_size", "token_budget"), [(4, "auto"), ("auto", 24)])
+def test_batched_equals_one_at_a_time_and_detoxify_predict(checkpoints, batch_size, token_budget):
     from detoxify import Detoxify
 
-    batched = ToxicityScorer(ToxicityConfig(checkpoint=checkpoints["random"], device="cpu", batch_size=4))
+    batched = ToxicityScorer(ToxicityConfig(checkpoint=checkpoints["random"], device="cpu", batch_size=batch_size,
+                                            token_budget=token_budget))
     single = ToxicityScorer(ToxicityConfig(checkpoint=checkpoints["random"], device="cpu", batch_size=1))
     together = batched.score(_batch(TEXTS))
     alone = [single.score(_batch([t])) for t in TEXTS]
