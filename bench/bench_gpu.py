@@ -228,7 +228,7 @@ def render(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="CI sizes: a few dozen documents per path")
-    parser.add_argument("--docs", type=int, default=None, help="documents per model path (default 20000; CPU 1000)")
+    parser.add_argument("--docs", type=int, default=None, help="documents per model path (default 20000; CPU 200)")
     parser.add_argument("--chars", type=int, default=600)
     parser.add_argument("--search-docs", type=int, default=None)
     parser.add_argument("--search-history", type=int, default=None)
@@ -238,13 +238,13 @@ def main() -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    default_docs, default_search = (20_000, 100_000) if device == "cuda" else (1_000, 20_000)
+    default_docs, default_search = (20_000, 100_000) if device == "cuda" else (200, 20_000)
     docs = 24 if args.small else args.docs or default_docs
     search_docs = 2_000 if args.small else args.search_docs or default_search
     history = 2_000 if args.small else args.search_history or 2 * search_docs
     dtype = torch.float32
     if device == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     peak = peak_flops(device, dtype)
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPU cores, "

@@ -57,7 +57,7 @@ def resolve_limits(batch_size: Auto, token_budget: Auto, device: str, *, cpu_row
     if device.startswith("cuda"):
         import torch
 
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        free = available_cuda_memory(torch.device(device))
         auto_tokens = int(min(CUDA_MAX_TOKENS, max(max_length, free * CUDA_MEMORY_SHARE // bytes_per_token)))
         auto_rows = CUDA_MAX_ROWS
     else:
@@ -66,6 +66,17 @@ def resolve_limits(batch_size: Auto, token_budget: Auto, device: str, *, cpu_row
     rows = auto_rows if batch_size == AUTO else int(batch_size)
     tokens = auto_tokens if token_budget == AUTO else int(token_budget)
     return BatchLimits(rows=rows, tokens=tokens)
+
+
+def available_cuda_memory(device: torch.device) -> int:
+    """Return the CUDA memory free for new tensors: free on the device plus what torch's cache holds unused.
+
+    The cache is counted as free, so the sizes ``auto`` picks do not shrink after the first batch has filled it.
+    """
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
 def activation_bytes(config: object, max_length: int, dtype_bytes: int) -> int:
@@ -171,7 +182,7 @@ def feature_batches(count: int, preprocess: Callable[[range], dict], limits: Bat
         rowwise = {name: np.asarray(value) for name, value in features.items()
                    if getattr(value, "ndim", 0) == 2 and len(value) == len(chunk)}
         mask = _checked(rowwise["attention_mask"], chunk)
-        if (np.diff(mask, axis=1) > 0).any():  # a mask rising from 0 to 1 along a row is left padding
+        if (np.diff(mask.astype(np.int8), axis=1) > 0).any():  # a mask rising from 0 to 1 along a row: left padding
             raise ValueError("feature_batches needs right padding: the tokenizer pads on the left")
         lengths = mask.sum(axis=1).astype(np.int64)
         out = []
@@ -197,7 +208,8 @@ def _pipelined(count: int, prepare: Callable[[range], list[TokenBatch]], chunk_r
     the tokenizer works on the next; fast tokenizers release the GIL, so the two overlap.
     """
     chunks = [range(lo, min(lo + chunk_rows, count)) for lo in range(0, count, chunk_rows)]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dctp-tokenize") as pool:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dctp-tokenize")
+    try:
         pending = deque(pool.submit(prepare, chunk) for chunk in chunks[:2])
         for chunk in [*chunks[2:], None, None]:
             if not pending:
@@ -206,3 +218,5 @@ def _pipelined(count: int, prepare: Callable[[range], list[TokenBatch]], chunk_r
             if chunk is not None:
                 pending.append(pool.submit(prepare, chunk))
             yield from batches
+    finally:  # a caller that stops early (an error on the device) does not wait for chunks nobody will read
+        pool.shutdown(wait=True, cancel_futures=True)

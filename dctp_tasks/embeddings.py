@@ -59,17 +59,37 @@ def embed_texts(texts: list[str], cfg: EncoderSettings) -> np.ndarray:
 
     model = sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length)
     device = model.device
-    max_length = model.max_seq_length
+    max_length = model.max_seq_length if isinstance(model.max_seq_length, int) else 512
     config = getattr(getattr(model[0], "auto_model", None), "config", None)
     limits = resolve_limits(cfg.batch_size, cfg.token_budget, str(device), cpu_rows=CPU_ROWS, max_length=max_length,
                             bytes_per_token=activation_bytes(config, max_length, 2 if device.type == "cuda" else 4))
     texts = [t if isinstance(t, str) else "" for t in texts]
     out = np.empty((len(texts), _dimension(model)), dtype=np.float32)
+    if not _plain_transformer(model):
+        # a prompt, a static or packed-input model: its own encode, in batches of the configured rows
+        if texts:
+            out[:] = model.encode(texts, batch_size=limits.rows, normalize_embeddings=True, convert_to_numpy=True,
+                                  show_progress_bar=False)
+        return out
     with torch.inference_mode():
         for batch in feature_batches(len(texts), lambda rows: model.preprocess(texts[rows.start:rows.stop]), limits):
             vectors = model(batch.tensors(device))["sentence_embedding"]
             out[batch.rows] = F.normalize(vectors.float(), p=2, dim=1).cpu().numpy()
     return out
+
+
+def _plain_transformer(model: object) -> bool:
+    """Return whether the model's inputs are right-padded token rows with an attention mask and no default prompt.
+
+    Those can be cut into token-budget batches; anything else (a default prompt, which ``encode`` may exclude from
+    pooling; a static-embedding or packed-input model) goes through the model's own ``encode``.
+    """
+    if getattr(model, "default_prompt_name", None) or not isinstance(getattr(model, "max_seq_length", None), int):
+        return False
+    probe = model.preprocess(["a b"])
+    mask = probe.get("attention_mask")
+    return getattr(mask, "ndim", 0) == 2 and len(mask) == 1 and getattr(model.tokenizer, "padding_side",
+                                                                             "right") == "right"
 
 
 def model_dim(cfg: EncoderSettings) -> int:

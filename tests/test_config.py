@@ -175,3 +175,20 @@ def test_config_overrides_from_the_trigger_form_are_checked_before_anything_runs
     with pytest.raises(ValueError, match="may not change 'ingest.sources.x.postgres.table'"):
         resolve_config({"config_overrides": {"ingest.sources.x.postgres.table": "users; DROP TABLE users"}})
     assert resolve_config({"config_overrides": {"normalize.min_chars": 7}}).normalize.min_chars == 7
+
+
+def test_model_batch_sizes_default_to_auto_and_take_numbers_per_run():
+    from dctp_tasks.config import check_run_overrides
+
+    config = load_config()
+    assert config.dedup_semantic.batch_size == config.dedup_semantic.token_budget == "auto"
+    assert config.quality.scorers["perplexity"]["batch_size"] == "auto"
+    overrides = {"dedup_semantic.token_budget": 20_000, "dedup_semantic.batch_size": 512,
+                 "quality.scorers.perplexity.token_budget": 65_536}
+    check_run_overrides(overrides)
+    tuned = load_config(overrides=overrides)
+    assert (tuned.dedup_semantic.batch_size, tuned.dedup_semantic.token_budget) == (512, 20_000)
+    assert tuned.quality.scorers["perplexity"]["token_budget"] == 65_536
+    for bad in (0, -5, "big", 1.5):
+        with pytest.raises(ValueError, match="token_budget"):
+            load_config(overrides={"dedup_semantic.token_budget": bad})

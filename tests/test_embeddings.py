@@ -44,3 +44,20 @@ def test_each_text_embeds_the_same_alone_as_in_its_batch(texts, batch_size, toke
 
 def test_no_texts_give_an_empty_matrix_of_the_models_width():
     assert embed_texts([], SemanticDedupConfig(device="cpu")).shape == (0, 384)
+
+
+def test_a_model_with_a_default_prompt_embeds_through_its_own_encode(texts, tmp_path):
+    """A default prompt (which ``encode`` may leave out of pooling) is not cut into token batches: ``encode`` runs."""
+    from sentence_transformers import SentenceTransformer
+
+    from dctp_tasks.models import default_embedding_model
+
+    prompted = SentenceTransformer(default_embedding_model(), device="cpu", prompts={"doc": "passage: "},
+                                   default_prompt_name="doc")
+    prompted.save(str(tmp_path / "prompted"))
+    got = embed_texts(texts[:20], SemanticDedupConfig(model=str(tmp_path / "prompted"), device="cpu"))
+
+    expected = prompted.encode(texts[:20], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    plain = embed_texts(texts[:20], SemanticDedupConfig(device="cpu"))
+    assert np.abs(got - plain).max() > 0.01, "the prompt changes the vectors"

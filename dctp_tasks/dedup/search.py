@@ -46,17 +46,22 @@ def resolve_backend(search: str, device: str, nlist: int) -> Backend:
 
 
 class TorchIndex:
-    """The index rows held once on the device (fp16 on CUDA, fp32 on the CPU), searched block by block."""
+    """The index rows held once on the device (fp16 on CUDA, fp32 on the CPU), searched block by block.
 
-    def __init__(self, vectors: np.ndarray, device: str = "auto", block_elements: int | None = None) -> None:
+    ``half`` overrides the precision (``True``: fp16 on a CPU too, how tests exercise the fp16 margin without a GPU).
+    """
+
+    def __init__(self, vectors: np.ndarray, device: str = "auto", block_elements: int | None = None,
+                 half: bool | None = None) -> None:
         import torch
 
         from dctp_tasks.models import pick_device
 
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # rescoring reads these, never the copy
         self.device = pick_device(device)
-        self.dtype = torch.float16 if self.device == "cuda" else torch.float32
-        self.margin = FP16_MARGIN if self.device == "cuda" else float32_margin(self.vectors.shape[1])
+        half = self.device == "cuda" if half is None else half
+        self.dtype = torch.float16 if half else torch.float32
+        self.margin = FP16_MARGIN if half else float32_margin(self.vectors.shape[1])
         self.block_elements = block_elements or BLOCK_ELEMENTS[self.device]
         self.rows = self._upload(self.vectors)
 

@@ -71,8 +71,8 @@ def causal_lm(name_or_path: str | None = None,
     resolved = pick_device(device)
     dtype = torch.float32
     if resolved == "cuda":
-        # bf16 where the GPU has it: fp16's narrow range overflows in some LMs' activations, bf16's does not
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 where the GPU has it natively (Ampere and later): fp16's narrow range overflows in some LMs' activations
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local).to(resolved)
     model.eval()

@@ -47,10 +47,11 @@ class PerplexityConfig(BaseModel):
 CPU_ROWS = 16
 """Documents per forward pass on a CPU when the batch size is ``auto``."""
 CPU_LOGIT_BYTES = 256 << 20
-"""Logits computed at once on a CPU: the output head runs over the batch's real tokens in chunks of this size
-(vocabulary x 4 bytes per token), so a batch's logits never exist whole (16 x 512 x 49k floats would be 1.6 GB)."""
+"""Memory of the output head on a CPU: it runs over the batch's real tokens in chunks whose logits, their float32
+copy and log-softmax fit in this (≈ 450 tokens of SmolLM2's 49k vocabulary, what one 512-token row took before), so a
+batch's logits never exist whole (16 x 512 x 49k floats would be 1.6 GB)."""
 CUDA_LOGIT_SHARE = 0.1
-"""Share of free CUDA memory the chunked output head may take (at most 4 GB)."""
+"""Share of available CUDA memory the chunked output head may take (at most 4 GB)."""
 
 
 def mean_token_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str | None],
@@ -61,7 +62,7 @@ def mean_token_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     first word is scored too. Texts run in token-budget batches of similar lengths (``limits``; ``None``: the
     device's ``auto``), tokenized a chunk ahead in a worker thread; padding is right-aligned, masked from attention
     and left out of the loss, so a text scores the same alone or in any batch. The output head runs only on the
-    real tokens, packed, in chunks. A text with nothing to score (empty) gets NaN and 0 tokens.
+    real tokens, packed, in chunks, in float32. A text with nothing to score (empty) gets NaN and 0 tokens.
     """
     import torch
     import torch.nn.functional as F
@@ -85,9 +86,7 @@ def mean_token_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     # any id works as padding: padded positions are masked from attention and never enter the loss
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    head = model.get_output_embeddings()
-    # Models that post-process logits (soft-capping) take the plain path through the whole model.
-    packed = decoder is not None and head is not None and not getattr(model.config, "final_logit_softcapping", None)
+    head = _float32_head(model)
     chunk = _head_chunk(model, device)
     with torch.inference_mode():
         for batch in token_batches(len(cleaned), encode, limits, pad):
@@ -99,11 +98,11 @@ def mean_token_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
             # position t predicts token t + 1: keep the positions whose next token is real
             targets_at = mask[:, 1:].bool()
             targets = input_ids[:, 1:][targets_at]
-            if packed:
+            if decoder is not None and head is not None:
                 hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, :-1][targets_at]
-                losses = torch.cat([F.cross_entropy(head(hidden[lo:lo + chunk]).float(), targets[lo:lo + chunk],
+                losses = torch.cat([F.cross_entropy(head(hidden[lo:lo + chunk]), targets[lo:lo + chunk],
                                                     reduction="none") for lo in range(0, len(targets), chunk)])
-            else:
+            else:  # no separable decoder and head: the whole model's logits (memory: batch x tokens x vocabulary)
                 logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1][targets_at]
                 losses = F.cross_entropy(logits.float(), targets, reduction="none")
             row_of = torch.arange(len(batch.rows), device=device).repeat_interleave(targets_at.sum(dim=1))
@@ -128,14 +127,37 @@ def lm_limits(model: PreTrainedModel, batch_size: int | str, token_budget: int |
 
 def _head_chunk(model: PreTrainedModel, device: torch.device) -> int:
     """Return how many tokens' logits the output head computes at once on ``device``."""
-    vocab = int(model.config.vocab_size)
+    from dctp_tasks.batching import available_cuda_memory
+
+    # per token: the logits in the model's dtype, their float32 copy and the float32 log-softmax
+    per_token = int(model.config.vocab_size) * (next(model.parameters()).element_size() + 8)
     budget = CPU_LOGIT_BYTES
     if device.type == "cuda":
-        import torch
+        budget = int(min(4 << 30, available_cuda_memory(device) * CUDA_LOGIT_SHARE))
+    return max(1, budget // per_token)
 
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = int(min(4 << 30, free * CUDA_LOGIT_SHARE))
-    return max(1, budget // (vocab * 4))
+
+def _float32_head(model: PreTrainedModel):
+    """Return the output head as a function giving float32 logits (soft-capped as the model does), or ``None``.
+
+    A half-precision model's head runs in float32 (its weight converted once): bf16 logits are too coarse for a
+    perplexity (a step of 0.125 at 16-32). Gemma-style ``final_logit_softcapping`` is applied as the model applies it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    weight = head.weight if head.weight.dtype == torch.float32 else head.weight.float()
+    bias = None if head.bias is None else head.bias.float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        out = F.linear(hidden.float(), weight, bias)
+        return torch.tanh(out / cap) * cap if cap else out
+
+    return logits
 
 
 def percentile_quality(values: np.ndarray, domains: np.ndarray) -> np.ndarray:

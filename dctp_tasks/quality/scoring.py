@@ -156,11 +156,14 @@ def code_fingerprint(scorer: type) -> str:
     """
     import dctp_tasks.batching
     import dctp_tasks.embeddings
+    import dctp_tasks.models
     import dctp_tasks.quality.base
     import dctp_tasks.quality.embeddings
+    import dctp_tasks.quality.lm
 
     modules = {inspect.getmodule(scorer), dctp_tasks.quality.base, dctp_tasks.quality.embeddings,
-               dctp_tasks.embeddings, dctp_tasks.batching, inspect.getmodule(code_fingerprint)}
+               dctp_tasks.embeddings, dctp_tasks.batching, dctp_tasks.models, dctp_tasks.quality.lm,
+               inspect.getmodule(code_fingerprint)}
     digest = hashlib.sha256()
     for module in sorted(modules, key=lambda m: m.__name__):
         digest.update(module.__name__.encode() + b"\0" + inspect.getsource(module).encode())

@@ -187,3 +187,37 @@ def test_auto_search_resolves_to_faiss_without_cuda_and_torch_refuses_ivf():
         load_config(overrides={"dedup_semantic.search": "torch", "dedup_semantic.nlist": 16})
     with pytest.raises(ValueError, match="nlist"):
         build_index(np.eye(4, dtype=np.float32), "torch", nlist=2)
+
+
+def _pairs_at_the_radius(radius: float, count: int = 400, spread: float = 1e-4, dim: int = 384):
+    """Return index rows ``u`` and queries ``v`` (float32) whose float64 cosine ``u_i . v_i`` lies within ``spread``
+    of ``radius``: dozens of pairs sit closer to it than float32's rounding, so a search without its margin, or
+    without the float64 rescoring, gets some of them wrong."""
+    rng = np.random.default_rng(7)
+    u = unit(rng.normal(size=(count, dim)))
+    w = rng.normal(size=(count, dim))
+    w -= (w * u).sum(axis=1, keepdims=True) * u
+    w = unit(w)
+    cosine = radius + rng.uniform(-spread, spread, size=count)
+    v = (cosine[:, None] * u + np.sqrt(1 - cosine**2)[:, None] * w).astype(np.float32)
+    return u.astype(np.float32), v
+
+
+@pytest.mark.parametrize(("backend", "spread"), [("faiss", 3e-7), ("torch fp32", 3e-7), ("torch fp16", 2e-3)])
+def test_pairs_within_rounding_of_the_radius_are_judged_exactly(backend, spread):
+    """Cosines packed within the search precision's rounding of the radius: only the margin and the float64
+    rescoring get every one right (without the margin, faiss's fp32 and torch's fp16 searches miss or add pairs
+    here)."""
+    radius = 0.9
+    u, v = _pairs_at_the_radius(radius, spread=spread)
+    exact = np.einsum("ij,ij->i", v.astype(np.float64), u.astype(np.float64))
+    assert 100 < (exact > radius).sum() < 300
+    if backend == "faiss":
+        index = build_index(u, "faiss")
+    else:
+        index = search.TorchIndex(u, "cpu", block_elements=64 * 64, half=backend.endswith("fp16"))
+    rows, hits, cosine = range_search(index, v, radius)
+
+    expected = np.flatnonzero(exact > radius)
+    assert rows.tolist() == expected.tolist() and hits.tolist() == expected.tolist()
+    np.testing.assert_array_equal(cosine, exact[expected].astype(np.float32))

@@ -41,8 +41,14 @@ def _batch(texts, **columns):
     return make_table(texts, **columns).combine_chunks().to_batches()[0]
 
 
-@pytest.mark.parametrize(("batch_size", "token_budget"), [(3, "auto"), ("auto", 40), (2, 300), ("auto", "auto")])
-def test_batched_equals_one_at_a_time(tiny_lm, batch_size, token_budget):
+@pytest.mark.parametrize(("batch_size", "token_budget", "head_bytes"),
+                         [(3, "auto", None), ("auto", 40, None), (2, 300, 20_000), ("auto", "auto", 5_000)])
+def test_batched_equals_one_at_a_time(tiny_lm, batch_size, token_budget, head_bytes, monkeypatch):
+    """Any batch size, token budget or output-head chunk (down to ~1 token of logits) gives each text its own score."""
+    from dctp_tasks.quality import perplexity
+
+    if head_bytes:
+        monkeypatch.setattr(perplexity, "CPU_LOGIT_BYTES", head_bytes)
     batched = PerplexityScorer(PerplexityConfig(model=tiny_lm, device="cpu", batch_size=batch_size,
                                                 token_budget=token_budget, max_tokens=256))
     single = PerplexityScorer(PerplexityConfig(model=tiny_lm, device="cpu", batch_size=1, max_tokens=256))
@@ -75,6 +81,33 @@ def test_perplexity_matches_the_models_own_loss(tiny_lm):
     got = scorer.score(_batch([TEXTS[0], text]))
     assert got["perplexity"][1] == pytest.approx(expected, rel=1e-4)
     assert got["tokens"][1] == ids.shape[1] - 1
+
+
+def test_a_soft_capped_lm_scores_its_own_loss(tiny_lm, tmp_path):
+    """Gemma-style final-logit soft-capping is applied in the packed head, as the model's own loss applies it."""
+    import torch
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    from dctp_tasks.quality.perplexity import mean_token_nll
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                          final_logit_softcapping=3.0, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config).eval()
+    for layer in model.modules():  # large weights, so the cap at 3.0 bites
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=0.5)
+    texts = [TEXTS[3], TEXTS[1]]
+    nll, counts = mean_token_nll(model, tokenizer, texts)
+    for i, text in enumerate(texts):
+        ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(text)["input_ids"]]])
+        with torch.inference_mode():
+            output = model(input_ids=ids, labels=ids)
+        assert output.logits.abs().max() <= 3.0
+        assert nll[i] == pytest.approx(float(output.loss), rel=1e-4) and counts[i] == ids.shape[1] - 1
 
 
 def test_quality_is_one_minus_the_percentile_within_each_domain():
