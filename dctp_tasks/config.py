@@ -83,6 +83,9 @@ class SourceConfig(_Strict):
     join_with: str = "\n\n"
     postgres: PostgresSourceConfig | None = None
     enabled: bool = True
+    license: str | None = None
+    """The source's license (an SPDX id such as ``cc-by-sa-3.0``, or a short note); dataset cards list it per source
+    and derive the dataset's ``license`` from it."""
     allow_empty: bool = False
     """This source may have no data on a day: the run does not wait for it (``IngestConfig.wait_timeout_minutes``)
     nor fail without it. Off, a day without its files (or table rows) waits, then fails naming the source."""
@@ -273,6 +276,60 @@ class SemanticDedupConfig(_Strict):
         return self.domain_thresholds.get(domain, self.threshold) if domain is not None else self.threshold
 
 
+class CardConfig(_Strict):
+    """What a dataset card states that the data cannot tell: its name, license and intended tasks."""
+
+    pretty_name: str | None = None
+    """The card's title; default the table's name."""
+    license: str | None = None
+    """The dataset's license (Hugging Face ``license`` key); default the sources' licenses, ``other`` when they
+    differ, ``unknown`` when none is configured."""
+    task_categories: list[str] = Field(default_factory=lambda: ["text-generation"])
+    """Hugging Face ``task_categories`` of the card."""
+    annotations_creators: list[str] = Field(default_factory=lambda: ["expert-generated", "machine-generated"])
+    """Hugging Face ``annotations_creators``: experts judge, scorers and generators label the rest."""
+    source_datasets: list[str] = Field(default_factory=list)
+    """Hugging Face ``source_datasets`` (``original`` when empty)."""
+    description: str = ""
+    """A paragraph that opens the card's body (Markdown)."""
+
+
+#: Validation checks of an exported version, each with a severity: ``error`` stops the export, ``warn`` reports.
+VALIDATION_CHECKS = ("schema", "empty_text", "duplicate_doc_id", "split_leakage", "balance", "pii", "scores")
+
+
+class ValidationConfig(_Strict):
+    """Checks run on every version before ``export`` commits it, and by ``dctp validate``."""
+
+    enabled: bool = True
+    severities: dict[str, Literal["error", "warn", "off"]] = Field(default_factory=lambda: {
+        "schema": "error", "empty_text": "error", "duplicate_doc_id": "error", "split_leakage": "error",
+        "balance": "warn", "pii": "warn", "scores": "error"})
+    """Each check's severity; a check left out keeps its default."""
+    max_domain_share: float = Field(0.8, gt=0.0, le=1.0)
+    """The largest share of the version's rows one domain may hold (balance)."""
+    max_source_share: float = Field(1.0, gt=0.0, le=1.0)
+    """The largest share one source may hold (balance); 1.0 allows a single-source dataset."""
+    domain_ceilings: dict[str, float] = Field(default_factory=dict)
+    """Per-domain ceilings that replace ``max_domain_share`` for those domains."""
+    pii_sample: int = Field(2_000, ge=0)
+    """Rows the PII scorer re-checks (a seeded sample); 0 skips the check."""
+    max_pii_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """The largest share of sampled rows that may still hold PII after redaction."""
+    seed: int = 0
+
+    @field_validator("severities")
+    @classmethod
+    def _known_checks(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(VALIDATION_CHECKS))
+        if unknown:
+            raise ValueError(f"unknown validation check(s) {unknown}; known: {list(VALIDATION_CHECKS)}")
+        return value
+
+    def severity(self, check: str) -> str:
+        return self.severities.get(check) or ValidationConfig.model_fields["severities"].default_factory()[check]
+
+
 class ExportConfig(_Strict):
     dataset_name: str = Field("curated", pattern=NAME_PATTERN)
     """The Delta table's name: ``datasets/{dataset_name}`` under the data root (one path segment)."""
@@ -286,6 +343,8 @@ class ExportConfig(_Strict):
     """Share of doc_ids hashed into ``validation``; stable across versions because it hashes the id."""
     test_fraction: float = Field(0.05, ge=0.0, le=0.5)
     """Share of doc_ids hashed into ``test``."""
+    card: CardConfig = Field(default_factory=CardConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
 
 class TrackingConfig(_Strict):

@@ -2,7 +2,7 @@
 report — re-decide a date with new quality thresholds, train a classifier scorer, score any file, check that
 runs can start (``dctp doctor``), and work with the feedback store: its schema (``dctp db upgrade``), the queue,
 judging in the terminal (``dctp annotate``), importing and exporting judgements, and comparing active-learning
-strategies offline (``dctp al-simulate``).
+strategies offline (``dctp al-simulate``); and write a version as training files (``dctp materialize``).
 
 The data root comes from ``--root`` or ``$DCTP_DATA_ROOT`` (default ``$AIRFLOW_HOME/dctp-data``); S3 roots use
 the AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …).
@@ -26,6 +26,8 @@ from dctp_tasks.cli.doctor import add_parser as add_doctor_parser
 from dctp_tasks.cli.doctor import doctor
 from dctp_tasks.cli.score import add_parser as add_score_parser
 from dctp_tasks.cli.score import score_file
+from dctp_tasks.cli.views import add_parser as add_views_parser
+from dctp_tasks.cli.views import materialize_command, render_materialized
 from dctp_tasks.config import load_config
 from dctp_tasks.export import METADATA_PREFIX, committed_ledger, open_table
 from dctp_tasks.feedback.db import SchemaOutdated
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     add_doctor_parser(sub)
     feedback_cli.add_parsers(sub)
     add_al_simulate_parser(sub)
+    add_views_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "doctor":  # it checks the data root and the config itself, failures included
@@ -363,6 +366,8 @@ def _render(command: str, out) -> str:
         return "\n".join(lines)
     if command == "train-scorer":
         return json.dumps(out, indent=2, default=str)
+    if command == "materialize":
+        return render_materialized(out)
     if command in ("score", "al-simulate"):
         return out["summary"]
     if command == "queue":
@@ -387,5 +392,5 @@ COMMANDS = {"versions": versions, "show": show, "files": files, "diff": diff, "l
             "rescore": rescore, "train-scorer": train_scorer, "score": score_file, "db": feedback_cli.db_command,
             "queue": feedback_cli.queue_command, "annotate": feedback_cli.annotate_command,
             "feedback": feedback_cli.feedback_command, "weights": feedback_cli.weights_command,
-            "al-simulate": al_simulate}
+            "al-simulate": al_simulate, "materialize": materialize_command}
 
