@@ -62,9 +62,10 @@ bench: install
 	$(BIN)/python bench/bench_annotate.py --items 100000
 	$(BIN)/python bench/bench_synthetic.py --rows 24
 	$(BIN)/python bench/bench_gpu.py
+	$(BIN)/python bench/bench_views.py --rows 1000000
 
 lint: install
 	$(BIN)/ruff check dctp_tasks dags plugins include tests bench
 
 clean:
-	rm -rf $(DEMO_HOME) .bench .bench-dedup .bench-quality .bench-selection .bench-merge .bench-synthetic .bench-gpu .artifacts .pytest_cache .ruff_cache
+	rm -rf $(DEMO_HOME) .bench .bench-dedup .bench-quality .bench-selection .bench-merge .bench-synthetic .bench-gpu .bench-views .artifacts .pytest_cache .ruff_cache

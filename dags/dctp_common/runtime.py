@@ -102,6 +102,10 @@ def track(run: RunContext, started: dict, result) -> dict:
         tracking.log_metrics(cfg, started["mlflow_run_id"], result.metrics())
         if report:
             tracking.log_text(cfg, started["mlflow_run_id"], f"reports/{result.stage}.md", report)
+        for key, name in (("validation", "reports/validation.html"), ("card", "card/README.md")):
+            if result.extra.get(key):
+                tracking.log_bytes(cfg, started["mlflow_run_id"], name,
+                                   run.storage.read_bytes(run.storage.path(result.extra[key])))
         for plot in filter(None, str(result.extra.get("plots", "")).split(",")):
             tracking.log_bytes(cfg, started["mlflow_run_id"], f"plots/{plot.rsplit('/', 1)[1]}",
                                run.storage.read_bytes(run.storage.path(plot)))
@@ -267,7 +271,18 @@ def export_with_feedback(run: RunContext, started: dict, **kwargs: Any) -> dict:
                 stamp_merge(store, int(merge_id), result.extra["table_version"])
         # every partition, this date's too: a document judged bad after this run merged (by an apply pass) goes now
         result.extra.update(retract_rejected(run, started))
+        result.extra["card"] = store_card(run)
     return track(run, started, result)
+
+
+def store_card(run: RunContext) -> str:
+    """Write the dataset card of the table's latest version as ``reports/dt=D/card.md``; return its path."""
+    from dctp_tasks.export.card import build_card
+
+    path = ("reports", f"dt={run.dt}", "card.md")
+    run.storage.write_bytes(run.storage.path(*path), build_card(
+        run.storage, run.config.export.dataset_name, None, run.config).encode())
+    return "/".join(path)
 
 
 def synthetic_metadata(run: RunContext, synthesized: dict) -> dict[str, str | int]:

@@ -1,11 +1,12 @@
-"""``dctp``: look at what the pipeline exported — versions, contents, files, diffs, each date's ledger and score
-report — re-decide a date with new quality thresholds, train a classifier scorer, score any file, check that
-runs can start (``dctp doctor``), and work with the feedback store: its schema (``dctp db upgrade``), the queue,
-judging in the terminal (``dctp annotate``), importing and exporting judgements, and comparing active-learning
-strategies offline (``dctp al-simulate``); and write a version as training files (``dctp materialize``).
+"""``dctp``: look at what the pipeline exported — versions, contents, files, diffs, each date's ledger and score report
+— re-decide a date with new quality thresholds, train a classifier scorer, score any file, check that runs can start
+(``dctp doctor``), and work with the feedback store: its schema (``dctp db upgrade``), the queue, judging in the
+terminal (``dctp annotate``), importing and exporting judgements, and comparing active-learning strategies offline
+(``dctp al-simulate``); and write a version as training files (``dctp materialize``), print its dataset card (``dctp
+card``) and validate it (``dctp validate``).
 
-The data root comes from ``--root`` or ``$DCTP_DATA_ROOT`` (default ``$AIRFLOW_HOME/dctp-data``); S3 roots use
-the AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …).
+The data root comes from ``--root`` or ``$DCTP_DATA_ROOT`` (default ``$AIRFLOW_HOME/dctp-data``); S3 roots use the
+AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from dctp_tasks.cli.doctor import doctor
 from dctp_tasks.cli.score import add_parser as add_score_parser
 from dctp_tasks.cli.score import score_file
 from dctp_tasks.cli.views import add_parser as add_views_parser
-from dctp_tasks.cli.views import materialize_command, render_materialized
+from dctp_tasks.cli.views import (
+    card_command,
+    materialize_command,
+    render_materialized,
+    render_validation,
+    validate_command,
+)
 from dctp_tasks.config import load_config
 from dctp_tasks.export import METADATA_PREFIX, committed_ledger, open_table
 from dctp_tasks.feedback.db import SchemaOutdated
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=2, default=str) if args.json else _render(args.command, out))
     except BrokenPipeError:  # piped into head: the reader has what it wanted
         sys.stderr.close()
-    return 0
+    return 1 if args.command == "validate" and not out["ok"] else 0
 
 
 def versions(storage: Storage, dataset: str, args) -> list[dict]:
@@ -368,6 +375,10 @@ def _render(command: str, out) -> str:
         return json.dumps(out, indent=2, default=str)
     if command == "materialize":
         return render_materialized(out)
+    if command == "card":
+        return f"card of version {out['version']} written to {out['out']}" if out["out"] else out["text"]
+    if command == "validate":
+        return render_validation(out)
     if command in ("score", "al-simulate"):
         return out["summary"]
     if command == "queue":
@@ -392,5 +403,6 @@ COMMANDS = {"versions": versions, "show": show, "files": files, "diff": diff, "l
             "rescore": rescore, "train-scorer": train_scorer, "score": score_file, "db": feedback_cli.db_command,
             "queue": feedback_cli.queue_command, "annotate": feedback_cli.annotate_command,
             "feedback": feedback_cli.feedback_command, "weights": feedback_cli.weights_command,
-            "al-simulate": al_simulate, "materialize": materialize_command}
+            "al-simulate": al_simulate, "materialize": materialize_command,
+            "card": card_command, "validate": validate_command}
 

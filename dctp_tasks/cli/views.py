@@ -1,12 +1,17 @@
 """``dctp materialize VERSION --format F --out URI``: write a table version as sharded training files with a
-manifest (and its dataset card, ``README.md``), to a local folder or ``s3://…``."""
+manifest (and its dataset card, ``README.md``), to a local folder or ``s3://…``; ``dctp card VERSION`` prints a
+version's dataset card; ``dctp validate VERSION`` runs the validation checks and can write the HTML report."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dctp_tasks.config import load_config
+from dctp_tasks.export import open_table
+from dctp_tasks.export.card import build_card
 from dctp_tasks.export.formats import COMPRESSIONS, FORMATS, FormatOptions
+from dctp_tasks.export.validate import render_html, validate_dataset
 from dctp_tasks.export.views import DEFAULT_SHARD_ROWS, SPLITS, ViewSpec, materialize
 from dctp_tasks.storage import Storage
 
@@ -39,6 +44,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="chat: a weight on the assistant turn, a constant or each row's sampling_weight")
     view.add_argument("--with-weights", action="store_true",
                       help="add each row's sampling_weight to every JSON record")
+    card = sub.add_parser("card", help="a version's dataset card (Hugging Face YAML front matter + Markdown)")
+    card.add_argument("version", type=int)
+    card.add_argument("--out", default=None, help="write the card to this file instead of printing it")
+    validate = sub.add_parser("validate", help="run the validation checks on a version (schema, empty text, "
+                                               "duplicates, split leakage, balance, PII, scores)")
+    validate.add_argument("version", type=int)
+    validate.add_argument("--html", default=None, help="also write the HTML report (with plots) to this file")
 
 
 def materialize_command(storage: Storage, dataset: str, args: argparse.Namespace) -> dict:
@@ -61,4 +73,30 @@ def render_materialized(manifest: dict) -> str:
     lines += [f"  {split:<12} {rows:>10,}" for split, rows in manifest["splits"].items()]
     lines += [f"  not expressible in {manifest['format']}: {count:,} ({reason})"
               for reason, count in manifest["skipped"].items()]
+    return "\n".join(lines)
+
+
+def card_command(storage: Storage, dataset: str, args: argparse.Namespace) -> dict:
+    text = build_card(storage, dataset, args.version, load_config())
+    if args.out:
+        Path(args.out).write_text(text)
+    return {"version": args.version, "out": args.out, "text": text}
+
+
+def validate_command(storage: Storage, dataset: str, args: argparse.Namespace) -> dict:
+    """Validate a committed version; a failed ``error`` check makes the command exit non-zero."""
+    report = validate_dataset(open_table(storage, dataset, args.version).to_pyarrow_dataset(), load_config())
+    if args.html:
+        Path(args.html).write_text(render_html(report, title=f"Validation of {dataset} version {args.version}"))
+    return {"version": args.version, "html": args.html, **report.to_dict()}
+
+
+def render_validation(out: dict) -> str:
+    lines = [f"validation of version {out['version']}: {out['rows']:,} rows, "
+             + ("ok" if out["ok"] else f"FAILED ({', '.join(out['errors'])})")]
+    for check in out["checks"]:
+        state = "skipped" if check["severity"] == "off" else "pass" if check["passed"] else "FAIL"
+        lines.append(f"  {check['name']:<18} {state:<7} {check['severity']:<5}  {check['detail']}")
+    if out["html"]:
+        lines.append(f"report: {out['html']}")
     return "\n".join(lines)

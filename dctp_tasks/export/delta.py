@@ -31,6 +31,7 @@ from deltalake.transaction import AddAction, create_table_with_add_actions
 import dctp_tasks
 from dctp_tasks.config import ExportConfig, PipelineConfig
 from dctp_tasks.export.ledger import collect_ledgers, ledger_for_run, read_ledger, write_ledger
+from dctp_tasks.export.validate import ValidationFailed, render_html, validate_dataset
 from dctp_tasks.ledger import check_ledger, ledger_report
 from dctp_tasks.pii import redact_pii
 from dctp_tasks.records import EXPORT_SCHEMA, conform, split_for, with_column
@@ -110,6 +111,7 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
                                 split_for(batch.column("doc_id"), cfg.validation_fraction, cfg.test_fraction))
             files.write(conform(meta.apply(table), schema))
         actions = files.close()
+        validation = _validate(storage, config, dt, schema, actions)
         version, attempts = _commit(storage, cfg.dataset_name, upstream, actions, dt, custom, token, amend)
     try:
         collect_ledgers(storage, cfg.dataset_name, dt)
@@ -118,10 +120,39 @@ def export_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *
     result = StageResult(STAGE, uri, total=files.rows, kept=files.rows)
     result.seconds = timer.seconds
     result.extra = {"table_version": version, "files": len(actions), "commit_attempts": attempts,
-                    "ledger_version": ledger_version, "meta_keys_dropped": meta.dropped}
+                    "ledger_version": ledger_version, "meta_keys_dropped": meta.dropped, **validation}
     log.info("export dt=%s: %d rows in %d files committed as version %d of %s (attempt %d)", dt, files.rows,
              len(actions), version, uri, attempts)
     return result
+
+
+def _validate(storage: Storage, config: PipelineConfig, dt: str, schema: pa.Schema,
+              actions: list[AddAction]) -> dict[str, str]:
+    """Validate the version this commit would make (the table's other dates plus the new files); store the HTML
+    report as ``reports/dt=D/validation.html``. A failed ``error`` check deletes the new files and raises
+    ``ValidationFailed``: nothing is committed."""
+    cfg = config.export
+    if not cfg.validation.enabled:
+        return {}
+    table_dir = dataset_dir(cfg.dataset_name)
+    existing = _existing(storage.uri(table_dir), storage.delta_storage_options())
+    others = existing.file_uris(partition_filters=[(PARTITION, "!=", dt)]) if existing is not None else []
+    paths = [uri.split("://", 1)[-1] for uri in others] + [storage.path(table_dir, a.path) for a in actions]
+    dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=storage.fs,
+                         partitioning=ds.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
+                         partition_base_dir=storage.path(table_dir))
+    report = validate_dataset(dataset, config)
+    location = ("reports", f"dt={dt}", "validation.html")
+    storage.write_bytes(storage.path(*location), render_html(
+        report, title=f"Validation of {cfg.dataset_name} with dt={dt} from this run").encode())
+    for check in report.checks:
+        if not check.passed and check.severity != "off":
+            log.warning("validation of dt=%s: %s (%s) failed: %s", dt, check.name, check.severity, check.detail)
+    if not report.ok:
+        storage.delete_files([storage.path(table_dir, a.path) for a in actions])
+        raise ValidationFailed(report, where=storage.uri(*location))
+    return {"validation": "/".join(location),
+            "validation_warnings": ",".join(c.name for c in report.checks if not c.passed and c.severity == "warn")}
 
 
 def _commit(storage: Storage, name: str, upstream: pa.Schema, actions: list[AddAction], dt: str,

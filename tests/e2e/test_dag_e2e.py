@@ -205,11 +205,13 @@ def check_mlflow(dt_runs: list[str]) -> None:
         assert metrics["dedup_near.dropped_near_duplicate"] > 0  # the demo corpus has edited copies every day
         assert finished[0].data.params["normalize.min_chars"] == "50"
         artifacts = {a.path for a in client.list_artifacts(finished[0].info.run_id)}
-        assert {"ledger.json", "ledger.txt", "reports"} <= artifacts
+        assert {"ledger.json", "ledger.txt", "reports", "card"} <= artifacts
         reports = {a.path for a in client.list_artifacts(finished[0].info.run_id, "reports")}
         assert reports == {"reports/dedup_near.md", "reports/dedup_semantic.md", "reports/quality.md",
                            "reports/select_for_annotation.md", "reports/merge_feedback.md",
-                           "reports/generate_synthetic.md"}  # its plan: no domain short by the default config
+                           "reports/generate_synthetic.md",  # its plan: no domain short by the default config
+                           "reports/validation.html"}  # the version export checked before committing
+        assert {a.path for a in client.list_artifacts(finished[0].info.run_id, "card")} == {"card/README.md"}
         plots = {a.path for a in client.list_artifacts(finished[0].info.run_id, "plots")}
         assert {"plots/quality.png", "plots/heuristics.png", "plots/pii.png"} <= plots
         verdicts = metrics["quality.pass"] + metrics["quality.review"] + metrics["quality.fail"]

@@ -275,3 +275,31 @@ def test_dctp_materialize_command(table_root, tmp_path, capsys):
     assert all(r["messages"][0] == {"role": "system", "content": "hi"} and "sampling_weight" in r for r in records)
     assert main(["materialize", "2", "--format", "chat", "--out", str(out), "--where", "__import__('os')"]) == 2
     assert "only comparisons" in capsys.readouterr().err
+
+
+def test_the_view_carries_its_dataset_card(table_root, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    manifest = materialize(table_root, "curated", None, out := view(tmp_path, "card"), ViewSpec("chat", shard_rows=60))
+    card = DatasetCard(out.read_bytes(out.path("README.md")).decode())
+    [config] = card.data.configs
+    listed = {entry["split"]: entry["path"] if isinstance(entry["path"], list) else [entry["path"]]
+              for entry in config["data_files"]}
+    assert listed == {split: [f["path"] for f in manifest["files"] if f["split"] == split]
+                      for split in manifest["splits"]}
+    assert "run-1" in card.text and "run-2" in card.text
+
+
+def test_dctp_card_and_validate_commands(table_root, tmp_path, capsys, monkeypatch):
+    assert main(["card", "2", "--out", str(tmp_path / "card.md")]) == 0
+    assert (tmp_path / "card.md").read_text().startswith("---\n")
+    capsys.readouterr()
+    assert main(["--json", "validate", "2", "--html", str(tmp_path / "report.html")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and out["rows"] == 500 and {c["name"] for c in out["checks"]} >= {"schema", "split_leakage"}
+    assert "split_leakage" in (tmp_path / "report.html").read_text()
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("export:\n  validation:\n    max_source_share: 0.5\n    severities: {balance: error}\n")
+    monkeypatch.setenv("DCTP_CONFIG", str(strict))
+    assert main(["validate", "2"]) == 1  # "web" holds two thirds of the rows
+    assert "FAILED (balance)" in capsys.readouterr().out
