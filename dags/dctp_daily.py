@@ -51,6 +51,9 @@ before `select_for_annotation`
 * **Backfills**: re-running any date gives the same result (with the judgements made so far applied); the dedup
   tasks, `merge_feedback`, `generate_synthetic` and `export` wait for the previous date (`depends_on_past`), so
   history has no holes.
+* **Validation, card, Asset**: `export` commits only a version that passes the validation checks (`dctp validate`;
+  report `reports/dt=D/validation.html`), logs the version's dataset card, and emits an event of the Asset
+  `dctp_curated` with the version in its extra: training DAGs schedule on it (`dags/examples/`).
 * **Tracking**: one MLflow run per DAG run (experiment `dctp_daily`, run name = run id).
 
 Trigger with config to override thresholds for one run (see the Params).
@@ -62,6 +65,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 
+from dctp_common.assets import CURATED
 from dctp_common.compat import CronDataIntervalTimetable
 from dctp_common.dag_defaults import (
     CONFIG_OVERRIDES,
@@ -256,7 +260,7 @@ def dctp_daily():
         run = _ctx()
         return _stage(run, started, generate_synthetic_day, upstream=merged, endpoints=llm_endpoints(run.config))
 
-    @task(depends_on_past=True)
+    @task(depends_on_past=True, outlets=[CURATED])
     def export(started: dict, ingested: dict, decided: dict, merged: dict, synthesized: dict,
                dropped: list[dict]) -> dict:
         """Commit the merged rows to the Delta table as one new version replacing only their date, with the ledger

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from dctp_common.assets import CURATED
 from dctp_common.dag_defaults import CONFIG_OVERRIDES, DEFAULT_ARGS, QUALITY_PARAMS
 
 RESCORE_PARAMS = {
@@ -108,7 +109,7 @@ def dctp_rescore():
         return _stage(_ctx(), started, redecide_synthetic_day, upstream=merged,
                       candidates_dag_id=synthetic["dag_id"] or "", candidates_version=synthetic["version"])
 
-    @task
+    @task(outlets=[CURATED])
     def export(started: dict, decided: dict, merged: dict, synthesized: dict) -> dict:
         """Commit the re-decided date as a new Delta version replacing only that date, if no other export of the
         date committed meanwhile; its ledger is the re-decided commit's with the quality and merge drops replaced."""

@@ -34,6 +34,9 @@ CORE_SCHEMA = pa.schema(
     ]
 )
 
+#: The ``source`` of every generated row: no real source's credibility or weight ever counts one.
+SYNTHETIC_SOURCE = "synthetic"
+
 #: Columns added by the spine's stages, in order.
 NORMALIZED_FIELDS = [pa.field("lang", pa.string()), pa.field("lang_score", pa.float32())]
 DEDUP_FIELDS = [pa.field("content_hash", pa.string())]

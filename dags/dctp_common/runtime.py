@@ -263,6 +263,7 @@ def export_with_feedback(run: RunContext, started: dict, **kwargs: Any) -> dict:
     from dctp_tasks.export import export_day
     from dctp_tasks.feedback.consensus_db import stamp_merge
 
+    check_asset(run)
     with table_lock(run.config), permanent_errors():
         result = export_day(run.storage, run.config, run.dag_id, run.dt, **kwargs)
         merge_id = (kwargs.get("metadata") or {}).get("merge_id")
@@ -272,7 +273,35 @@ def export_with_feedback(run: RunContext, started: dict, **kwargs: Any) -> dict:
         # every partition, this date's too: a document judged bad after this run merged (by an apply pass) goes now
         result.extra.update(retract_rejected(run, started))
         result.extra["card"] = store_card(run)
+    announce_version(run, result)
     return track(run, started, result)
+
+
+def check_asset(run: RunContext) -> None:
+    """Fail at once when the curated table's Asset (named from the environment at parse time) is not the table the
+    config exports to: DAGs scheduled on it would be told about the wrong table."""
+    from dctp_common.assets import dataset_name
+
+    configured = run.config.export.dataset_name
+    if configured != dataset_name():
+        raise AirflowFailException(
+            f"export.dataset_name is {configured!r} but the DAGs' Asset names the table {dataset_name()!r}: set "
+            f"DCTP_DATASET_NAME={configured} for the scheduler, dag-processor and workers")
+
+
+def announce_version(run: RunContext, result) -> None:
+    """Put the version just committed on the curated table's Asset event, for DAGs scheduled on the Asset: the
+    latest version (after any retraction), the date, the table URI and the date's rows."""
+    from airflow.sdk import get_current_context
+
+    from dctp_common.assets import CURATED
+    from dctp_tasks.export import dataset_dir
+
+    retracted = int(result.extra.get("retract_version", -1))
+    version = max(int(result.extra["table_version"]), retracted)
+    get_current_context()["outlet_events"][CURATED].extra = {
+        "version": version, "dt": run.dt, "table": run.storage.uri(dataset_dir(run.config.export.dataset_name)),
+        "rows": int(result.kept), "dag_id": run.dag_id, "run_id": run.run_id}
 
 
 def store_card(run: RunContext) -> str:
@@ -477,3 +506,28 @@ def notify(context: dict[str, Any]) -> None:
         notifier.notify(context)
     except Exception:  # a broken notifier must not hide the task's own failure
         log.exception("DCTP failure notifier %s failed", target)
+
+
+def materialize_announced(events, params: dict[str, Any], *, fmt: str) -> dict:
+    """Materialize the newest version the curated table's Asset ``events`` announce as a ``fmt`` view, under
+    ``{root}/views/{table}/v{version}-{fmt}``; return the manifest's summary (a re-run finds the view finished)."""
+    from dctp_tasks.export.formats import FormatOptions
+    from dctp_tasks.export.views import ViewSpec, materialize
+
+    with permanent_errors():
+        versions = [int(e.extra["version"]) for e in events if (e.extra or {}).get("version") is not None]
+        if not versions:
+            raise ValueError(f"none of the {len(events)} triggering event(s) names a table version: this DAG runs "
+                             "on the events export emits (a manual asset event carries no version)")
+        config = load_config()
+        spec = ViewSpec(fmt, split=params.get("split"),
+                        options=FormatOptions(system_prompt=params.get("system_prompt")))
+    storage = data_storage()
+    name, version = config.export.dataset_name, max(versions)
+    out = Storage(storage.uri("views", name, f"v{version}-{fmt}"), storage.s3)
+    with permanent_errors():
+        manifest = materialize(storage, name, version, out, spec, config=config)
+    log.info("materialized version %d of %s as %s: %d rows in %d files at %s", version, name, fmt,
+             manifest["rows"], len(manifest["files"]), out.root)
+    return {"version": version, "out": out.root, "rows": manifest["rows"], "files": len(manifest["files"]),
+            "view_id": manifest["view_id"], "skipped": manifest["skipped"]}

@@ -18,8 +18,8 @@ from dctp_tasks.export.delta import dataset_dir, open_table
 from dctp_tasks.export.ledger import read_ledger
 from dctp_tasks.export.lineage import version_lineage
 from dctp_tasks.ledger import OUTCOMES, ledger_report
+from dctp_tasks.records import SYNTHETIC_SOURCE
 from dctp_tasks.storage import Storage
-from dctp_tasks.synthetic.candidates import SOURCE as SYNTHETIC_SOURCE
 
 NULL = "(none)"
 """The group name of rows whose column is null."""

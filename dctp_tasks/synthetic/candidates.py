@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 
 import dctp_tasks
-from dctp_tasks.records import LINEAGE_TYPE, content_hashes, params_hash, sha1_hex
+from dctp_tasks.records import LINEAGE_TYPE, SYNTHETIC_SOURCE, content_hashes, params_hash, sha1_hex
 from dctp_tasks.synthetic.generators import Generation
 from dctp_tasks.synthetic.prompts import Template
 from dctp_tasks.synthetic.seeds import Chunk
 
-SOURCE = "synthetic"
+SOURCE = SYNTHETIC_SOURCE
 """The ``source`` of every generated row: its own, so no real source's credibility or weights ever count it."""
 
 # why a generated pair is malformed (the detail of its ``synthetic_malformed`` ledger row)

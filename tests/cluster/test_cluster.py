@@ -5,7 +5,8 @@ other task on the CPU worker (queue ``default``), one Delta version and one MLfl
 date runs while S3 fails twice: landing-file downloads are cut mid-response while ``ingest`` reads them, then every
 connection is reset while ``normalize`` runs. Both tasks are retried, nothing is quarantined for it, and the day's
 exported and dropped rows add up to the rows really in its landing files. Last, ``dctp_rescore`` re-decides a date
-while ``dctp_daily`` re-runs the same date: both commit, and every version balances against its own ledger.
+while ``dctp_daily`` re-runs the same date: both commit, and every version balances against its own ledger. Each
+version export commits is an Asset event that triggers the example DAG ``dctp_materialize_chat``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.conftest import REPO
 DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
 FAULT_DATE = "2026-01-04"
 DAG_ID = "dctp_daily"
+CONSUMER = "dctp_materialize_chat"
 #: The tasks that run while S3 fails: ingest while it downloads landing files, normalize between a read and a write.
 READ_FAULT_TASK = "ingest"
 FAULT_TASK = "normalize"
@@ -142,6 +144,11 @@ def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
     assert gpu_tasks == {"dedup_semantic": "gpu", "score_models": "gpu", "generate_synthetic": "gpu",
                          "preflight_gpu": "default_pool"}, gpu_tasks
     assert cluster.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})["is_paused"] is False
+    # the example training DAG, scheduled on the curated table's Asset: paused when created, turned on here
+    cluster.wait(f"{CONSUMER} to be parsed", lambda: cluster.api("GET", f"/dags/{CONSUMER}/details")["dag_id"], 240)
+    consumer = cluster.api("GET", f"/dags/{CONSUMER}")
+    assert consumer["is_paused"] is True, "the example consumer DAG must start paused"
+    assert cluster.api("PATCH", f"/dags/{CONSUMER}", json={"is_paused": False})["is_paused"] is False
 
     created = cluster.backfill(DAG_ID, DATES)
     runs = cluster.wait_for_runs(DAG_ID, created["id"], DATES, BACKFILL_TIMEOUT)
@@ -168,6 +175,37 @@ def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
         assert found.info.status == "FINISHED" and found.data.tags["dt"] == dt
         assert found.data.metrics["ledger.exported"] == found.data.metrics["export.kept"]
     assert len(mlflow_runs) == len(DATES)
+
+
+def test_each_new_version_triggers_the_example_training_dag(landed: Cluster):
+    """export's Asset event schedules ``dctp_materialize_chat``, which writes the announced version as a chat view."""
+    from dctp_tasks.export import open_table
+    from dctp_tasks.export.formats import expressible
+    from dctp_tasks.export.views import read_manifest
+    from dctp_tasks.storage import Storage
+
+    cluster = landed
+    if len(commits(cluster)) < len(DATES):
+        pytest.skip("needs the dates backfilled by test_backfill_through_rest_api_routes_gpu_tasks")
+    storage = cluster.storage()
+    latest = open_table(storage, "curated").version()
+
+    def newest_view():
+        runs = cluster.api("GET", f"/dags/{CONSUMER}/dagRuns", params={"limit": 100})["dag_runs"]
+        assert all(r["state"] != "failed" for r in runs), f"{CONSUMER} failed:\n{cluster.logs()}"
+        done = [cluster.xcom(CONSUMER, r["dag_run_id"], "materialize_chat") for r in runs if r["state"] == "success"]
+        return next((d for d in done if d["version"] == latest), None)
+
+    runs = cluster.api("GET", f"/dags/{CONSUMER}/dagRuns", params={"limit": 100})["dag_runs"]
+    assert runs and all(r["run_type"] == "asset_triggered" for r in runs), runs
+    view = cluster.wait(f"{CONSUMER} to materialize version {latest}", newest_view, 600, interval=5)
+    out = Storage(view["out"], storage.s3)
+    manifest = read_manifest(out)
+    assert manifest["version"] == latest and manifest["format"] == "chat"
+    rows = open_table(storage, "curated", latest).to_pyarrow_dataset().to_table(columns=["prompt", "response"])
+    pairs = pc.sum(expressible(rows, "chat")[0]).as_py()
+    assert manifest["rows"] == view["rows"] == pairs > 0
+    assert out.exists("README.md") and len(manifest["files"]) == view["files"]
 
 
 def doctor(cluster: Cluster, **env: str) -> tuple[int, dict[str, dict]]:

@@ -133,3 +133,28 @@ def test_an_unreachable_feedback_store_fails_merging_with_a_retry_never_a_skip(m
         exc = raised(opening)
         assert not isinstance(exc, AirflowFailException) and not is_permanent(exc), exc
         assert "127.0.0.1" in str(exc) and "9" in str(exc)
+
+
+def test_the_asset_names_the_configured_table_or_export_fails_at_once(monkeypatch, tmp_path):
+    from dctp_common.assets import curated_asset, table_uri
+    from dctp_common.runtime import RunContext, check_asset
+    from dctp_tasks.export import dataset_dir
+
+    monkeypatch.setenv("DCTP_DATA_ROOT", tmp_path.as_uri())
+    storage = Storage(tmp_path.as_uri())
+    config = load_config()
+    assert curated_asset().uri == table_uri() == storage.uri(dataset_dir(config.export.dataset_name))
+    run = RunContext("dctp_daily", "r", "2026-01-01", (None, None), config, storage)
+    check_asset(run)  # the defaults agree
+    monkeypatch.setenv("DCTP_DATASET_NAME", "other")
+    assert curated_asset().name == "dctp_other"
+    with pytest.raises(AirflowFailException, match="DCTP_DATASET_NAME=curated"):
+        check_asset(run)
+
+
+def test_an_event_without_a_version_fails_the_consumer_at_once():
+    from dctp_common.runtime import materialize_announced
+
+    manual = SimpleNamespace(extra={})  # an asset event created by hand, not by export
+    with pytest.raises(AirflowFailException, match="names a table version"):
+        materialize_announced([manual], {}, fmt="chat")

@@ -68,16 +68,35 @@ def commits(storage: Storage) -> list[dict]:
                   key=lambda c: c["version"])
 
 
+def asset_events(run_ids) -> dict[str, dict]:
+    """The ``extra`` of the curated table's Asset events the given runs emitted, by run id."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(select(AssetEvent.source_run_id, AssetEvent.extra).join(
+            AssetModel, AssetModel.id == AssetEvent.asset_id).where(
+            AssetModel.name == "dctp_curated", AssetEvent.source_run_id.in_(list(run_ids)))).all()
+    return {run_id: extra for run_id, extra in rows}
+
+
 def check_three_dates(dag, storage: Storage, conf: dict | None = None) -> dict[str, set[str]]:
     """Run the dates forward, re-run the middle one, then all in reverse; return the survivors per date."""
     run_ids = {dt: run_date(dag, dt, conf) for dt in DATES}
 
     history = commits(storage)
     assert [c[f"{METADATA_PREFIX}dt"] for c in history] == DATES, "exactly one new version per date, in order"
+    announced = asset_events(run_ids.values())
     for commit in history:
         dt = commit[f"{METADATA_PREFIX}dt"]
         assert commit[f"{METADATA_PREFIX}run_id"] == run_ids[dt]
         assert commit[f"{METADATA_PREFIX}mlflow_run_id"]
+        # export's outlet: the curated table's Asset event names the version it committed, for training DAGs
+        event = announced[run_ids[dt]]
+        assert (event["version"], event["dt"], event["table"]) == (
+            commit["version"], dt, storage.uri("datasets/curated"))
+        assert event["rows"] == int(commit[f"{METADATA_PREFIX}exported"])
         ingested = int(commit[f"{METADATA_PREFIX}ingested"])
         exported = partition(storage, dt, commit["version"]).num_rows
         assert exported == int(commit[f"{METADATA_PREFIX}exported"])
