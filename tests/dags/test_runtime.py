@@ -158,3 +158,24 @@ def test_an_event_without_a_version_fails_the_consumer_at_once():
     manual = SimpleNamespace(extra={})  # an asset event created by hand, not by export
     with pytest.raises(AirflowFailException, match="names a table version"):
         materialize_announced([manual], {}, fmt="chat")
+
+
+def test_the_consumer_materializes_the_newest_announced_version_with_its_params(tmp_path, monkeypatch):
+    from dctp_common.runtime import materialize_announced
+    from dctp_tasks.export.views import read_manifest
+    from tests.export.test_export_cli import export_day
+    from tests.export.test_views import CONFIG, lines_of, stage
+
+    storage = Storage((tmp_path / "root").as_uri())
+    monkeypatch.setenv("DCTP_DATA_ROOT", storage.root)
+    for n, dt in enumerate(("2026-01-01", "2026-01-02")):
+        stage(storage, dt, 40, 40 * n)
+        export_day(storage, CONFIG, "dag", dt, run_id=f"run-{n}")
+    events = [SimpleNamespace(extra={"version": 1}), SimpleNamespace(extra={"version": 2})]
+    done = materialize_announced(events, {"split": "train", "system_prompt": "Be brief."}, fmt="chat")
+    assert done["version"] == 2 and done["out"] == storage.uri("views/curated/v2-chat")
+    out = Storage(done["out"])
+    manifest = read_manifest(out)
+    assert list(manifest["splits"]) == ["train"] and manifest["rows"] == done["rows"] > 0
+    assert all(r["messages"][0] == {"role": "system", "content": "Be brief."} for r in lines_of(out, manifest))
+    assert materialize_announced(events, {"split": "train", "system_prompt": "Be brief."}, fmt="chat") == done

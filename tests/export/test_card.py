@@ -264,3 +264,15 @@ def test_empty_version_renders(storage):
     assert (stats["rows"], stats["dates"], stats["quality"], stats["ledger"]["total"]["ingested"]) == (0, [], None, 0)
     meta = DatasetCard(render_card(stats, CONFIG)).data.to_dict()
     assert (meta["language"], meta["license"], meta["size_categories"]) == ([], "unknown", ["n<1K"])
+
+
+def test_card_settings_reach_the_front_matter_and_body(stats):
+    config = load_config(overrides={**LICENSED, "export.card": {
+        "pretty_name": "Curated | v2", "task_categories": ["question-answering"],
+        "annotations_creators": ["expert-generated"], "source_datasets": ["google/boolq"],
+        "description": "Daily curated *text* for SFT."}})
+    text = render_card(stats, config)
+    meta = DatasetCard(text).data.to_dict()
+    assert (meta["pretty_name"], meta["task_categories"], meta["annotations_creators"], meta["source_datasets"]) == (
+        "Curated | v2", ["question-answering"], ["expert-generated"], ["google/boolq"])
+    assert "# Curated \\| v2" in text and "Daily curated *text* for SFT." in text

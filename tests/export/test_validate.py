@@ -263,3 +263,12 @@ def test_export_commits_nothing_when_an_error_check_fails(tmp_path, monkeypatch)
     monkeypatch.setattr(CONFIG.export.validation, "severities", {"duplicate_doc_id": "warn"})
     stage_and_export(storage, "2026-01-02", ids)  # as a warning, the same rows commit
     assert open_table(storage, "curated").version() == 2
+
+
+def test_validation_switched_off_commits_without_a_report(tmp_path, monkeypatch):
+    storage = Storage(tmp_path.as_uri())
+    monkeypatch.setenv("DCTP_DATA_ROOT", storage.root)
+    monkeypatch.setattr(CONFIG.export.validation, "enabled", False)
+    stage_and_export(storage, "2026-01-01", [f"web/{i}" for i in range(0, 10)] + ["web/3"])  # a doc_id twice
+    assert open_table(storage, "curated").version() == 1
+    assert not storage.exists("reports/dt=2026-01-01/validation.html")
