@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_spine import _reset_peak, _vm_hwm_mb
@@ -65,7 +66,7 @@ def build_table(root: Path, rows: int) -> None:
         responses = pa.array([base[i][1] for i in part])
         n = len(part)
         table = pa.table({
-            "doc_id": ids, "text": pa.compute.binary_join_element_wise(prompts, responses, "\n\n"),
+            "doc_id": ids, "text": pc.binary_join_element_wise(prompts, responses, "\n\n"),
             "prompt": prompts, "response": responses, "source": pa.array(["instruct"] * n),
             "domain": pa.array(["dialogue"] * n), "meta": pa.array(["{}"] * n), "dt": pa.array([dt] * n),
             "synthetic": pa.array(np.zeros(n, dtype=bool)), "sampling_weight": pa.array(1.0 + (np.arange(n) % 4)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,7 +70,7 @@ def expressible(table: pa.Table, fmt: str) -> tuple[pa.Array, str | None]:
         return pc.and_(_non_blank(table.column("prompt")), _non_blank(table.column("response"))), "no_prompt_response"
     if fmt == "text":
         return _non_blank(table.column("text")), "empty_text"
-    return pa.array([True] * table.num_rows, pa.bool_()), None
+    return pa.array(np.ones(table.num_rows, dtype=bool)), None
 
 
 def _non_blank(column: pa.ChunkedArray) -> pa.Array:
