@@ -6,7 +6,8 @@ date runs while S3 fails twice: landing-file downloads are cut mid-response whil
 connection is reset while ``normalize`` runs. Both tasks are retried, nothing is quarantined for it, and the day's
 exported and dropped rows add up to the rows really in its landing files. Last, ``dctp_rescore`` re-decides a date
 while ``dctp_daily`` re-runs the same date: both commit, and every version balances against its own ledger. Each
-version export commits is an Asset event that triggers the example DAG ``dctp_materialize_chat``.
+version export commits is an Asset event: at the end, the example DAG ``dctp_materialize_chat`` (unpaused before
+the backfill) runs from them and writes the newest version's chat view.
 """
 
 from __future__ import annotations
@@ -177,37 +178,6 @@ def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
     assert len(mlflow_runs) == len(DATES)
 
 
-def test_each_new_version_triggers_the_example_training_dag(landed: Cluster):
-    """export's Asset event schedules ``dctp_materialize_chat``, which writes the announced version as a chat view."""
-    from dctp_tasks.export import open_table
-    from dctp_tasks.export.formats import expressible
-    from dctp_tasks.export.views import read_manifest
-    from dctp_tasks.storage import Storage
-
-    cluster = landed
-    if len(commits(cluster)) < len(DATES):
-        pytest.skip("needs the dates backfilled by test_backfill_through_rest_api_routes_gpu_tasks")
-    storage = cluster.storage()
-    latest = open_table(storage, "curated").version()
-
-    def newest_view():
-        runs = cluster.api("GET", f"/dags/{CONSUMER}/dagRuns", params={"limit": 100})["dag_runs"]
-        assert all(r["state"] != "failed" for r in runs), f"{CONSUMER} failed:\n{cluster.logs()}"
-        done = [cluster.xcom(CONSUMER, r["dag_run_id"], "materialize_chat") for r in runs if r["state"] == "success"]
-        return next((d for d in done if d["version"] == latest), None)
-
-    runs = cluster.api("GET", f"/dags/{CONSUMER}/dagRuns", params={"limit": 100})["dag_runs"]
-    assert runs and all(r["run_type"] == "asset_triggered" for r in runs), runs
-    view = cluster.wait(f"{CONSUMER} to materialize version {latest}", newest_view, 600, interval=5)
-    out = Storage(view["out"], storage.s3)
-    manifest = read_manifest(out)
-    assert manifest["version"] == latest and manifest["format"] == "chat"
-    rows = open_table(storage, "curated", latest).to_pyarrow_dataset().to_table(columns=["prompt", "response"])
-    pairs = pc.sum(expressible(rows, "chat")[0]).as_py()
-    assert manifest["rows"] == view["rows"] == pairs > 0
-    assert out.exists("README.md") and len(manifest["files"]) == view["files"]
-
-
 def doctor(cluster: Cluster, **env: str) -> tuple[int, dict[str, dict]]:
     """Run ``dctp doctor --json`` with the deployment's environment (plus ``env``); return its exit code and checks."""
     result = subprocess.run([str(BIN / "dctp"), "--json", "doctor"], env={**cluster.env, **env}, capture_output=True,
@@ -376,3 +346,51 @@ def test_rescore_while_the_daily_dag_reruns_the_same_date(landed: Cluster):
     strict = [d for d, r in zip(rejects.column("detail").to_pylist(), rejects.column("reason").to_pylist(),
                                 strict=True) if r == "too_few_words" and d.endswith("<60")]
     assert bool(strict) == (last[f"{METADATA_PREFIX}dag_id"] == "dctp_rescore"), last
+
+
+def test_each_new_version_triggers_the_example_training_dag(landed: Cluster):
+    """export's Asset events schedule ``dctp_materialize_chat`` (unpaused before the backfill), which writes the
+    newest version its run's events announce as a chat view.
+
+    The deployment's scheduler runs with ``use_job_schedule`` off, so that no scheduled run of "yesterday" joins the
+    backfills; that switch also stops asset-triggered runs. The events are queued all the same: with the producers
+    paused, a scheduler restarted with it on creates the consumer's run from them (Airflow folds events queued
+    meanwhile into that run as it sees fit: the view must be of the newest version the run's own events announce).
+    """
+    from dctp_tasks.export import open_table
+    from dctp_tasks.export.formats import expressible
+    from dctp_tasks.export.views import read_manifest
+    from dctp_tasks.storage import Storage
+    from tests.airflow_stack import stop
+
+    cluster = landed
+    if len(commits(cluster)) < len(DATES):
+        pytest.skip("needs the dates backfilled by test_backfill_through_rest_api_routes_gpu_tasks")
+    storage = cluster.storage()
+    assert cluster.api("GET", f"/dags/{CONSUMER}/dagRuns")["dag_runs"] == [], "no run before scheduling is on"
+    for dag_id in (DAG_ID, "dctp_rescore"):
+        assert cluster.api("PATCH", f"/dags/{dag_id}", json={"is_paused": True})["is_paused"] is True
+    scheduler = next(s for s in cluster.services if s.name == "scheduler")
+    stop(scheduler)
+    cluster.services.remove(scheduler)
+    cluster.start("scheduler-job-schedule", "scheduler", AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="True")
+
+    def succeeded():
+        runs = cluster.api("GET", f"/dags/{CONSUMER}/dagRuns", params={"limit": 100})["dag_runs"]
+        assert all(r["state"] != "failed" for r in runs), f"{CONSUMER} failed:\n{cluster.logs()}"
+        assert all(r["run_type"] == "asset_triggered" for r in runs), runs
+        return next((r for r in runs if r["state"] == "success"), None)
+
+    run = cluster.wait(f"an asset-triggered run of {CONSUMER}", succeeded, 600, interval=5)
+    events = cluster.api("GET", f"/dags/{CONSUMER}/dagRuns/{run['dag_run_id']}/upstreamAssetEvents")["asset_events"]
+    assert events and all(e["name"] == "dctp_curated" and e["source_task_id"] == "export" for e in events), events
+    announced = max(e["extra"]["version"] for e in events)
+    view = cluster.xcom(CONSUMER, run["dag_run_id"], "materialize_chat")
+    assert view["version"] == announced
+    out = Storage(view["out"], storage.s3)
+    manifest = read_manifest(out)
+    assert manifest["version"] == announced and manifest["format"] == "chat"
+    rows = open_table(storage, "curated", announced).to_pyarrow_dataset().to_table(columns=["prompt", "response"])
+    pairs = pc.sum(expressible(rows, "chat")[0]).as_py()
+    assert manifest["rows"] == view["rows"] == pairs > 0
+    assert out.exists("README.md") and len(manifest["files"]) == view["files"]
