@@ -76,6 +76,7 @@ from dctp_common.dag_defaults import (
     LANDING_SENSOR_TIMEOUT,
     QUALITY_PARAMS,
 )
+from dctp_common.sharding import sharded_stage
 
 PARAMS = {
     "sources": Param([], type="array", items={"type": "string"}, title="Sources",
@@ -165,12 +166,8 @@ def dctp_daily():
         run = _ctx()
         return _stage(run, started, ingest_day, interval=run.interval, connect=postgres_connector())
 
-    @task
-    def normalize(started: dict, ingested: dict) -> dict:
-        """Repair Unicode, collapse whitespace, filter by length and identify the language."""
-        from dctp_tasks.normalize import normalize_day
-
-        return _stage(_ctx(), started, normalize_day, upstream=ingested)
+    normalize = sharded_stage("normalize", "dctp_tasks.normalize:NORMALIZE",
+                              doc="Repair Unicode, collapse whitespace, filter by length and identify the language.")
 
     @task(depends_on_past=True)
     def dedup_exact(started: dict, normalized: dict) -> dict:
@@ -193,22 +190,16 @@ def dctp_daily():
 
         return _stage(_ctx(), started, dedup_semantic_day, upstream=deduped)
 
-    @task
-    def score(started: dict, deduped: dict) -> dict:
-        """Run the CPU scorers (heuristics, language, PII, credibility) and store their scores."""
-        from dctp_tasks.quality.scoring import score_day
+    score = sharded_stage("score", "dctp_tasks.quality.scoring:SCORE", "cpu",
+                          doc="Run the CPU scorers (heuristics, language, PII, credibility) and store their scores.")
 
-        return _stage(_ctx(), started, score_day, "cpu", upstream=deduped)
-
-    # relevance reads the centroids the previous date's decide publishes: wait for it (and for that date's own
-    # score_models), so a backfill gives every date the same history as a day-by-day run
-    @task(queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4), depends_on_past=True,
-          wait_for_downstream=True)
-    def score_models(started: dict, scored: dict) -> dict:
-        """Run the model scorers (perplexity, toxicity, relevance, classifiers); reuse unchanged scores."""
-        from dctp_tasks.quality.scoring import score_day
-
-        return _stage(_ctx(), started, score_day, "gpu", upstream=scored)
+    # relevance reads the centroids the previous date's decide publishes: the plan waits for the previous date's
+    # plan and its downstream tasks, decide included (an edge below), so a backfill gives every date the same
+    # history as a day-by-day run
+    score_models = sharded_stage(
+        "score_models", "dctp_tasks.quality.scoring:SCORE", "gpu", queue=GPU_QUEUE, pool=GPU_POOL,
+        execution_timeout=timedelta(hours=4), depends_on_past=True, wait_for_downstream=True,
+        doc="Run the model scorers (perplexity, toxicity, relevance, classifiers); reuse unchanged scores.")
 
     @task
     def feedback_db() -> dict:
@@ -300,6 +291,7 @@ def dctp_daily():
     checked_gpu >> semantic
     model_scored = score_models(started, score(started, semantic))
     decided = decide(started, model_scored)
+    score_models.plan >> decided
     store = feedback_db()
     checked >> store
     selected = select_for_annotation(started, decided, store)

@@ -698,6 +698,41 @@ class QualityConfig(_Strict):
         return self
 
 
+#: The stages that split a day into shards, each shard one mapped Airflow task.
+SHARDED_STAGES = ("normalize", "score", "score_models")
+
+
+class ShardingConfig(_Strict):
+    """How the heavy stages split a day into shards: one mapped task per shard, spread by the Celery executor over
+    every worker of the stage's queue, retried alone. One shard gives the same output as any other count."""
+
+    target_rows: int = Field(200_000, ge=1)
+    """``auto``: one shard per this many input rows (the normalize stage does about 2,000 rows/s per core, so
+    200k rows are a few minutes of one worker). Smaller means more parallelism and more task overhead."""
+    max_shards: int = Field(64, ge=1, le=1024)
+    """The most shards any stage makes (its map length); at most Airflow's ``core.max_map_length``, 1024."""
+    shards: dict[str, Annotated[int, Field(ge=1)] | Literal["auto"]] = Field(
+        default_factory=lambda: dict.fromkeys(SHARDED_STAGES, "auto"))
+    """Shards per stage: a number, or ``auto`` (``target_rows``). A stage left out is ``auto``."""
+
+    @model_validator(mode="after")
+    def _known(self) -> ShardingConfig:
+        unknown = sorted(set(self.shards) - set(SHARDED_STAGES))
+        if unknown:
+            raise ValueError(f"sharding.shards names {', '.join(unknown)}; the sharded stages are "
+                             f"{', '.join(SHARDED_STAGES)}")
+        over = {k: v for k, v in self.shards.items() if isinstance(v, int) and v > self.max_shards}
+        if over:
+            raise ValueError(f"sharding.shards {over} exceed sharding.max_shards={self.max_shards}")
+        return self
+
+    def count(self, stage: str, rows: int) -> int:
+        """Return how many shards ``stage`` splits ``rows`` input rows into (at least 1, never more than rows)."""
+        setting = self.shards.get(stage, "auto")
+        wanted = -(-rows // self.target_rows) if setting == "auto" else setting
+        return max(1, min(wanted, self.max_shards, rows))
+
+
 class PipelineConfig(_Strict):
     batch_size: int = Field(10_000, ge=1)
     """Rows per Arrow batch read and written by every stage; bounds memory whatever the day's size."""
@@ -711,6 +746,7 @@ class PipelineConfig(_Strict):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
 
     def config_hash(self) -> str:
         """Return a short, stable hash of the resolved settings."""
@@ -727,7 +763,7 @@ class PipelineConfig(_Strict):
 #: ``*`` stands for one name (a scorer). Sources, connections, model paths, the table name and tracking stay with
 #: whoever deploys the config file: anyone allowed to trigger a run could otherwise point it elsewhere.
 RUN_OVERRIDABLE: tuple[str, ...] = (
-    "batch_size",
+    "batch_size", "sharding.target_rows", "sharding.shards.*",
     "ingest.include_sources", "ingest.max_quarantine_ratio",
     "normalize.min_chars", "normalize.max_chars", "normalize.fix_unicode", "normalize.uncurl_quotes",
     "dedup_near.threshold", "dedup_near.domain_thresholds", "dedup_near.bucket_window",

@@ -47,16 +47,17 @@ class RejectWriter:
     together with its kept rows.
     """
 
-    def __init__(self, storage: Storage, folder: str, dt: str, stage: str, flush_rows: int = 50_000) -> None:
+    def __init__(self, storage: Storage, folder: str, dt: str, stage: str, flush_rows: int = 50_000,
+                 prefix: str = "part") -> None:
         self.dt = dt
         self.stage = stage
         self.counts: Counter[str] = Counter()
         self._rows: dict[str, list] = {name: [] for name in REJECT_SCHEMA.names}
         self._flush_rows = flush_rows
-        self._writer = PartWriter(storage, storage.path(folder), REJECT_SCHEMA)
+        self.parts = PartWriter(storage, storage.path(folder), REJECT_SCHEMA, prefix)
 
     def __enter__(self) -> RejectWriter:
-        self._writer.__enter__()
+        self.parts.__enter__()
         return self
 
     def add(self, doc_id: str, outcome: str, reason: str, detail: str = "", *, duplicate_of: str | None = None,
@@ -81,18 +82,18 @@ class RejectWriter:
         }
         columns["stage"] = pa.array([self.stage] * n, pa.string())
         columns["dt"] = pa.array([self.dt] * n, pa.string())
-        self._writer.write(pa.table(columns, schema=REJECT_SCHEMA))
+        self.parts.write(pa.table(columns, schema=REJECT_SCHEMA))
         for reason, count in Counter(table.column("reason").to_pylist()).items():
             self.counts[reason] += count
 
     def flush(self) -> None:
         if self._rows["doc_id"]:
-            self._writer.write(pa.table(self._rows, schema=REJECT_SCHEMA))
+            self.parts.write(pa.table(self._rows, schema=REJECT_SCHEMA))
             self._rows = {name: [] for name in REJECT_SCHEMA.names}
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.flush()
-        self._writer.__exit__(exc_type, exc, tb)
+        self.parts.__exit__(exc_type, exc, tb)
 
     @property
     def total(self) -> int:

@@ -135,19 +135,29 @@ class Publication:
             except OSError:  # the store may be what failed; the next publish collects the leftovers
                 log.warning("could not delete the unfinished version %s", self.storage.uri(self.path))
             return
-        previous = current(self.storage, self.folder) or {}
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        present = set(versions(self.storage, self.folder))
-        # When each earlier version stopped being current: what collect ages them by.
-        superseded = {token: at for token, at in (previous.get("superseded") or {}).items() if token in present}
-        if previous.get("version"):
-            superseded[previous["version"]] = now
-        pointer = {"version": self.version, "published_at": now, **self.meta, "superseded": superseded}
-        self.storage.write_bytes(self.storage.path(self.folder, POINTER), json.dumps(pointer, indent=1).encode())
-        try:
-            collect(self.storage, self.folder, keep=self.keep)
-        except OSError as exc:  # best effort: the version is published; a later publish collects what is left
-            log.warning("could not collect old versions of %s: %s", self.storage.uri(self.folder), exc)
+        switch(self.storage, self.folder, self.version, meta=self.meta, keep=self.keep)
+
+
+def switch(storage: Storage, folder: str, version: str, *, meta: dict | None = None,
+           keep: timedelta = KEEP_SUPERSEDED) -> None:
+    """Make the already written ``version`` of ``folder`` current, then collect versions superseded long ago.
+
+    ``Publication`` calls it on a clean exit; a version written by several tasks (the shards of a stage) is
+    switched by the one that checked every part is there.
+    """
+    previous = current(storage, folder) or {}
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    present = set(versions(storage, folder))
+    # When each earlier version stopped being current: what collect ages them by.
+    superseded = {token: at for token, at in (previous.get("superseded") or {}).items() if token in present}
+    if previous.get("version") and previous["version"] != version:
+        superseded[previous["version"]] = now
+    pointer = {"version": version, "published_at": now, **(meta or {}), "superseded": superseded}
+    storage.write_bytes(storage.path(folder, POINTER), json.dumps(pointer, indent=1).encode())
+    try:
+        collect(storage, folder, keep=keep)
+    except OSError as exc:  # best effort: the version is published; a later publish collects what is left
+        log.warning("could not collect old versions of %s: %s", storage.uri(folder), exc)
 
 
 def collect(storage: Storage, folder: str, *, keep: timedelta = KEEP_SUPERSEDED,

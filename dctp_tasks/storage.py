@@ -367,6 +367,50 @@ class Storage:
                     for group in range(parquet.num_row_groups):
                         yield from parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns)
 
+    def batch_starts(self, *parts: str, batch_size: int) -> np.ndarray:
+        """Return the row numbers at which ``iter_batches`` starts a batch, and the dataset's row count last.
+
+        Read from the footers: a batch never spans two row groups.
+        """
+        starts, first = [0], 0
+        for path in self.list_files(*parts):
+            if path.endswith(".parquet"):
+                with self._open_parquet(path) as handle:
+                    metadata = pq.ParquetFile(handle).metadata
+                for group in range(metadata.num_row_groups):
+                    size = metadata.row_group(group).num_rows
+                    starts.extend(range(first + batch_size, first + size, batch_size))
+                    first += size
+                    starts.append(first)
+        return np.unique(np.array(starts, dtype=np.int64))
+
+    def iter_range(self, *parts: str, start: int, stop: int, batch_size: int,
+                   columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Yield the dataset's rows ``start`` to ``stop`` (counted across files in file order), ``batch_size`` at a
+        time; only the row groups holding them are read."""
+        first = 0
+        for path in self.list_files(*parts):
+            if first >= stop:
+                return
+            if not path.endswith(".parquet"):
+                continue
+            with self._open_parquet(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                for group in range(parquet.num_row_groups):
+                    size = parquet.metadata.row_group(group).num_rows
+                    lo, hi = max(start, first), min(stop, first + size)
+                    offset = first
+                    first += size
+                    if hi <= lo:
+                        continue
+                    for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
+                        cut_lo, cut_hi = max(lo - offset, 0), min(hi - offset, batch.num_rows)
+                        offset += batch.num_rows
+                        if cut_hi > cut_lo:
+                            yield batch.slice(cut_lo, cut_hi - cut_lo)
+                        if offset >= hi:
+                            break
+
     def read_table(self, *parts: str, columns: list[str] | None = None, prefix: str | None = None) -> pa.Table:
         """Read a whole (small) Parquet dataset; use ``iter_batches`` for per-day data.
 

@@ -469,6 +469,34 @@ def run_stage(run: RunContext, started: dict, stage: Callable, *args: Any, upstr
     return track(run, started, result)
 
 
+def plan_stage(run: RunContext, stage, *args: Any, upstream: dict | None = None, **kwargs: Any) -> list[dict]:
+    """Plan the shards of a sharded stage (``dctp_tasks.shards.ShardedStage``); the XCom is their descriptors."""
+    if upstream is not None:
+        kwargs.update(input_stage=upstream["output_stage"], input_version=upstream["version"])
+    with permanent_errors():
+        return [shard.as_dict() for shard in stage.plan(run.storage, run.config, run.dag_id, run.dt, *args, **kwargs)]
+
+
+def run_shard(run: RunContext, stage, shard: dict, context: dict[str, Any]) -> dict:
+    """Run one shard of a sharded stage; the XCom is its counts. Names the mapped task instance in the UI."""
+    from dctp_tasks.shards import Shard
+
+    planned = Shard.from_dict(shard)
+    context["shard_label"] = planned.label  # rendered by the task's map_index_template
+    with permanent_errors():
+        marker = stage.run(run.storage, run.config, planned)
+    return {"shard": planned.label, **(marker.get("stats") or {})}
+
+
+def reduce_stage(run: RunContext, started: dict, stage, shards: list[dict]) -> dict:
+    """Publish what every shard of a sharded stage wrote as the stage's output; log and return its result."""
+    from dctp_tasks.shards import Shard
+
+    with permanent_errors():
+        result = stage.finish(run.storage, run.config, [Shard.from_dict(s) for s in shards])
+    return track(run, started, result)
+
+
 def on_failure(context: dict[str, Any]) -> None:
     """Log one line naming the failed task and its cause; mark the run's MLflow run FAILED."""
     ti = context.get("task_instance") or context.get("ti")

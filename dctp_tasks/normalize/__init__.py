@@ -1,7 +1,8 @@
 """Normalize: ftfy repair, NFC, control characters out, whitespace collapsed, length filter, language ID.
 
 Reads the staged ``ingest`` rows, publishes ``normalize`` (adds ``lang``, ``lang_score``); rows outside
-``[min_chars, max_chars]`` go to the ledger as ``filtered`` (``too_short`` / ``too_long``).
+``[min_chars, max_chars]`` go to the ledger as ``filtered`` (``too_short`` / ``too_long``). Every row is
+normalized alone, so the day runs as shards (``plan_normalize`` → ``normalize_shard`` each → ``finish_normalize``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ from dctp_tasks.config import NormalizeConfig, PipelineConfig
 from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.normalize.text_repair import repair
 from dctp_tasks.records import NORMALIZED_SCHEMA, append_step, params_hash, with_column
-from dctp_tasks.staging import REJECTS, ROWS, stage_output, stage_rows
+from dctp_tasks.shards import (
+    Shard,
+    ShardedStage,
+    ShardOutput,
+    iter_shard,
+    plan_shards,
+    publish_shards,
+    rows_uri,
+    shard_stats,
+)
+from dctp_tasks.staging import ROWS
 from dctp_tasks.stats import StageResult, Timer
 from dctp_tasks.storage import Storage
 from dctp_tasks.workers import process_pool, worker_count
@@ -47,15 +58,24 @@ _LANG_CHARS = 1000  # fastText needs no more than a paragraph to be confident; c
 def normalize_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, input_stage: str = INPUT_STAGE,
                   input_version: str | None = None) -> StageResult:
     """Normalize the date's ingested records (``input_version`` of ``input_stage``, or its current one)."""
+    return NORMALIZE.run_all(storage, config, dag_id, dt, input_stage=input_stage, input_version=input_version)
+
+
+def plan_normalize(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, input_stage: str = INPUT_STAGE,
+                   input_version: str | None = None) -> list[Shard]:
+    """Split the date's ingested rows into shards (``sharding.shards.normalize``)."""
+    return plan_shards(storage, config, dag_id, dt, STAGE, input_stage=input_stage, input_version=input_version)
+
+
+def normalize_shard(storage: Storage, config: PipelineConfig, shard: Shard) -> dict:
+    """Normalize one shard's rows into its part of the stage's new version; return its counts."""
     cfg = config.normalize
     step = params_hash(cfg.model_dump(mode="json", exclude={"workers"}))  # workers do not change the output
-    in_dir = stage_rows(storage, dag_id, dt, input_stage, input_version)
-    batches = storage.iter_batches(in_dir, batch_size=config.batch_size)
     total = 0
-    with Timer() as timer, stage_output(storage, dag_id, dt, STAGE) as out, \
-            out.writer(ROWS, schema=NORMALIZED_SCHEMA) as writer, \
-            RejectWriter(storage, out.sub(REJECTS), dt, STAGE) as rejects:
-        for batch, (texts, langs, scores) in _map_texts(batches, cfg):
+    out = ShardOutput(storage, shard)
+    with Timer() as timer, out.writer(ROWS, schema=NORMALIZED_SCHEMA) as writer, out.rejects() as rejects:
+        for batch, (texts, langs, scores) in _map_texts(iter_shard(storage, shard, batch_size=config.batch_size),
+                                                        cfg):
             table = with_column(batch, pa.field("text", pa.string()), texts)
             table = table.append_column("lang", langs).append_column("lang_score", scores)
             keep = _filter_lengths(table, cfg, rejects)
@@ -64,12 +84,20 @@ def normalize_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str
                                append_step(kept.column("lineage"), STAGE, dctp_tasks.__version__, step))
             writer.write(kept)
             total += table.num_rows
-    result = StageResult(STAGE, storage.uri(out.sub(ROWS)), total=total, version=out.version)
-    result.kept = writer.rows
-    result.seconds = timer.seconds
-    result.dropped_by_reason = Counter(rejects.counts)
-    result.extra = {"workers": _workers(cfg)}
-    log.info("normalize dt=%s: %d in, %d kept, dropped %s", dt, result.total, result.kept, dict(rejects.counts))
+    return out.done({"total": total, "kept": writer.rows, "seconds": timer.seconds, "dropped": dict(rejects.counts)})
+
+
+def finish_normalize(storage: Storage, config: PipelineConfig, shards: list[Shard]) -> StageResult:
+    """Publish the version every shard wrote; return the day's counts."""
+    stats = shard_stats(storage, shards)
+    publish_shards(storage, shards)
+    result = StageResult(STAGE, rows_uri(storage, shards[0]), total=sum(s["total"] for s in stats),
+                         kept=sum(s["kept"] for s in stats), version=shards[0].version)
+    result.seconds = sum(s["seconds"] for s in stats)
+    result.dropped_by_reason = sum((Counter(s["dropped"]) for s in stats), Counter())
+    result.extra = {"workers": _workers(config.normalize), "shards": len(shards)}
+    log.info("normalize dt=%s: %d in, %d kept, dropped %s, %d shard(s)", shards[0].dt, result.total, result.kept,
+             dict(result.dropped_by_reason), len(shards))
     return result
 
 
@@ -149,6 +177,9 @@ def _filter_lengths(table: pa.Table, cfg: NormalizeConfig, rejects: RejectWriter
                 "source": dropped.column("source"),
             }))
     return pc.invert(pc.or_(too_short, too_long))
+
+
+NORMALIZE = ShardedStage(plan_normalize, normalize_shard, finish_normalize)
 
 
 def _workers(cfg: NormalizeConfig) -> int:

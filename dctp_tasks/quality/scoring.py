@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import time
+from collections import Counter
 from functools import cache
 from typing import Literal
 
@@ -25,8 +26,18 @@ from dctp_tasks.publish import NotPublished, current
 from dctp_tasks.quality.base import Scorer, ScoringContext
 from dctp_tasks.quality.registry import build_scorers, scorer_settings
 from dctp_tasks.records import append_step, with_column
-from dctp_tasks.staging import ROWS, stage_output, stage_rows, stage_version
-from dctp_tasks.stats import StageResult, Timer
+from dctp_tasks.shards import (
+    Shard,
+    ShardedStage,
+    ShardOutput,
+    iter_shard,
+    plan_shards,
+    publish_shards,
+    rows_uri,
+    shard_stats,
+)
+from dctp_tasks.staging import ROWS, stage_rows, stage_version
+from dctp_tasks.stats import StageResult
 from dctp_tasks.storage import Storage, staging_dir
 
 log = logging.getLogger(__name__)
@@ -43,61 +54,110 @@ def score_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, de
     With no scorer of that kind enabled nothing is written: the result's ``output_stage`` and ``version`` name the
     input, which passes on unchanged.
     """
+    return SCORE.run_all(storage, config, dag_id, dt, device, input_stage=input_stage, input_version=input_version)
+
+
+def plan_score(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, device: Literal["cpu", "gpu"], *,
+               input_stage: str | None = None, input_version: str | None = None) -> list[Shard]:
+    """Split the day into shards (``sharding.shards.score`` / ``score_models``), or plan one shard with nothing to
+    do: when no scorer of the kind is enabled (``mode`` ``pass``) or the stored scores are still valid (``reuse``).
+    """
     stage = STAGES[device]
     in_stage = input_stage or INPUT_STAGES[device]
     in_version = input_version or current_version(storage, dag_id, dt, in_stage)
     in_dir = stage_rows(storage, dag_id, dt, in_stage, in_version)
-    scorers = [s for s in build_scorers(config.quality) if s.gpu == (device == "gpu")] if config.quality.enabled \
-        else []
+    scorers = _scorers(config, device)
     if not scorers:
-        result = StageResult(stage, storage.uri(in_dir), version=in_version, output_stage=in_stage)
-        result.total = result.kept = storage.count_rows(in_dir)
-        result.extra = {"scorers": ""}
         log.info("%s dt=%s: no %s scorer enabled; %s passes through", stage, dt, device, in_stage)
-        return result
-    context = ScoringContext(storage, dt)
-    key = _cache_key(storage, in_dir, config, device, scorers, context)
+        return [Shard(dag_id, dt, stage, in_version or "", 0, 1, 0, 0, in_stage, in_version,
+                      {"device": device, "mode": "pass"})]
+    key = _cache_key(storage, in_dir, config, device, scorers, ScoringContext(storage, dt))
     cached = _cached(storage, dag_id, dt, stage, key)
     if cached is not None:
         manifest, version = cached
         log.info("%s dt=%s: input, scorers, code and models unchanged since %s; scores reused, no model run",
                  stage, dt, manifest["written_at"])
-        result = StageResult(stage, storage.uri(stage_rows(storage, dag_id, dt, stage, version)), version=version)
+        return [Shard(dag_id, dt, stage, version, 0, 1, 0, 0, in_stage, in_version,
+                      {"device": device, "mode": "reuse"})]
+    return plan_shards(storage, config, dag_id, dt, stage, input_stage=in_stage, input_version=in_version,
+                       extra={"device": device, "mode": "score", "key": key})
+
+
+def score_shard(storage: Storage, config: PipelineConfig, shard: Shard) -> dict:
+    """Score one shard's rows into its part of the stage's new version; return its counts and seconds per scorer."""
+    if shard.extra["mode"] != "score":
+        return {}
+    scorers = _scorers(config, shard.extra["device"])
+    context = ScoringContext(storage, shard.dt)
+    seconds = {s.name: 0.0 for s in scorers}
+    names = ",".join(s.name for s in scorers)
+    log.info("%s: scoring with %s", shard.label, names)
+    for scorer in scorers:
+        start = time.perf_counter()
+        scorer.prepare(context)
+        seconds[scorer.name] += time.perf_counter() - start
+    schema = _output_schema(storage.parquet_schema(shard.input(storage)), scorers)
+    params = hashlib.sha256(shard.extra["key"].encode()).hexdigest()[:16]
+    out = ShardOutput(storage, shard)
+    with out.writer(ROWS, schema=schema) as writer:
+        for batch in iter_shard(storage, shard, batch_size=config.batch_size):
+            table = score_batch(batch, scorers, seconds)
+            table = with_column(table, table.schema.field("lineage"),
+                                append_step(table.column("lineage"), shard.stage, dctp_tasks.__version__, params))
+            writer.write(table)
+    embedded = [lookup.stats for lookup in context.extra.get("embeddings", {}).values()]
+    return out.done({"rows": writer.rows, "seconds": seconds,
+                     "embeddings_reused": sum(e["reused"] for e in embedded),
+                     "embeddings_encoded": sum(e["encoded"] for e in embedded)})
+
+
+def finish_score(storage: Storage, config: PipelineConfig, shards: list[Shard]) -> StageResult:
+    """Publish the version every shard wrote, with the manifest that lets a later run reuse it; return counts."""
+    first = shards[0]
+    mode = first.extra["mode"]
+    if mode == "pass":
+        in_dir = first.input(storage)
+        result = StageResult(first.stage, storage.uri(in_dir), version=first.input_version,
+                             output_stage=first.input_stage)
+        result.total = result.kept = storage.count_rows(in_dir)
+        result.extra = {"scorers": ""}
+        return result
+    if mode == "reuse":
+        folder = stage_version(storage, first.dag_id, first.dt, first.stage, first.version)
+        manifest = storage.read_json(storage.path(folder, MANIFEST))
+        result = StageResult(first.stage, storage.uri(folder, ROWS), version=first.version)
         result.total = result.kept = manifest["rows"]
         result.extra = {**manifest["extra"], "cached": 1}
         return result
-    names = ",".join(s.name for s in scorers)
-    log.info("%s dt=%s: scoring with %s", stage, dt, names)
-    seconds = {s.name: 0.0 for s in scorers}
-    with Timer() as timer:
-        for scorer in scorers:
-            start = time.perf_counter()
-            scorer.prepare(context)
-            seconds[scorer.name] += time.perf_counter() - start
-        schema = _output_schema(storage.parquet_schema(in_dir), scorers)
-        params = hashlib.sha256(key.encode()).hexdigest()[:16]
-        with stage_output(storage, dag_id, dt, stage, meta={"key": key}) as out:
-            with out.writer(ROWS, schema=schema) as writer:
-                for batch in storage.iter_batches(in_dir, batch_size=config.batch_size):
-                    table = score_batch(batch, scorers, seconds)
-                    table = with_column(table, table.schema.field("lineage"),
-                                        append_step(table.column("lineage"), stage, dctp_tasks.__version__, params))
-                    writer.write(table)
-            embedded = [lookup.stats for lookup in context.extra.get("embeddings", {}).values()]
-            extra = {"scorers": names, "cached": 0,
-                     "embeddings_reused": sum(e["reused"] for e in embedded),
-                     "embeddings_encoded": sum(e["encoded"] for e in embedded),
-                     **{f"{name}_docs_per_s": round(writer.rows / s, 1) if s > 0 else 0.0
-                        for name, s in seconds.items()}}
-            out.write_bytes(MANIFEST, json.dumps({
-                "key": key, "rows": writer.rows, "extra": extra,
-                "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2).encode())
-    result = StageResult(stage, storage.uri(out.sub(ROWS)), total=writer.rows, kept=writer.rows, version=out.version)
-    result.seconds = timer.seconds
+    stats = shard_stats(storage, shards)
+    rows = sum(s["rows"] for s in stats)
+    seconds = Counter()
+    for s in stats:
+        seconds.update(s["seconds"])
+    names = ",".join(seconds)
+    extra = {"scorers": names, "cached": 0, "shards": len(shards),
+             "embeddings_reused": sum(s["embeddings_reused"] for s in stats),
+             "embeddings_encoded": sum(s["embeddings_encoded"] for s in stats),
+             **{f"{name}_docs_per_s": round(rows / s, 1) if s > 0 else 0.0 for name, s in seconds.items()}}
+    storage.write_bytes(storage.path(first.output(), MANIFEST), json.dumps({
+        "key": first.extra["key"], "rows": rows, "extra": extra,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2).encode())
+    publish_shards(storage, shards, meta={"key": first.extra["key"]})
+    result = StageResult(first.stage, rows_uri(storage, first), total=rows, kept=rows, version=first.version)
+    result.seconds = sum(seconds.values())
     result.extra = extra
-    log.info("%s dt=%s: %d rows scored by %s in %.1fs (%s)", stage, dt, writer.rows, names, timer.seconds,
-             ", ".join(f"{n} {s:.1f}s" for n, s in seconds.items()))
+    log.info("%s dt=%s: %d rows scored by %s in %d shard(s), %.1fs (%s)", first.stage, first.dt, rows, names,
+             len(shards), result.seconds, ", ".join(f"{n} {s:.1f}s" for n, s in seconds.items()))
     return result
+
+
+SCORE = ShardedStage(plan_score, score_shard, finish_score)
+
+
+def _scorers(config: PipelineConfig, device: str) -> list[Scorer]:
+    if not config.quality.enabled:
+        return []
+    return [s for s in build_scorers(config.quality) if s.gpu == (device == "gpu")]
 
 
 def score_batch(batch: pa.RecordBatch, scorers: list[Scorer], seconds: dict[str, float]) -> pa.Table:

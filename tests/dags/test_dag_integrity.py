@@ -12,12 +12,14 @@ import pytest
 
 from tests.conftest import REPO
 
+SHARDED = ["normalize", "score", "score_models"]
 EXPECTED_TASKS = ["preflight", "preflight_gpu", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact",
                   "dedup_near", "dedup_semantic", "score", "score_models", "decide", "feedback_db",
-                  "select_for_annotation", "merge_feedback", "generate_synthetic", "export", "finish_run"]
-HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "select_for_annotation",
-                 "merge_feedback", "generate_synthetic", "export"}
-GPU_TASKS = {"dedup_semantic", "score_models", "generate_synthetic"}  # model inference
+                  "select_for_annotation", "merge_feedback", "generate_synthetic", "export", "finish_run",
+                  *(f"{stage}_{part}" for stage in SHARDED for part in ("plan", "shard"))]
+HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "score_models_plan",
+                 "select_for_annotation", "merge_feedback", "generate_synthetic", "export"}
+GPU_TASKS = {"dedup_semantic", "score_models_shard", "generate_synthetic"}  # model inference
 GPU_QUEUE_TASKS = GPU_TASKS | {"preflight_gpu"}  # the models are checked where they load
 RESCORE_TASKS = ["preflight", "start_run", "decide", "merge_feedback", "decide_synthetic", "export", "finish_run"]
 APPLY_TASKS = ["feedback_db", "apply_feedback"]
@@ -81,8 +83,9 @@ def test_dag_shape(dagbag):
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
-    chain = ["preflight", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact", "dedup_near",
-             "dedup_semantic", "score", "score_models", "decide", "select_for_annotation", "merge_feedback",
+    chain = ["preflight", "start_run", "wait_for_landing", "ingest", "normalize_plan", "normalize_shard", "normalize",
+             "dedup_exact", "dedup_near", "dedup_semantic", "score_plan", "score_shard", "score", "score_models_plan",
+             "score_models_shard", "score_models", "decide", "select_for_annotation", "merge_feedback",
              "generate_synthetic", "export", "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
@@ -92,8 +95,15 @@ def test_dag_shape(dagbag):
     # the feedback store's migrations are applied before selection reads or writes it
     assert dag.get_task("feedback_db").downstream_task_ids == {"select_for_annotation"}
     assert dag.get_task("preflight_gpu").downstream_task_ids == {"dedup_semantic"}
-    # relevance in score_models reads the centroids the previous date's decide writes
-    assert dag.get_task("score_models").wait_for_downstream
+    # the heavy stages map over their plan's shards; the reduce keeps the stage's task id and waits for them all
+    for stage in SHARDED:
+        assert dag.get_task(f"{stage}_plan").downstream_task_ids >= {f"{stage}_shard", stage}
+        assert type(dag.get_task(f"{stage}_shard")).__name__.endswith("MappedOperator")
+        assert dag.get_task(f"{stage}_shard").downstream_task_ids == {stage}
+    # relevance in score_models reads the centroids the previous date's decide writes: its plan waits for the
+    # previous date's plan and what follows it, decide included
+    plan = dag.get_task("score_models_plan")
+    assert plan.wait_for_downstream and "decide" in plan.downstream_task_ids
     # the landing sensor frees its worker slot while it waits
     sensor = dag.get_task("wait_for_landing")
     assert sensor.mode == "reschedule" and sensor.poke_interval > 0
