@@ -176,19 +176,16 @@ def dctp_daily():
 
         return _stage(_ctx(), started, dedup_exact_day, upstream=normalized)
 
-    @task(depends_on_past=True)
-    def dedup_near(started: dict, deduped: dict) -> dict:
-        """Drop near duplicates (MinHash LSH) within the day and of every earlier date; report pairs by threshold."""
-        from dctp_tasks.dedup.near import dedup_near_day
+    dedup_near = sharded_stage(
+        "dedup_near", "dctp_tasks.dedup.near:NEAR", phases=("sign", "search"), depends_on_past=True,
+        doc="Drop near duplicates (MinHash LSH) within the day and of every earlier date; report pairs by threshold. "
+            "Each shard signs its rows, then searches one range of band hashes (today's and history's).")
 
-        return _stage(_ctx(), started, dedup_near_day, upstream=deduped)
-
-    @task(depends_on_past=True, queue=GPU_QUEUE, pool=GPU_POOL, execution_timeout=timedelta(hours=4))
-    def dedup_semantic(started: dict, deduped: dict) -> dict:
-        """Drop semantic duplicates (embedding cosine) within the day and of every earlier date; store embeddings."""
-        from dctp_tasks.dedup.semantic import dedup_semantic_day
-
-        return _stage(_ctx(), started, dedup_semantic_day, upstream=deduped)
+    dedup_semantic = sharded_stage(
+        "dedup_semantic", "dctp_tasks.dedup.semantic:SEMANTIC", phases=("encode", "search"), queue=GPU_QUEUE,
+        pool=GPU_POOL, execution_timeout=timedelta(hours=4), depends_on_past=True,
+        doc="Drop semantic duplicates (embedding cosine) within the day and of every earlier date; store embeddings. "
+            "Each shard encodes its rows, then searches with them against all of today's and history's vectors.")
 
     score = sharded_stage("score", "dctp_tasks.quality.scoring:SCORE", "cpu",
                           doc="Run the CPU scorers (heuristics, language, PII, credibility) and store their scores.")
@@ -288,7 +285,7 @@ def dctp_daily():
     exact = dedup_exact(started, normalized)
     near = dedup_near(started, exact)
     semantic = dedup_semantic(started, near)
-    checked_gpu >> semantic
+    checked_gpu >> dedup_semantic.plan
     model_scored = score_models(started, score(started, semantic))
     decided = decide(started, model_scored)
     score_models.plan >> decided

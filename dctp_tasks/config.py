@@ -699,7 +699,7 @@ class QualityConfig(_Strict):
 
 
 #: The stages that split a day into shards, each shard one mapped Airflow task.
-SHARDED_STAGES = ("normalize", "score", "score_models")
+SHARDED_STAGES = ("normalize", "dedup_near", "dedup_semantic", "score", "score_models")
 
 
 class ShardingConfig(_Strict):

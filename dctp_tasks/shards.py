@@ -82,18 +82,23 @@ class Shard:
 
 @dataclass(frozen=True)
 class ShardedStage:
-    """A stage run as ``plan`` → one ``run`` per shard (a mapped task each) → ``finish`` (the reduce)."""
+    """A stage run as ``plan`` → each phase mapped over the plan's shards, in order → ``finish`` (the reduce).
+
+    Most stages have one phase (``shard``); a dedup stage has two (sign or encode, then search), the second
+    reading what every shard of the first wrote.
+    """
 
     plan: Callable[..., list[Shard]]
-    run: Callable[[Storage, PipelineConfig, Shard], dict]
+    phases: dict[str, Callable[[Storage, PipelineConfig, Shard], dict]]
     finish: Callable[[Storage, PipelineConfig, list[Shard]], StageResult]
 
     def run_all(self, storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *args: Any,
                 **kwargs: Any) -> StageResult:
         """Run every shard here, one after the other: the stage as one task (the CLI, tests, ``dctp_rescore``)."""
         shards = self.plan(storage, config, dag_id, dt, *args, **kwargs)
-        for shard in shards:
-            self.run(storage, config, shard)
+        for run in self.phases.values():
+            for shard in shards:
+                run(storage, config, shard)
         return self.finish(storage, config, shards)
 
 
@@ -136,14 +141,16 @@ def iter_shard(storage: Storage, shard: Shard, *, batch_size: int, columns: list
 class ShardOutput:
     """Where one shard writes: its own files inside the plan's version; ``done(stats)`` writes its marker last."""
 
-    def __init__(self, storage: Storage, shard: Shard) -> None:
+    def __init__(self, storage: Storage, shard: Shard, phase: str = "shard", folder: str | None = None) -> None:
         self.storage = storage
         self.shard = shard
+        self.phase = phase
+        self.folder = folder or shard.output()
         self.version = shard.version
         self._writers: list[PartWriter] = []
 
     def sub(self, *parts: str) -> str:
-        return posixpath.join(self.shard.output(), *parts)
+        return posixpath.join(self.folder, *parts)
 
     def writer(self, *parts: str, schema, **kwargs) -> PartWriter:
         """Return a writer of this shard's files in the sub-dataset ``parts`` (its earlier attempt's are deleted)."""
@@ -162,34 +169,42 @@ class ShardOutput:
         """Record that the shard finished: its counts and the files it wrote. Returns the marker."""
         marker = {**self.shard.as_dict(), "stats": stats,
                   "files": sorted(self.storage.relative(f) for w in self._writers for f in w.files)}
-        self.storage.write_bytes(self.storage.path(self.sub(MARKERS, f"{self.shard.index:05d}.json")),
+        self.storage.write_bytes(self.storage.path(self.sub(marker_name(self.phase, self.shard.index))),
                                  json.dumps(marker, indent=1, default=str).encode())
         log.info("%s: done, %s", self.shard.label, stats)
         return marker
 
 
-def shard_stats(storage: Storage, shards: list[Shard]) -> list[dict[str, Any]]:
-    """Return every shard's recorded counts in shard order, once each has finished; delete unlisted files.
+def marker_name(phase: str, index: int) -> str:
+    return posixpath.join(MARKERS, f"{phase}-{index:05d}.json")
+
+
+def shard_stats(storage: Storage, shards: list[Shard], phase: str = "shard", folder: str | None = None
+                ) -> list[dict[str, Any]]:
+    """Return every shard's recorded counts of ``phase`` in shard order, once each has finished; delete the Parquet
+    files under ``folder`` (the plan's version) that no finished shard of any phase wrote.
 
     Raises ``ShardsMissing`` naming the shards without a marker.
     """
     first = shards[0]
-    folder = first.output()
+    folder = folder or first.output()
     markers, missing = [], []
     for shard in shards:
         try:
-            markers.append(storage.read_json(storage.path(folder, MARKERS, f"{shard.index:05d}.json")))
+            markers.append(storage.read_json(storage.path(folder, marker_name(phase, shard.index))))
         except FileNotFoundError:
             missing.append(shard.index)
     if missing:
-        raise ShardsMissing(f"{first.stage} dt={first.dt}: shard(s) {', '.join(str(i + 1) for i in missing)} of "
-                            f"{first.count} (version {first.version}) have no output: run their tasks (or the "
+        raise ShardsMissing(f"{first.stage} dt={first.dt}: {phase} shard(s) {', '.join(str(i + 1) for i in missing)} "
+                            f"of {first.count} (version {first.version}) have no output: run their tasks (or the "
                             "stage's plan task, for a new plan) again")
-    listed = {f for m in markers for f in m["files"]}
+    listed = {f for path in storage.list_files(folder, MARKERS, published=False)
+              for f in storage.read_json(path)["files"]}  # what every phase's finished shards wrote
     stray = [p for p in storage.list_files(folder, published=False)
              if p.endswith(".parquet") and storage.relative(p) not in listed]
     if stray:
-        log.warning("%s dt=%s: deleting %d file(s) no finished shard wrote", first.stage, first.dt, len(stray))
+        log.warning("%s dt=%s: deleting %d file(s) no finished %s shard wrote", first.stage, first.dt, len(stray),
+                    phase)
         storage.delete_files(stray)
     return [m["stats"] for m in markers]
 

@@ -357,14 +357,20 @@ class Storage:
         return PartWriter(self, self.path(*parts), schema, prefix, compression=compression,
                           row_group_size=row_group_size)
 
-    def iter_batches(self, *parts: str, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """Yield the dataset's rows in file order, ``batch_size`` at a time (bounded memory)."""
+    def iter_batches(self, *parts: str, batch_size: int, columns: list[str] | None = None,
+                     overlapping: tuple[str, int, int] | None = None) -> Iterator[pa.RecordBatch]:
+        """Yield the dataset's rows in file order, ``batch_size`` at a time (bounded memory).
+
+        ``overlapping=(column, lowest, highest)`` skips the row groups whose min/max of ``column`` lie outside.
+        """
         for path in self.list_files(*parts):
             if path.endswith(".parquet"):
                 with self._open_parquet(path) as handle:
                     parquet = pq.ParquetFile(handle)
                     # One row group per call: with pre_buffer (on by default) a single call caches the whole file.
                     for group in range(parquet.num_row_groups):
+                        if overlapping and not _overlaps(parquet.metadata.row_group(group), *overlapping):
+                            continue
                         yield from parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns)
 
     def batch_starts(self, *parts: str, batch_size: int) -> np.ndarray:
@@ -547,6 +553,18 @@ class PartWriter:
         if exc_type is None and not self.files:
             self._open()  # an empty day still leaves a file that carries the schema
         self._close_file()
+
+
+def _overlaps(group: pq.RowGroupMetaData, column: str, lowest, highest) -> bool:
+    """Return whether a row group may hold values of ``column`` in ``[lowest, highest]`` (True without stats)."""
+    for i in range(group.num_columns):
+        chunk = group.column(i)
+        if chunk.path_in_schema == column:
+            stats = chunk.statistics
+            if stats is None or not stats.has_min_max:
+                return True
+            return stats.min <= highest and stats.max >= lowest
+    return True
 
 
 def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:

@@ -14,8 +14,8 @@ import pytest
 
 from dctp_tasks.config import ShardingConfig, load_config
 from dctp_tasks.normalize import NORMALIZE, normalize_day
-from dctp_tasks.publish import current
-from dctp_tasks.quality.scoring import SCORE, score_day
+from dctp_tasks.publish import current, resolve
+from dctp_tasks.quality.scoring import score_day
 from dctp_tasks.shards import ShardsMissing
 from dctp_tasks.staging import stage_rejects
 from dctp_tasks.storage import S3Options, Storage, staging_dir
@@ -45,7 +45,8 @@ def ingest(storage: Storage, dag_id: str, news: list[dict]) -> None:
 
 def config(shards: int, **overrides):
     # 8 rows per batch: 15 batches, enough to cut the day 7 ways
-    return load_config(overrides={"batch_size": 8, "sharding.shards": {"normalize": shards, "score": shards, "score_models": shards},
+    return load_config(overrides={"batch_size": 8,
+                                  "sharding.shards": {"normalize": shards, "score": shards, "score_models": shards},
                                   "quality.scorers": {"heuristics": {}, "language": {}, "pii": {}, "credibility": {},
                                                       "toxicity": {}},
                                   "quality.classifiers": {}, **overrides})
@@ -104,8 +105,8 @@ def test_a_retried_shard_replaces_only_its_own_files(tmp_path, news):
     cfg = config(3)
     shards = NORMALIZE.plan(storage, cfg, "d", DT)
     for shard in shards:
-        NORMALIZE.run(storage, cfg, shard)
-    NORMALIZE.run(storage, cfg, shards[1])  # the task retried after it had written everything
+        NORMALIZE.phases["shard"](storage, cfg, shard)
+    NORMALIZE.phases["shard"](storage, cfg, shards[1])  # the task retried after it had written everything
     # an attempt killed mid-write left a file no marker lists
     stray = storage.path(shards[2].output(), "rows", "part-00002-00007.parquet")
     storage.write_bytes(stray, b"half a file")
@@ -121,9 +122,9 @@ def test_the_reduce_refuses_a_shard_that_never_finished(tmp_path, news):
     ingest(storage, "d", news)
     cfg = config(3)
     shards = NORMALIZE.plan(storage, cfg, "d", DT)
-    NORMALIZE.run(storage, cfg, shards[0])
-    NORMALIZE.run(storage, cfg, shards[2])
-    with pytest.raises(ShardsMissing, match=r"shard\(s\) 2 of 3"):
+    NORMALIZE.phases["shard"](storage, cfg, shards[0])
+    NORMALIZE.phases["shard"](storage, cfg, shards[2])
+    with pytest.raises(ShardsMissing, match=r"shard shard\(s\) 2 of 3"):
         NORMALIZE.finish(storage, cfg, shards)
     assert current(storage, staging_dir("d", DT, "normalize")) is None  # nothing was published
 
@@ -133,7 +134,7 @@ def test_a_new_plan_never_reads_an_earlier_plans_shards(tmp_path, news):
     ingest(storage, "d", news)
     old = NORMALIZE.plan(storage, config(7), "d", DT)
     for shard in old:
-        NORMALIZE.run(storage, config(7), shard)  # the run failed before its reduce
+        NORMALIZE.phases["shard"](storage, config(7), shard)  # the run failed before its reduce
     result = normalize_day(storage, config(2), "d", DT)
     files = storage.list_files(staging_dir("d", DT, "normalize"))
     assert result.version != old[0].version
@@ -149,13 +150,13 @@ def test_sharded_stages_on_s3(s3_bucket, news):
     result = normalize_day(storage, config(3), "d", DT)
     assert (result.total, result.kept, result.extra["shards"]) == (120, 112, 3)
     assert staged(storage, "d", DT, "normalize").column("doc_id").to_pylist()[:3] == ["news/1", "news/2", "news/3"]
-    marker = json.loads(storage.read_bytes(storage.path(SCORE_MARKER(storage, "d"))))
+    marker = json.loads(storage.read_bytes(storage.path(marker_path(storage, "d"))))
     assert marker["stats"]["total"] == 40 and marker["index"] == 1  # 15 batches of 8 cut at 5 and 10
 
 
-def SCORE_MARKER(storage: Storage, dag_id: str) -> str:  # noqa: N802
+def marker_path(storage: Storage, dag_id: str) -> str:
     version = current(storage, staging_dir(dag_id, DT, "normalize"))["version"]
-    return f"{staging_dir(dag_id, DT, 'normalize')}/v-{version}/_shards/00001.json"
+    return f"{staging_dir(dag_id, DT, 'normalize')}/v-{version}/_shards/shard-00001.json"
 
 
 @pytest.mark.parametrize(("rows", "setting", "expected"), [
@@ -199,3 +200,97 @@ def test_a_row_range_reads_only_those_rows_across_files_and_row_groups(tmp_path,
     got = [b.column("x").to_pylist() for b in storage.iter_range("data", start=start, stop=stop, batch_size=3)]
     assert sum(got, []) == list(range(start, stop))
     assert all(len(b) <= 3 for b in got)
+
+
+def test_near_dedup_gives_the_same_survivors_ledger_and_history_for_any_shard_count(tmp_path):
+    from dctp_tasks.dedup.near import STATE, dedup_near_day
+    from dctp_tasks.storage import state_dir
+    from tests.conftest import stage_dedup_input
+    from tests.dedup.test_near import edited, passage, ts
+
+    days = {"2026-04-01": [], "2026-04-02": []}
+    for i in range(60):  # clusters within each day, across days, and one-offs; some bucket large enough to window
+        base = passage(i)
+        days["2026-04-01"].append((f"w/a{i}", base, ts(i % 20), "news" if i % 3 else "forum"))
+        if i % 2:
+            days["2026-04-01"].append((f"w/b{i}", edited(base), ts((i + 5) % 20)))
+        if i % 5 == 0:
+            days["2026-04-02"].append((f"w/c{i}", edited(base, (10, 90)), ts(1)))
+        days["2026-04-02"].append((f"w/d{i}", passage(1000 + i // 4) if i % 4 else passage(2000 + i), ts(i % 7)))
+    outcomes = {}
+    for count in COUNTS:
+        storage = Storage((tmp_path / f"s{count}").as_uri())
+        cfg = load_config(overrides={"batch_size": 8, "sharding.shards.dedup_near": count,
+                                     "dedup_near.domain_thresholds": {"forum": 0.8}})
+        results = {}
+        for dt, rows in days.items():
+            stage_dedup_input(storage, "d", dt, "dedup_exact", rows)
+            results[dt] = dedup_near_day(storage, cfg, "d", dt)
+        outcomes[count] = {
+            "results": {dt: {k: v for k, v in r.as_dict().items()
+                             if k not in {"version", "output_uri", "seconds", "rows_per_s", "shards", "report"}}
+                        for dt, r in results.items()},
+            "rows": {dt: staged(storage, "d", dt, "dedup_near").drop_columns(["lineage"]) for dt in days},
+            "drops": {dt: stage_rejects(storage, "d", dt, "dedup_near").sort_by("doc_id") for dt in days},
+            "state": {(dt, part): storage.read_table(resolve(storage, state_dir(STATE, dt)), part)
+                      for dt in days for part in ("signatures", "bands")},
+            "shards": {dt: r.extra["shards"] for dt, r in results.items()},
+        }
+    assert outcomes[7]["shards"] == {"2026-04-01": 7, "2026-04-02": 7}
+    one = outcomes[1]
+    assert one["results"]["2026-04-02"]["duplicates_of_history"] > 0
+    assert one["results"]["2026-04-01"]["dropped"] > 20
+    for count in COUNTS[1:]:
+        assert outcomes[count]["results"] == one["results"]
+        for part in ("rows", "drops", "state"):
+            for key, table in one[part].items():
+                assert outcomes[count][part][key].equals(table), f"{part} {key} with {count} shards"
+
+
+def test_semantic_dedup_gives_the_same_survivors_ledger_and_vectors_for_any_shard_count(tmp_path, shared_data):
+    from dctp_tasks.dedup.semantic import dedup_semantic_day
+    from dctp_tasks.embeddings import STATE
+    from dctp_tasks.storage import state_dir
+    from tests.conftest import stage_dedup_input
+
+    with open(shared_data / "mrpc" / "msr_paraphrase_train.txt", encoding="utf-8-sig") as handle:
+        pairs = [line.rstrip("\n").split("\t") for line in handle][1:41]
+    days = {"2026-04-01": [(f"m/a{i}", p[3], ts_(i), "news" if i % 2 else "forum") for i, p in enumerate(pairs)]
+            + [(f"m/b{i}", p[4], ts_(i + 1)) for i, p in enumerate(pairs) if i % 2],
+            "2026-04-02": [(f"m/c{i}", p[4], ts_(i)) for i, p in enumerate(pairs) if i % 2 == 0]}
+    outcomes = {}
+    for count in COUNTS:
+        storage = Storage((tmp_path / f"s{count}").as_uri())
+        cfg = load_config(overrides={"batch_size": 8, "sharding.shards.dedup_semantic": count,
+                                     "dedup_semantic.threshold": 0.85,
+                                     "dedup_semantic.domain_thresholds": {"forum": 0.9}})
+        results = {}
+        for dt, rows in days.items():
+            stage_dedup_input(storage, "d", dt, "dedup_near", rows)
+            results[dt] = dedup_semantic_day(storage, cfg, "d", dt)
+        outcomes[count] = {
+            "results": {dt: {k: v for k, v in r.as_dict().items() if k not in {
+                "version", "output_uri", "seconds", "rows_per_s", "shards", "report", "embed_docs_per_s"}}
+                for dt, r in results.items()},
+            "rows": {dt: staged(storage, "d", dt, "dedup_semantic").drop_columns(["lineage"]) for dt in days},
+            "drops": {dt: stage_rejects(storage, "d", dt, "dedup_semantic").sort_by("doc_id") for dt in days},
+            "state": {dt: storage.read_table(resolve(storage, state_dir(STATE, dt))) for dt in days},
+            "shards": {dt: r.extra["shards"] for dt, r in results.items()},
+            "work": [f for f in storage.list_files("staging", published=False) if "/_work/" in f],
+        }
+    one = outcomes[1]
+    assert outcomes[7]["shards"] == {"2026-04-01": 7, "2026-04-02": 3}  # 20 rows: batches of 8 at 0, 8, 16
+    assert one["results"]["2026-04-01"]["dropped"] > 3 and one["results"]["2026-04-02"]["duplicates_of_history"] > 3
+    for count in COUNTS:
+        assert outcomes[count]["work"] == []  # the shards' scratch files go once the version is published
+    for count in COUNTS[1:]:
+        assert outcomes[count]["results"] == one["results"]
+        for part in ("rows", "drops", "state"):
+            for key, table in one[part].items():
+                assert outcomes[count][part][key].equals(table), f"{part} {key} with {count} shards"
+
+
+def ts_(hour: int):
+    from datetime import UTC, datetime
+
+    return datetime(2026, 4, 1, hour % 24, tzinfo=UTC)

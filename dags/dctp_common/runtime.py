@@ -477,14 +477,14 @@ def plan_stage(run: RunContext, stage, *args: Any, upstream: dict | None = None,
         return [shard.as_dict() for shard in stage.plan(run.storage, run.config, run.dag_id, run.dt, *args, **kwargs)]
 
 
-def run_shard(run: RunContext, stage, shard: dict, context: dict[str, Any]) -> dict:
-    """Run one shard of a sharded stage; the XCom is its counts. Names the mapped task instance in the UI."""
+def run_shard(run: RunContext, stage, shard: dict, context: dict[str, Any], phase: str = "shard") -> dict:
+    """Run ``phase`` of one shard of a sharded stage; the XCom is its counts. Names the mapped task in the UI."""
     from dctp_tasks.shards import Shard
 
     planned = Shard.from_dict(shard)
     context["shard_label"] = planned.label  # rendered by the task's map_index_template
     with permanent_errors():
-        marker = stage.run(run.storage, run.config, planned)
+        marker = stage.phases[phase](run.storage, run.config, planned)
     return {"shard": planned.label, **(marker.get("stats") or {})}
 
 

@@ -1,8 +1,9 @@
-"""Wire a sharded stage as three tasks: ``{stage}_plan`` → ``{stage}_shard`` (mapped) → ``{stage}`` (the reduce).
+"""Wire a sharded stage: ``{stage}_plan`` → ``{stage}_{phase}`` mapped over the plan, per phase → ``{stage}``.
 
 The plan's XCom is the list of shard descriptors (ranges of the input, never data); the Celery executor spreads the
-mapped shards over every worker of their queue, and a failed shard retries alone. The reduce keeps the stage's own
-task id and XCom, so downstream tasks read it exactly as they read the unsharded stage.
+mapped shards over every worker of their queue, and a failed shard retries alone. Most stages have one phase,
+``shard``; the dedup stages two (``sign``/``encode``, then ``search``). The reduce keeps the stage's own task id and
+XCom, so downstream tasks read it exactly as they read the unsharded stage.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 from airflow.sdk import get_current_context, task
 
 
-def sharded_stage(stage: str, target: str, *args: Any, doc: str, queue: str | None = None, pool: str | None = None,
+def sharded_stage(stage: str, target: str, *args: Any, doc: str, phases: tuple[str, ...] = ("shard",),
+                  queue: str | None = None, pool: str | None = None,
                   execution_timeout: timedelta | None = None, depends_on_past: bool = False,
                   wait_for_downstream: bool = False) -> Callable:
     """Return ``wire(started, upstream)`` that adds the stage's three tasks and returns the reduce's XCom.
@@ -39,12 +41,17 @@ def sharded_stage(stage: str, target: str, *args: Any, doc: str, queue: str | No
 
         return plan_stage(run_context(get_current_context()), _load(target), *args, upstream=upstream)
 
-    @task(task_id=f"{stage}_shard", doc_md=f"{doc} One shard of the day.", **shard_kwargs)
-    def shard(shard: dict) -> dict:
-        from dctp_common.runtime import run_context, run_shard
+    def phase_task(phase: str):
+        @task(task_id=f"{stage}_{phase}", doc_md=f"{doc} Phase `{phase}` of one shard of the day.", **shard_kwargs)
+        def run(shard: dict) -> dict:
+            from dctp_common.runtime import run_context, run_shard
 
-        context = get_current_context()
-        return run_shard(run_context(context), _load(target), shard, context)
+            context = get_current_context()
+            return run_shard(run_context(context), _load(target), shard, context, phase)
+
+        return run
+
+    mapped = [phase_task(phase) for phase in phases]
 
     @task(task_id=stage, doc_md=f"{doc} Publish every shard's output together.", **ordered)
     def reduce(started: dict, shards: list[dict]) -> dict:
@@ -54,9 +61,13 @@ def sharded_stage(stage: str, target: str, *args: Any, doc: str, queue: str | No
 
     def wire(started, upstream):
         shards = plan(started, upstream)
-        done = shard.expand(shard=shards)
+        previous = shards
+        for run in mapped:
+            done = run.expand(shard=shards)
+            previous >> done
+            previous = done
         result = reduce(started, shards)
-        done >> result
+        previous >> result
         wire.plan = shards
         return result
 

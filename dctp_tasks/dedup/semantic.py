@@ -23,6 +23,7 @@ index, keeping for each of today's docs only its best match.
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 
 import numpy as np
@@ -42,11 +43,12 @@ from dctp_tasks.embeddings import (
     stored_encoder,
     vectors_matrix,
 )
-from dctp_tasks.publish import earlier_partitions, publish
+from dctp_tasks.publish import Publication, earlier_partitions, publish
 from dctp_tasks.records import params_hash
-from dctp_tasks.staging import ROWS, stage_output, stage_rows
+from dctp_tasks.shards import Shard, ShardedStage, ShardOutput, iter_shard, plan_shards, publish_shards, shard_stats
+from dctp_tasks.staging import ROWS, stage_rows
 from dctp_tasks.stats import StageResult, Timer
-from dctp_tasks.storage import Storage, state_dir
+from dctp_tasks.storage import Storage, staging_dir, state_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,83 +58,159 @@ REASON = "semantic_duplicate"
 _LATEST = pa.scalar(np.iinfo(np.int64).max, pa.int64())
 _EPS = 1e-6  # range search is strict (>); widen the radius so ">= threshold" holds
 REPORT_MARGIN = 0.05  # pairs this far below their threshold are found too, and sampled for the report
+_WORK = "_work"  # inside the version the shards build: today's vectors, pairs, history matches; deleted once published
+_PAIRS_SCHEMA = pa.schema([("better", pa.int64()), ("worse", pa.int64()), ("cosine", pa.float64())])
+_BEST_SCHEMA = pa.schema([("row", pa.int64()), ("cosine", pa.float32()), ("doc_id", pa.string()), ("dt", pa.string())])
 
 
 def dedup_semantic_day(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *,
                        input_stage: str = INPUT_STAGE, input_version: str | None = None) -> StageResult:
     """Drop semantic duplicates of date ``dt``; return counts (``dropped_semantic_duplicate``)."""
+    return SEMANTIC.run_all(storage, config, dag_id, dt, input_stage=input_stage, input_version=input_version)
+
+
+def plan_semantic(storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *, input_stage: str = INPUT_STAGE,
+                  input_version: str | None = None) -> list[Shard]:
+    """Split the day into shards (``sharding.shards.dedup_semantic``): each encodes its rows, then searches with
+    them as the queries (a block of today's vectors against all of today's and against history)."""
+    return plan_shards(storage, config, dag_id, dt, STAGE, input_stage=input_stage, input_version=input_version)
+
+
+def encode_shard(storage: Storage, config: PipelineConfig, shard: Shard) -> dict:
+    """Embed the shard's rows; store them (rounded to the storage dtype) with what ranks and judges them."""
+    from dctp_tasks.models import sentence_encoder
+
     cfg = config.dedup_semantic
-    in_dir = stage_rows(storage, dag_id, dt, input_stage, input_version)
+    sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length)  # load outside the timed encoding
+    out = ShardOutput(storage, shard, "encode")
+    seconds, writer = 0.0, None
+    for batch in iter_shard(storage, shard, batch_size=config.batch_size,
+                            columns=["doc_id", "text", "created_at", "domain"]):
+        texts = pc.fill_null(batch.column("text"), "")
+        start = time.perf_counter()
+        vectors = embed_texts(texts.to_pylist(), cfg)
+        seconds += time.perf_counter() - start
+        if writer is None:
+            writer = out.writer(_WORK, "vectors", schema=_vectors_schema(vectors.shape[1], cfg)).__enter__()
+        created = pc.fill_null(pc.cast(batch.column("created_at"), pa.int64()), _LATEST)  # undated rows lose
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=cfg.storage_dtype).ravel())
+        writer.write(pa.table({"doc_id": batch.column("doc_id"), "created": created,
+                               "length": pc.cast(pc.utf8_length(texts), pa.int64()), "domain": batch.column("domain"),
+                               "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])}))
+    if writer is None:  # no rows: the file still records the model's width
+        writer = out.writer(_WORK, "vectors", schema=_vectors_schema(embed_texts([""], cfg).shape[1], cfg))
+        writer.__enter__()
+    writer.__exit__(None, None, None)
+    return out.done({"rows": writer.rows, "embed_seconds": seconds})
+
+
+def search_shard(storage: Storage, config: PipelineConfig, shard: Shard) -> dict:
+    """Range-search the shard's block of today's vectors against all of today's and against every earlier date's."""
+    cfg = config.dedup_semantic
+    work = posixpath.join(shard.output(), _WORK)
+    out = ShardOutput(storage, shard, "search")
+    with Timer() as timer:
+        today = storage.read_table(work, "vectors")
+        rank, _ = _ranks(today, cfg)
+        vectors = vectors_matrix(today.column("embedding"))
+        radius = _radius(cfg)
+        block = vectors[shard.start:shard.stop]
+        index = _build_index(vectors, cfg)
+        log.info("%s: %s range search of %d docs against %d", shard.label, backend_of(index), len(block), len(rank))
+        pairs = _day_pairs(index, block, shard.start, rank, radius) if len(block) else _no_pairs()
+        history = _history_best(storage, shard.dt, _build_index(block, cfg), len(block),
+                                encoder_identity(cfg, vectors.shape[1]), radius, cfg.history_batch_size)
+        with out.writer(_WORK, "pairs", schema=_PAIRS_SCHEMA) as writer:
+            writer.write(pa.table(dict(zip(_PAIRS_SCHEMA.names, pairs, strict=True)), schema=_PAIRS_SCHEMA))
+        with out.writer(_WORK, "history", schema=_BEST_SCHEMA) as writer:
+            writer.write(pa.table({"row": np.arange(shard.start, shard.stop), **history}, schema=_BEST_SCHEMA))
+    return out.done({"pairs": len(pairs[0]), "seconds": timer.seconds, "search": backend_of(index)})
+
+
+def finish_semantic(storage: Storage, config: PipelineConfig, shards: list[Shard]) -> StageResult:
+    """Pick survivors from every shard's pairs and history matches; publish them, the date's vectors, a report."""
+    cfg = config.dedup_semantic
+    first = shards[0]
+    dag_id, dt = first.dag_id, first.dt
+    work = posixpath.join(first.output(), _WORK)
+    encoded = shard_stats(storage, shards, "encode")
+    searched = shard_stats(storage, shards, "search")
+    in_dir = first.input(storage)
     step_params = params_hash(cfg.model_dump(mode="json", exclude={"device", "batch_size", "token_budget", "search"}))
     with Timer() as timer:
-        doc_ids, rank, thresholds, vectors, embed_seconds = _day_embeddings(storage, in_dir, cfg, config.batch_size)
-        lowest = min([cfg.threshold, *cfg.domain_thresholds.values()])
-        radius = lowest - REPORT_MARGIN - _EPS
-        encoder = encoder_identity(cfg, vectors.shape[1])
-        index = _build_index(vectors, cfg)
-        log.info("dedup_semantic dt=%s: %s range search over %d docs", dt, backend_of(index), len(rank))
-        history = _history_best(storage, dt, index, len(rank), encoder, radius, cfg.history_batch_size)
-        verdicts = _decide(doc_ids, rank, thresholds, _day_pairs(index, vectors, rank, radius), history)
-        _write_state(storage, dt, doc_ids.filter(pa.array(verdicts["position"] < 0)),
-                     vectors[verdicts["position"] < 0], cfg.storage_dtype, encoder)
-        with stage_output(storage, dag_id, dt, STAGE) as out:
-            applied = apply_verdicts(storage, dt, STAGE, REASON, in_dir, out, position=verdicts["position"],
-                                     duplicate_of=verdicts["duplicate_of"], detail=verdicts["detail"],
-                                     step_params=step_params, batch_size=config.batch_size)
+        today = storage.read_table(work, "vectors")
+        doc_ids = today.column("doc_id").combine_chunks()
+        rank, thresholds = _ranks(today, cfg)
+        found = storage.read_table(work, "pairs")
+        better, worse = found.column("better").to_numpy(), found.column("worse").to_numpy()
+        # Two blocks find a pair between them from both sides: keep it once.
+        _, once = np.unique(better * max(len(rank), 1) + worse, return_index=True)
+        pairs = (better[once], worse[once], found.column("cosine").to_numpy()[once])
+        best = storage.read_table(work, "history").sort_by("row")
+        history = {"cosine": best.column("cosine").to_numpy(),
+                   "doc_id": np.asarray(best.column("doc_id").to_pylist(), dtype=object),
+                   "dt": np.asarray(best.column("dt").to_pylist(), dtype=object)}
+        verdicts = _decide(doc_ids, rank, thresholds, pairs, history)
+        survivors = pa.array(verdicts["position"] < 0)
+        dim = today.schema.field("embedding").type.list_size
+        _write_state(storage, dt, doc_ids.filter(survivors), today.column("embedding").filter(survivors), dim,
+                     cfg.storage_dtype, encoder_identity(cfg, dim))
+        out = Publication(storage, staging_dir(dag_id, dt, STAGE), token=first.version)
+        applied = apply_verdicts(storage, dt, STAGE, REASON, in_dir, out, position=verdicts["position"],
+                                 duplicate_of=verdicts["duplicate_of"], detail=verdicts["detail"],
+                                 step_params=step_params, batch_size=config.batch_size)
+        publish_shards(storage, shards)
+        storage.delete_dir(work)
         report = stage_report(
             storage, STAGE, dt, in_dir, lambda day: stage_rows(storage, dag_id, day, STAGE),
             method=f"cosine of normalized {cfg.model or 'all-MiniLM-L6-v2'} embeddings, {cfg.survivor} survives",
             measure="cosine", thresholds=_describe(cfg), clusters=verdicts["clusters"], rates=applied.rates,
             pairs=verdicts["samples"])
+    embed_seconds = sum(s["embed_seconds"] for s in encoded)
+    search = searched[0]["search"]
     result = StageResult(STAGE, storage.uri(out.sub(ROWS)), total=applied.total, kept=applied.kept,
                          version=out.version)
-    result.seconds = timer.seconds
+    result.seconds = timer.seconds + embed_seconds + sum(s["seconds"] for s in searched)
     result.dropped_by_reason = applied.dropped_by_reason
     result.extra = {"duplicates_of_history": verdicts["of_history"], "candidate_pairs": verdicts["pairs"],
                     "clusters": verdicts["clusters"], "state_rows": result.kept,
                     "embed_docs_per_s": round(len(rank) / embed_seconds, 1) if embed_seconds > 0 else 0.0,
-                    "report": report, "search": backend_of(index)}
+                    "report": report, "search": search, "shards": len(shards)}
     log.info("dedup_semantic dt=%s: %d in, %d kept, %d semantic duplicates (%d of earlier dates), %d pairs >= %.3f "
-             "(%s search)", dt, result.total, result.kept, result.dropped, verdicts["of_history"], verdicts["pairs"],
-             lowest, result.extra["search"])
+             "(%s search, %d shard(s))", dt, result.total, result.kept, result.dropped, verdicts["of_history"],
+             verdicts["pairs"], min([cfg.threshold, *cfg.domain_thresholds.values()]), search, len(shards))
     return result
+
+
+SEMANTIC = ShardedStage(plan_semantic, {"encode": encode_shard, "search": search_shard}, finish_semantic)
+
+
+def _radius(cfg: SemanticDedupConfig) -> float:
+    """Return the search radius: a margin below the lowest threshold, so the report sees the pairs just below."""
+    return min([cfg.threshold, *cfg.domain_thresholds.values()]) - REPORT_MARGIN - _EPS
+
+
+def _ranks(today: pa.Table, cfg: SemanticDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Return each of today's rows' survivor rank (0 = best) and threshold."""
+    rank = survivor_rank(today.column("doc_id").combine_chunks(), today.column("created").to_numpy(),
+                         today.column("length").to_numpy(), cfg.survivor)
+    return rank, row_thresholds(today.column("domain").combine_chunks(), cfg.threshold, cfg.domain_thresholds)
+
+
+def _vectors_schema(dim: int, cfg: SemanticDedupConfig) -> pa.Schema:
+    value = pa.float16() if cfg.storage_dtype == "float16" else pa.float32()
+    return pa.schema([("doc_id", pa.string()), ("created", pa.int64()), ("length", pa.int64()),
+                      ("domain", pa.string()), ("embedding", pa.list_(value, dim))])
+
+
+def _no_pairs() -> tuple[np.ndarray, ...]:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
 
 
 def _describe(cfg: SemanticDedupConfig) -> str:
     domains = ", ".join(f"{name} {value:.2f}" for name, value in sorted(cfg.domain_thresholds.items()))
     return f"{cfg.threshold:.2f}" + (f"; per domain: {domains} (a doc is judged by its own domain's)"
                                      if domains else "")
-
-
-def _day_embeddings(storage: Storage, in_dir: str, cfg: SemanticDedupConfig, batch_size: int
-                    ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, float]:
-    """Return every row's ``doc_id``, survivor rank (0 = best), threshold and embedding, in file order.
-
-    Embeddings are rounded to the storage dtype, so today's rows compare exactly as they will as history.
-    """
-    from dctp_tasks.models import sentence_encoder
-
-    sentence_encoder(cfg.model, cfg.device, cfg.max_seq_length)  # load outside the timed encoding
-    ids, orders, lengths, domains, vectors = [], [], [], [], []
-    seconds = 0.0
-    for batch in storage.iter_batches(in_dir, batch_size=batch_size,
-                                      columns=["doc_id", "text", "created_at", "domain"]):
-        texts = pc.fill_null(batch.column("text"), "")
-        start = time.perf_counter()
-        vectors.append(embed_texts(texts.to_pylist(), cfg).astype(cfg.storage_dtype).astype(np.float32))
-        seconds += time.perf_counter() - start
-        ids.append(batch.column("doc_id"))
-        created = pc.fill_null(pc.cast(batch.column("created_at"), pa.int64()), _LATEST)  # undated rows lose
-        orders.append(created.to_numpy(zero_copy_only=False))
-        lengths.append(pc.utf8_length(texts).to_numpy(zero_copy_only=False))
-        domains.append(batch.column("domain"))
-    if not ids:
-        dim = embed_texts([""], cfg).shape[1]  # an empty day still writes state with the model's width
-        return pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, dim), np.float32), 0.0
-    doc_ids = pa.concat_arrays(ids)
-    rank = survivor_rank(doc_ids, np.concatenate(orders), np.concatenate(lengths), cfg.survivor)
-    thresholds = row_thresholds(pa.concat_arrays(domains), cfg.threshold, cfg.domain_thresholds)
-    return doc_ids, rank, thresholds, np.ascontiguousarray(np.concatenate(vectors)), seconds
 
 
 def _build_index(vectors: np.ndarray, cfg: SemanticDedupConfig):
@@ -174,9 +252,11 @@ def _history_best(storage: Storage, dt: str, index, n: int, encoder: dict, radiu
     return best
 
 
-def _day_pairs(index, vectors: np.ndarray, rank: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
-    """Return today's pairs above ``radius`` as ``(better, worse, cosine)`` rows, each pair once."""
-    u, v, sims = range_search(index, vectors, radius)
+def _day_pairs(index, queries: np.ndarray, offset: int, rank: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
+    """Return the pairs above ``radius`` between today's rows ``offset``… (``queries``) and all of today's, as
+    ``(better, worse, cosine)`` rows, each pair once."""
+    u, v, sims = range_search(index, queries, radius)
+    u = u + offset
     keep = u != v
     u, v, sims = u[keep], v[keep], sims[keep]
     better = np.where(rank[u] < rank[v], u, v)
@@ -246,14 +326,11 @@ def _samples(ids: list[str], thresholds: np.ndarray, pairs: tuple[np.ndarray, ..
     return out
 
 
-def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, vectors: np.ndarray, dtype: str,
+def _write_state(storage: Storage, dt: str, doc_ids: pa.Array, vectors: pa.ChunkedArray, dim: int, dtype: str,
                  encoder: dict) -> None:
     """Publish the day's surviving embeddings: the history later dates deduplicate against, and reusable vectors."""
-    dim = vectors.shape[1]
     schema = embeddings_schema(dim, dtype, encoder)
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=dtype).ravel())
     # Row groups of 10k vectors: quality scorers read back single batches' vectors by row number.
     with publish(storage, state_dir(STATE, dt), meta={"encoder": encoder}) as state, \
             state.writer(schema=schema, row_group_size=10_000) as writer:
-        writer.write(pa.table({"doc_id": doc_ids, "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
-                              schema=schema))
+        writer.write(pa.table({"doc_id": doc_ids, "embedding": vectors}, schema=schema))

@@ -179,7 +179,7 @@ def _filter_lengths(table: pa.Table, cfg: NormalizeConfig, rejects: RejectWriter
     return pc.invert(pc.or_(too_short, too_long))
 
 
-NORMALIZE = ShardedStage(plan_normalize, normalize_shard, finish_normalize)
+NORMALIZE = ShardedStage(plan_normalize, {"shard": normalize_shard}, finish_normalize)
 
 
 def _workers(cfg: NormalizeConfig) -> int:

@@ -26,7 +26,7 @@ GPU_QUEUE_ENV = "DCTP_GPU_QUEUE"
 """Names the Celery queue of the GPU tasks (default ``gpu``); executors without queues ignore it."""
 DEFAULT_POOL = "default_pool"
 #: The tasks the GPU pool and queue apply to (named in messages).
-GPU_TASKS = ("dedup_semantic", "score_models_shard", "generate_synthetic")
+GPU_TASKS = ("dedup_semantic_encode", "dedup_semantic_search", "score_models_shard", "generate_synthetic")
 
 
 def gpu_pool() -> str | None:

@@ -151,7 +151,7 @@ def finish_score(storage: Storage, config: PipelineConfig, shards: list[Shard]) 
     return result
 
 
-SCORE = ShardedStage(plan_score, score_shard, finish_score)
+SCORE = ShardedStage(plan_score, {"shard": score_shard}, finish_score)
 
 
 def _scorers(config: PipelineConfig, device: str) -> list[Scorer]:

@@ -12,14 +12,17 @@ import pytest
 
 from tests.conftest import REPO
 
-SHARDED = ["normalize", "score", "score_models"]
+SHARDED = {"normalize": ["shard"], "dedup_near": ["sign", "search"], "dedup_semantic": ["encode", "search"],
+           "score": ["shard"], "score_models": ["shard"]}
 EXPECTED_TASKS = ["preflight", "preflight_gpu", "start_run", "wait_for_landing", "ingest", "normalize", "dedup_exact",
                   "dedup_near", "dedup_semantic", "score", "score_models", "decide", "feedback_db",
                   "select_for_annotation", "merge_feedback", "generate_synthetic", "export", "finish_run",
-                  *(f"{stage}_{part}" for stage in SHARDED for part in ("plan", "shard"))]
-HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_semantic", "score_models", "score_models_plan",
-                 "select_for_annotation", "merge_feedback", "generate_synthetic", "export"}
-GPU_TASKS = {"dedup_semantic", "score_models_shard", "generate_synthetic"}  # model inference
+                  *(f"{stage}_{part}" for stage, phases in SHARDED.items() for part in ("plan", *phases))]
+HISTORY_TASKS = {"dedup_exact", "dedup_near", "dedup_near_plan", "dedup_semantic", "dedup_semantic_plan",
+                 "score_models", "score_models_plan", "select_for_annotation", "merge_feedback", "generate_synthetic",
+                 "export"}
+# model inference
+GPU_TASKS = {"dedup_semantic_encode", "dedup_semantic_search", "score_models_shard", "generate_synthetic"}
 GPU_QUEUE_TASKS = GPU_TASKS | {"preflight_gpu"}  # the models are checked where they load
 RESCORE_TASKS = ["preflight", "start_run", "decide", "merge_feedback", "decide_synthetic", "export", "finish_run"]
 APPLY_TASKS = ["feedback_db", "apply_feedback"]
@@ -84,9 +87,10 @@ def test_dag_shape(dagbag):
     assert dag.timetable.expression in {"@daily", "0 0 * * *"}
     # the spine runs in order: each stage reads the previous one's staging output
     chain = ["preflight", "start_run", "wait_for_landing", "ingest", "normalize_plan", "normalize_shard", "normalize",
-             "dedup_exact", "dedup_near", "dedup_semantic", "score_plan", "score_shard", "score", "score_models_plan",
-             "score_models_shard", "score_models", "decide", "select_for_annotation", "merge_feedback",
-             "generate_synthetic", "export", "finish_run"]
+             "dedup_exact", "dedup_near_plan", "dedup_near_sign", "dedup_near_search", "dedup_near",
+             "dedup_semantic_plan", "dedup_semantic_encode", "dedup_semantic_search", "dedup_semantic", "score_plan",
+             "score_shard", "score", "score_models_plan", "score_models_shard", "score_models", "decide",
+             "select_for_annotation", "merge_feedback", "generate_synthetic", "export", "finish_run"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("start_run").downstream_task_ids >= {"ingest", "export", "finish_run"}
@@ -94,12 +98,13 @@ def test_dag_shape(dagbag):
     assert dag.get_task("preflight").downstream_task_ids == {"start_run", "preflight_gpu", "feedback_db"}
     # the feedback store's migrations are applied before selection reads or writes it
     assert dag.get_task("feedback_db").downstream_task_ids == {"select_for_annotation"}
-    assert dag.get_task("preflight_gpu").downstream_task_ids == {"dedup_semantic"}
+    assert dag.get_task("preflight_gpu").downstream_task_ids == {"dedup_semantic_plan"}
     # the heavy stages map over their plan's shards; the reduce keeps the stage's task id and waits for them all
-    for stage in SHARDED:
-        assert dag.get_task(f"{stage}_plan").downstream_task_ids >= {f"{stage}_shard", stage}
-        assert type(dag.get_task(f"{stage}_shard")).__name__.endswith("MappedOperator")
-        assert dag.get_task(f"{stage}_shard").downstream_task_ids == {stage}
+    for stage, phases in SHARDED.items():
+        assert dag.get_task(f"{stage}_plan").downstream_task_ids >= {f"{stage}_{phases[0]}", stage}
+        for phase, after in zip(phases, [*phases[1:], None], strict=True):
+            assert type(dag.get_task(f"{stage}_{phase}")).__name__.endswith("MappedOperator")
+            assert dag.get_task(f"{stage}_{phase}").downstream_task_ids == {f"{stage}_{after}" if after else stage}
     # relevance in score_models reads the centroids the previous date's decide writes: its plan waits for the
     # previous date's plan and what follows it, decide included
     plan = dag.get_task("score_models_plan")

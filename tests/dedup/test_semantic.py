@@ -198,7 +198,7 @@ def test_flat_and_ivf_index_find_the_same_pairs(nlist):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
     index = _build_index(vectors, SemanticDedupConfig(nlist=nlist, nprobe=2))
-    better, worse, cosine = _day_pairs(index, vectors, np.arange(400), 0.95)
+    better, worse, cosine = _day_pairs(index, vectors, 0, np.arange(400), 0.95)
 
     assert type(index).__name__ == ("IndexIVFFlat" if nlist else "IndexFlatIP")
     assert sorted(zip(better.tolist(), worse.tolist(), strict=True)) == [(i, 200 + i) for i in range(10)]

@@ -237,3 +237,36 @@ def test_a_failed_preflight_fails_the_run_at_once_naming_the_fix(dag, airflow_db
 
     # with perplexity switched off for the run, nothing needs SmolLM2 and the preflight passes
     run(dag, {"config_overrides": FAST})
+
+
+def test_sharding_settings_map_the_heavy_stages_and_change_nothing_exported(dag, airflow_db, storage):
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    def shards(run_id: str) -> dict[str, list[str]]:
+        with create_session() as session:
+            tis = session.query(TaskInstance).filter(TaskInstance.run_id == run_id,
+                                                     TaskInstance.task_id.like("%_shard")).all()
+            assert {ti.state for ti in tis} == {"success"}
+            return {task: sorted(ti.rendered_map_index for ti in tis if ti.task_id == task)
+                    for task in {ti.task_id for ti in tis}}
+
+    def rows():
+        table = exported(storage).drop_columns(["lineage"])  # score lineage hashes its input files' layout
+        return table.sort_by("doc_id").to_pylist()
+
+    conf = {"batch_size": 16, "config_overrides": FAST}
+    single = run(dag, conf)
+    before = rows()
+    assert {task: len(labels) for task, labels in shards(single.run_id).items()} == \
+        {"normalize_shard": 1, "score_shard": 1, "score_models_shard": 1}
+
+    sharded = run(dag, {"batch_size": 16, "config_overrides": {**FAST, "sharding.target_rows": 60,
+                                                                "sharding.shards.score_models": 2}})
+
+    mapped = shards(sharded.run_id)
+    assert len(mapped["normalize_shard"]) == 4  # auto: 200+ rows at 60 per shard
+    assert len(mapped["score_models_shard"]) == 2
+    assert mapped["score_models_shard"][0].startswith("score_models 1/2 rows 0-")  # the UI's name of each shard
+    assert rows() == before
+    ledger(storage)
