@@ -164,6 +164,11 @@ class Stack:
         tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
         return {ti["task_id"]: ti for ti in tis["task_instances"]}
 
+    def all_task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        """Every task instance of the run, each shard of a mapped task on its own."""
+        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
+        return tis["task_instances"]
+
     def xcom(self, dag_id: str, run_id: str, task_id: str):
         """The return value a task pushed."""
         return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",

@@ -1,6 +1,7 @@
 """A real Airflow 3 cluster on loopback: PostgreSQL metadata DB, Redis broker, api-server, scheduler,
-dag-processor and two Celery workers (queues ``default`` and ``gpu``, distinct hostnames), the data root on a
-moto S3 server behind a fault-injecting proxy, MLflow on SQLite.
+dag-processor and four Celery workers (two on queue ``default``, two on ``gpu``, each with its own hostname), the
+data root on a moto S3 server behind a fault-injecting proxy, MLflow on SQLite. The heavy stages run as two shards
+each, so every queue's shards can spread over both of its workers.
 
 Every process runs in its own process group with a marker in its environment; teardown stops the groups
 (SIGTERM, then SIGKILL), drops the database, empties the Redis DB and fails if any marked process is left.
@@ -27,7 +28,9 @@ from tests.cluster.hostname import HOSTNAME_ENV
 from tests.conftest import REPO, free_port, unavailable
 
 REDIS_URL = os.environ.get("DCTP_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-CPU_HOST, GPU_HOST = "dctp-cpu-worker", "dctp-gpu-worker"
+CPU_HOSTS = ("dctp-cpu-worker-1", "dctp-cpu-worker-2")
+GPU_HOSTS = ("dctp-gpu-worker-1", "dctp-gpu-worker-2")
+SHARDS = 2
 BUCKET = "dctp-cluster"
 
 
@@ -114,8 +117,13 @@ def _check_celery_provider(env: dict[str, str]) -> None:
 
 
 def _write_config(path: Path) -> None:
-    """The default config with the CPU-slow perplexity model off (semantic dedup, a GPU task, stays on)."""
+    """The default config with the CPU-slow perplexity model off (semantic dedup, a GPU task, stays on), and every
+    sharded stage in ``SHARDS`` shards (batches of 25 rows, so a 200-row day can be cut)."""
+    from dctp_tasks.config import SHARDED_STAGES
+
     config = yaml.safe_load((REPO / "include" / "config" / "dctp.yaml").read_text())
+    config["batch_size"] = 25
+    config["sharding"] = {**(config.get("sharding") or {}), "shards": dict.fromkeys(SHARDED_STAGES, SHARDS)}
     config["quality"]["scorers"]["perplexity"] = {**(config["quality"]["scorers"].get("perplexity") or {}),
                                                   "enabled": False}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -166,19 +174,18 @@ def cluster(moto_server, tmp_path_factory) -> Iterator[Cluster]:
             MlflowClient(tracking_uri=cluster.mlflow_uri).search_experiments()
             with stopped_on_exit(cluster.services, marker):
                 cluster.cli("db", "migrate")
-                cluster.cli("pools", "set", "gpu", "1", "GPU slots")
+                cluster.cli("pools", "set", "gpu", str(len(GPU_HOSTS)), "GPU slots")  # one per GPU host
                 cluster.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port),
                               "--workers", "1")
                 cluster.start("scheduler", "scheduler")
                 cluster.start("dag-processor", "dag-processor")
-                cpu = cluster.start("worker-default", "celery", "worker", "-q", "default", "-c", "2",
-                                    "--celery-hostname", f"{CPU_HOST}@%h", "--skip-serve-logs",
-                                    **{HOSTNAME_ENV: CPU_HOST})
-                gpu = cluster.start("worker-gpu", "celery", "worker", "-q", "gpu", "-c", "1",
-                                    "--celery-hostname", f"{GPU_HOST}@%h", "--skip-serve-logs",
-                                    **{HOSTNAME_ENV: GPU_HOST})
+                workers = [cluster.start(f"worker-{queue}-{i}", "celery", "worker", "-q", queue, "-c", "1",
+                                         "--celery-hostname", f"{host}@%h", "--skip-serve-logs",
+                                         **{HOSTNAME_ENV: host})
+                           for queue, hosts in (("default", CPU_HOSTS), ("gpu", GPU_HOSTS))
+                           for i, host in enumerate(hosts, 1)]
                 cluster.wait_until_ready(["dctp_daily"])
-                for worker in (cpu, gpu):
+                for worker in workers:
                     cluster.wait(f"the {worker.name} Celery worker to be ready",
                                  lambda w=worker: " ready." in w.tail(400), READY_TIMEOUT)
                 yield cluster

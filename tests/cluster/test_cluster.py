@@ -1,7 +1,9 @@
 """Cluster: ``dctp_daily`` on a real CeleryExecutor deployment on loopback, driven through the REST API.
 
-A backfill over three dates must succeed with every GPU-marked task on the GPU worker (queue ``gpu``) and every
-other task on the CPU worker (queue ``default``), one Delta version and one MLflow run per date. Then a fourth
+A backfill over three dates must succeed with every GPU-marked task on a GPU worker (queue ``gpu``) and every
+other task on a CPU worker (queue ``default``), one Delta version and one MLflow run per date. The heavy stages run
+as mapped shards: they spread over both workers of each queue, and the first date's staged outputs equal what the
+same stages make in one shard each. Then a fourth
 date runs while S3 fails twice: landing-file downloads are cut mid-response while ``ingest`` reads them, then every
 connection is reset while ``normalize`` runs. Both tasks are retried, nothing is quarantined for it, and the day's
 exported and dropped rows add up to the rows really in its landing files. Last, ``dctp_rescore`` re-decides a date
@@ -22,16 +24,17 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.airflow_stack import BIN
-from tests.cluster.conftest import CPU_HOST, GPU_HOST, Cluster
+from tests.cluster.conftest import CPU_HOSTS, GPU_HOSTS, SHARDS, Cluster
 from tests.conftest import REPO
 
 DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
 FAULT_DATE = "2026-01-04"
 DAG_ID = "dctp_daily"
 CONSUMER = "dctp_materialize_chat"
-#: The tasks that run while S3 fails: ingest while it downloads landing files, normalize between a read and a write.
+#: The tasks that run while S3 fails: ingest while it downloads landing files, normalize's shards between a read and a
+#: write (each retries alone: its plan task is not run again).
 READ_FAULT_TASK = "ingest"
-FAULT_TASK = "normalize"
+FAULT_TASK = "normalize_shard"
 BACKFILL_TIMEOUT = 900.0
 FAULT_RUN_TIMEOUT = 600.0
 
@@ -57,26 +60,63 @@ def gpu_task_ids(cluster: Cluster) -> dict[str, str]:
     return {t["task_id"]: t["pool"] for t in tasks if t["queue"] == "gpu"}
 
 
-def assert_routing(cluster: Cluster, run_id: str, gpu_tasks: dict[str, str]) -> None:
-    """Every attempt of every task ran where the DAG routes it: GPU tasks on the GPU worker, the rest on CPU."""
-    for task_id, ti in cluster.task_instances(DAG_ID, run_id).items():
-        tries = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/tries")
+def assert_routing(cluster: Cluster, run_id: str, gpu_tasks: dict[str, str]) -> dict[str, set[str]]:
+    """Every attempt of every task (each shard of a mapped one) ran where the DAG routes it: GPU tasks on a GPU
+    worker, the rest on a CPU worker. Returns the hosts that ran each mapped task's shards."""
+    shard_hosts: dict[str, set[str]] = {}
+    for ti in cluster.all_task_instances(DAG_ID, run_id):
+        task_id, index = ti["task_id"], ti["map_index"]
+        path = f"{task_id}/{index}" if index >= 0 else task_id
+        tries = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{path}/tries")
         for attempt in [ti, *tries["task_instances"]]:
             where = (attempt["hostname"], attempt["queue"])
             if task_id in gpu_tasks:
-                assert where == (GPU_HOST, "gpu"), f"{run_id} {task_id} try {attempt['try_number']} ran on {where}"
+                assert where[0] in GPU_HOSTS and where[1] == "gpu", \
+                    f"{run_id} {path} try {attempt['try_number']} ran on {where}"
                 assert attempt["pool"] == gpu_tasks[task_id], f"{task_id} took pool {attempt['pool']}"
             else:
-                assert where == (CPU_HOST, "default"), \
-                    f"{run_id} {task_id} try {attempt['try_number']} ran on {where}"
+                assert where[0] in CPU_HOSTS and where[1] == "default", \
+                    f"{run_id} {path} try {attempt['try_number']} ran on {where}"
+        if index >= 0:
+            shard_hosts.setdefault(task_id, set()).add(ti["hostname"])
+    return shard_hosts
+
+
+def assert_single_shard_equal(cluster: Cluster, dt: str, folder) -> None:
+    """Run the date's sharded stages here, in one shard each, from the cluster's own ingested rows: every staged
+    output equals the cluster's."""
+    from dctp_tasks.config import SHARDED_STAGES, load_config
+    from dctp_tasks.dedup.exact import dedup_exact_day
+    from dctp_tasks.dedup.near import dedup_near_day
+    from dctp_tasks.dedup.semantic import dedup_semantic_day
+    from dctp_tasks.normalize import normalize_day
+    from dctp_tasks.quality.scoring import score_day
+    from dctp_tasks.storage import Storage
+    from tests.conftest import publish_stage, staged
+
+    storage, local = cluster.storage(), Storage(folder.as_uri())
+    publish_stage(local, "single", dt, "ingest", staged(storage, DAG_ID, dt, "ingest"))
+    config = load_config(cluster.env["DCTP_CONFIG"],
+                         overrides={"sharding.shards": dict.fromkeys(SHARDED_STAGES, 1)})
+    for stage in (normalize_day, dedup_exact_day, dedup_near_day, dedup_semantic_day):
+        stage(local, config, "single", dt)
+    score_day(local, config, "single", dt, "cpu")
+    score_day(local, config, "single", dt, "gpu")
+    for stage in ("normalize", "dedup_near", "dedup_semantic", "score", "score_models"):
+        # the score stages' lineage hashes their input files, whose layout differs; every value is compared
+        mine = staged(local, "single", dt, stage).drop_columns(["lineage"])
+        theirs = staged(storage, DAG_ID, dt, stage).drop_columns(["lineage"])
+        assert mine.num_rows > 0 and theirs.equals(mine), f"{stage} of {dt} in {SHARDS} shards differs from one"
 
 
 def retried(cluster: Cluster, run_id: str, task: str) -> bool:
-    """Whether ``task``'s first attempt failed and a retry is due or running (an outcome now fails the test)."""
-    ti = cluster.task_instances(DAG_ID, run_id)[task]
-    assert ti["state"] not in {"failed", "success", "upstream_failed"}, \
-        f"{task} ended {ti['state']} during the outage (try {ti['try_number']})"
-    return ti["state"] == "up_for_retry" or ti["try_number"] >= 2
+    """Whether ``task``'s first attempt (of any of its shards) failed and a retry is due or running (an outcome now
+    fails the test)."""
+    tis = [ti for ti in cluster.all_task_instances(DAG_ID, run_id) if ti["task_id"] == task]
+    for ti in tis:
+        assert ti["state"] not in {"failed", "upstream_failed"}, \
+            f"{task} {ti['map_index']} ended {ti['state']} during the outage (try {ti['try_number']})"
+    return any(ti["state"] == "up_for_retry" or ti["try_number"] >= 2 for ti in tis)
 
 
 def landing_rows(cluster: Cluster, dt: str) -> int:
@@ -133,7 +173,7 @@ def assert_partition_balances(cluster: Cluster, commit: dict) -> None:
     assert set(dropped).isdisjoint(exported), f"{dt}: rows both exported and rejected"
 
 
-def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
+def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from dctp_tasks.export import METADATA_PREFIX
@@ -142,8 +182,8 @@ def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
     started = time.monotonic()
     gpu_tasks = gpu_task_ids(cluster)
     # the GPU tasks take the pool DCTP_GPU_POOL names; the GPU worker's own preflight never waits on it
-    assert gpu_tasks == {"dedup_semantic": "gpu", "score_models": "gpu", "generate_synthetic": "gpu",
-                         "preflight_gpu": "default_pool"}, gpu_tasks
+    assert gpu_tasks == {"dedup_semantic_encode": "gpu", "dedup_semantic_search": "gpu", "score_models_shard": "gpu",
+                         "generate_synthetic": "gpu", "preflight_gpu": "default_pool"}, gpu_tasks
     assert cluster.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})["is_paused"] is False
     # the example training DAG, scheduled on the curated table's Asset: paused when created, turned on here
     cluster.wait(f"{CONSUMER} to be parsed", lambda: cluster.api("GET", f"/dags/{CONSUMER}/details")["dag_id"], 240)
@@ -156,8 +196,21 @@ def test_backfill_through_rest_api_routes_gpu_tasks(landed: Cluster):
     print(f"backfill of {len(DATES)} dates took {time.monotonic() - started:.0f} s")
 
     assert all(runs[dt]["run_type"] == "backfill" for dt in DATES)
+    shard_hosts: dict[str, set[str]] = {}
     for dt in DATES:
-        assert_routing(cluster, runs[dt]["dag_run_id"], gpu_tasks)
+        for task_id, hosts in assert_routing(cluster, runs[dt]["dag_run_id"], gpu_tasks).items():
+            shard_hosts.setdefault(task_id, set()).update(hosts)
+    # every sharded stage mapped over SHARDS shards, and each queue's shards ran on both of its workers
+    mapped = {ti["task_id"] for ti in cluster.all_task_instances(DAG_ID, runs[DATES[0]]["dag_run_id"])
+              if ti["map_index"] >= 0}
+    assert mapped == {"normalize_shard", "dedup_near_sign", "dedup_near_search", "dedup_semantic_encode",
+                      "dedup_semantic_search", "score_shard", "score_models_shard"}, mapped
+    assert len([ti for ti in cluster.all_task_instances(DAG_ID, runs[DATES[0]]["dag_run_id"])
+                if ti["task_id"] == "normalize_shard"]) == SHARDS
+    on_gpu = set().union(*(hosts for task, hosts in shard_hosts.items() if task in gpu_tasks))
+    on_cpu = set().union(*(hosts for task, hosts in shard_hosts.items() if task not in gpu_tasks))
+    assert (on_cpu, on_gpu) == (set(CPU_HOSTS), set(GPU_HOSTS)), shard_hosts
+    assert_single_shard_equal(cluster, DATES[0], tmp_path)
 
     history = commits(cluster)
     assert [c[f"{METADATA_PREFIX}dt"] for c in history] == DATES, "one Delta version per date, in date order"
@@ -193,8 +246,10 @@ def test_preflight_and_doctor_check_the_celery_queues_and_the_gpu_pool(landed: C
         pytest.skip("needs the dates backfilled by test_backfill_through_rest_api_routes_gpu_tasks")
     # the run's own preflight asked the broker which workers consume each queue
     checks = {c["name"]: c for c in cluster.xcom(DAG_ID, runs[DATES[0]]["dag_run_id"], "preflight")}
-    assert checks["queue default"]["status"] == "ok" and CPU_HOST in checks["queue default"]["detail"], checks
-    assert checks["queue gpu"]["status"] == "ok" and GPU_HOST in checks["queue gpu"]["detail"], checks
+    assert checks["queue default"]["status"] == "ok", checks
+    assert checks["queue gpu"]["status"] == "ok", checks
+    assert all(host in checks["queue default"]["detail"] for host in CPU_HOSTS), checks
+    assert all(host in checks["queue gpu"]["detail"] for host in GPU_HOSTS), checks
     assert checks["pool gpu"]["status"] == "skip", "a task cannot read pools: it must not claim to have checked"
     assert not [c for c in checks.values() if c["status"] == "fail"]
     # the models are checked on the GPU worker, where they load
@@ -204,9 +259,10 @@ def test_preflight_and_doctor_check_the_celery_queues_and_the_gpu_pool(landed: C
 
     code, checks = doctor(cluster)
     assert code == 0, checks
-    assert checks["pool gpu"]["status"] == "ok" and checks["pool gpu"]["detail"].startswith("1 slot(s)")
+    assert checks["pool gpu"]["status"] == "ok" and checks["pool gpu"]["detail"].startswith("2 slot(s)")
     assert checks["data root"]["status"] == "ok" and checks["data root"]["detail"].startswith("s3://")
-    assert GPU_HOST in checks["queue gpu"]["detail"] and CPU_HOST in checks["queue default"]["detail"]
+    assert all(host in checks["queue gpu"]["detail"] for host in GPU_HOSTS)
+    assert all(host in checks["queue default"]["detail"] for host in CPU_HOSTS)
     assert checks["delta table"]["status"] == "ok" and "reads and writes it" in checks["delta table"]["detail"]
 
     # a GPU queue no worker consumes, a pool nobody created: each fails with the command that fixes it
@@ -249,7 +305,7 @@ def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     cut = cluster.proxy.refused
     assert cut > 0, "no landing download was cut"
     # S3 goes down as soon as the task before the target is done, so the target's first attempt meets the outage
-    upstream = "ingest"
+    upstream = "normalize_plan"
     cluster.wait(f"{upstream} of {FAULT_DATE} to succeed",
                  lambda: cluster.task_instances(DAG_ID, fault_run)[upstream]["state"] == "success", 300, interval=1)
     cluster.proxy.fail("reset")
@@ -265,12 +321,16 @@ def test_s3_outage_during_a_task_is_retried_and_loses_nothing(landed: Cluster):
     runs = cluster.wait_for_runs(DAG_ID, created["id"], [FAULT_DATE], FAULT_RUN_TIMEOUT)
     print(f"fault run took {time.monotonic() - started:.0f} s (S3 down {outage:.0f} s, "
           f"{cluster.proxy.refused} connections refused)")
-    tis = cluster.task_instances(DAG_ID, runs[FAULT_DATE]["dag_run_id"])
-    for task in (READ_FAULT_TASK, FAULT_TASK):
-        assert tis[task]["try_number"] >= 2, f"{task} was not retried: {tis[task]}"
-        tries = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{fault_run}/taskInstances/{task}/tries")
+    tis = cluster.all_task_instances(DAG_ID, runs[FAULT_DATE]["dag_run_id"])
+    retried_tis = [ti for ti in tis if ti["task_id"] in (READ_FAULT_TASK, FAULT_TASK) and ti["try_number"] >= 2]
+    assert {ti["task_id"] for ti in retried_tis} == {READ_FAULT_TASK, FAULT_TASK}, tis
+    for ti in retried_tis:
+        path = f"{ti['task_id']}/{ti['map_index']}" if ti["map_index"] >= 0 else ti["task_id"]
+        tries = cluster.api("GET", f"/dags/{DAG_ID}/dagRuns/{fault_run}/taskInstances/{path}/tries")
         states = {t["try_number"]: t["state"] for t in tries["task_instances"]}
-        assert states.get(1) in {"failed", "up_for_retry"} and states[max(states)] == "success", (task, states)
+        assert states.get(1) in {"failed", "up_for_retry"} and states[max(states)] == "success", (path, states)
+    # a shard retried alone: the plan it belongs to ran once
+    assert [ti["try_number"] for ti in tis if ti["task_id"] == "normalize_plan"] == [1]
     assert_routing(cluster, fault_run, gpu_task_ids(cluster))
 
     history = commits(cluster)

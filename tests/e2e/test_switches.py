@@ -14,7 +14,7 @@ import pytest
 from dctp_tasks.export import committed_ledger, open_table
 from dctp_tasks.ledger import ledger_report
 from dctp_tasks.staging import stage_rows
-from dctp_tasks.storage import Storage
+from dctp_tasks.storage import Storage, staging_dir
 from tests.conftest import config_file, staged
 from tests.conftest import rejects as staged_drops
 from tests.e2e.test_dag_e2e import demo_corpus
@@ -246,7 +246,7 @@ def test_sharding_settings_map_the_heavy_stages_and_change_nothing_exported(dag,
     def shards(run_id: str) -> dict[str, list[str]]:
         with create_session() as session:
             tis = session.query(TaskInstance).filter(TaskInstance.run_id == run_id,
-                                                     TaskInstance.task_id.like("%_shard")).all()
+                                                     TaskInstance.map_index >= 0).all()
             assert {ti.state for ti in tis} == {"success"}
             return {task: sorted(ti.rendered_map_index for ti in tis if ti.task_id == task)
                     for task in {ti.task_id for ti in tis}}
@@ -259,14 +259,19 @@ def test_sharding_settings_map_the_heavy_stages_and_change_nothing_exported(dag,
     single = run(dag, conf)
     before = rows()
     assert {task: len(labels) for task, labels in shards(single.run_id).items()} == \
-        {"normalize_shard": 1, "score_shard": 1, "score_models_shard": 1}
+        {"normalize_shard": 1, "score_shard": 1, "score_models_shard": 1, "dedup_near_sign": 1,
+         "dedup_near_search": 1, "dedup_semantic_encode": 1, "dedup_semantic_search": 1}
 
+    for stage in ("score", "score_models"):  # stored scores would be reused: score again, in shards
+        storage.delete_dir(staging_dir("dctp_daily", DT, stage))
     sharded = run(dag, {"batch_size": 16, "config_overrides": {**FAST, "sharding.target_rows": 60,
-                                                                "sharding.shards.score_models": 2}})
+                                                                "sharding.shards.score_models": 2,
+                                                                "sharding.shards.dedup_near": 3}})
 
     mapped = shards(sharded.run_id)
     assert len(mapped["normalize_shard"]) == 4  # auto: 200+ rows at 60 per shard
     assert len(mapped["score_models_shard"]) == 2
+    assert len(mapped["dedup_near_sign"]) == len(mapped["dedup_near_search"]) == 3
     assert mapped["score_models_shard"][0].startswith("score_models 1/2 rows 0-")  # the UI's name of each shard
     assert rows() == before
     ledger(storage)
