@@ -8,7 +8,7 @@ import types
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 
 
 def worker_count(configured: int) -> int:
@@ -28,8 +28,14 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """
     real = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")
+    # A task run by a Celery worker is forked from a prefork child, whose daemon flag it inherits, and a daemonic
+    # process may not start children. The pool's workers are joined when this block ends, so none outlives it.
+    me = current_process()
+    daemonic = me._config.get("daemon", False)
+    me._config["daemon"] = False
     try:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             yield pool
     finally:
+        me._config["daemon"] = daemonic
         sys.modules["__main__"] = real

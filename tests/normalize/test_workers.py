@@ -42,3 +42,25 @@ def test_worker_processes_do_not_rerun_the_main_script(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"kept": 60, "workers": 2, "fixed": True}
+
+
+def test_a_pool_starts_inside_a_daemonic_process():
+    """An Airflow task on a Celery worker runs in a process forked from a daemonic prefork child."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_pool_in_child, args=(queue,), daemon=True)
+    child.start()
+    child.join(120)
+    assert queue.get(timeout=5) == [4, 9]
+
+
+def _pool_in_child(queue) -> None:
+    from dctp_tasks.workers import process_pool
+
+    try:
+        with process_pool(2) as pool:
+            queue.put(list(pool.map(pow, [2, 3], [2, 2])))
+    except Exception as exc:  # the parent asserts on what it receives
+        queue.put(repr(exc))
