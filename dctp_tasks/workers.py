@@ -28,14 +28,16 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """
     real = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")
-    # A task run by a Celery worker is forked from a prefork child, whose daemon flag it inherits, and a daemonic
-    # process may not start children. The pool's workers are joined when this block ends, so none outlives it.
+    # A task run by a Celery worker is forked from a prefork (billiard) child. It inherits that child's daemon flag,
+    # and a daemonic process may not start children; and billiard's authkey, which multiprocessing refuses to
+    # pickle for its spawned children. The pool's workers are joined when this block ends, so none outlives it.
     me = current_process()
-    daemonic = me._config.get("daemon", False)
+    saved = dict(me._config)
     me._config["daemon"] = False
+    me.authkey = bytes(me.authkey)
     try:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             yield pool
     finally:
-        me._config["daemon"] = daemonic
+        me._config.update(saved)
         sys.modules["__main__"] = real

@@ -44,8 +44,8 @@ def test_worker_processes_do_not_rerun_the_main_script(tmp_path):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"kept": 60, "workers": 2, "fixed": True}
 
 
-def test_a_pool_starts_inside_a_daemonic_process():
-    """An Airflow task on a Celery worker runs in a process forked from a daemonic prefork child."""
+def test_a_pool_starts_inside_a_daemonic_process_with_billiards_authkey():
+    """An Airflow task on a Celery worker runs in a process forked from a daemonic billiard prefork child."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
@@ -57,7 +57,14 @@ def test_a_pool_starts_inside_a_daemonic_process():
 
 
 def _pool_in_child(queue) -> None:
+    import multiprocessing
+
+    from billiard.process import AuthenticationString
+
     from dctp_tasks.workers import process_pool
+
+    me = multiprocessing.current_process()
+    me._config["authkey"] = AuthenticationString(me.authkey)  # as a billiard child holds it
 
     try:
         with process_pool(2) as pool:
