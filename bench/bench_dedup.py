@@ -176,8 +176,7 @@ def _phase_timers() -> dict[str, float]:
     from dctp_tasks.dedup import near as dedup_near
 
     phases = {"signatures": 0.0, "history_scan": 0.0, "lsh_cluster": 0.0, "write_state": 0.0}
-    wrapped = {"_day_signatures": "signatures", "_history_matches": "history_scan", "_cluster": "lsh_cluster",
-               "_write_state": "write_state"}
+    wrapped = {"history_matches": "history_scan", "_cluster": "lsh_cluster", "_write_state": "write_state"}
 
     def timed(fn, phase):
         def call(*args, **kwargs):
@@ -190,6 +189,7 @@ def _phase_timers() -> dict[str, float]:
 
     for name, phase in wrapped.items():
         setattr(dedup_near, name, timed(getattr(dedup_near, name), phase))
+    dedup_near.NEAR.phases["sign"] = timed(dedup_near.NEAR.phases["sign"], "signatures")
     return phases
 
 
