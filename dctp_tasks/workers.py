@@ -34,10 +34,17 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     me = current_process()
     saved = dict(me._config)
     me._config["daemon"] = False
-    me.authkey = bytes(me.authkey)
+    me._config["authkey"] = _SpawnableKey(me.authkey)
     try:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             yield pool
     finally:
         me._config.update(saved)
         sys.modules["__main__"] = real
+
+
+class _SpawnableKey(bytes):
+    """A process's authkey as plain bytes to its spawned children (the key multiprocessing itself hands them)."""
+
+    def __reduce__(self):
+        return bytes, (bytes(self),)

@@ -63,8 +63,10 @@ def _pool_in_child(queue) -> None:
 
     from dctp_tasks.workers import process_pool
 
+    # as in a billiard child: its authkey, and multiprocessing making more of that kind
+    multiprocessing.process.AuthenticationString = AuthenticationString
     me = multiprocessing.current_process()
-    me._config["authkey"] = AuthenticationString(me.authkey)  # as a billiard child holds it
+    me._config["authkey"] = AuthenticationString(me.authkey)
 
     try:
         with process_pool(2) as pool:
