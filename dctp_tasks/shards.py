@@ -94,7 +94,7 @@ class ShardedStage:
 
     def run_all(self, storage: Storage, config: PipelineConfig, dag_id: str, dt: str, *args: Any,
                 **kwargs: Any) -> StageResult:
-        """Run every shard here, one after the other: the stage as one task (the CLI, tests, ``dctp_rescore``)."""
+        """Run every shard here, one after the other: the stage as one task (the CLI, tests, benchmarks)."""
         shards = self.plan(storage, config, dag_id, dt, *args, **kwargs)
         for run in self.phases.values():
             for shard in shards:
