@@ -187,3 +187,11 @@ def vectors_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Return a fixed-size-list column of vectors as a float32 ``(rows, dim)`` matrix."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(arr), arr.type.list_size)
+
+
+def vectors_column(matrix: np.ndarray, dtype: str = "float32") -> pa.FixedSizeListArray:
+    """Return a ``(rows, dim)`` matrix as a fixed-size-list column of ``dtype`` values (the inverse of
+    ``vectors_matrix``)."""
+    dim = matrix.shape[1] if matrix.ndim == 2 and matrix.shape[1] else 1
+    flat = np.ascontiguousarray(matrix, dtype=dtype).ravel()
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.from_numpy_dtype(flat.dtype)), dim)

@@ -41,6 +41,7 @@ from dctp_tasks.embeddings import (
     encoder_identity,
     encoder_mismatch,
     stored_encoder,
+    vectors_column,
     vectors_matrix,
 )
 from dctp_tasks.publish import Publication, earlier_partitions, publish
@@ -93,10 +94,9 @@ def encode_shard(storage: Storage, config: PipelineConfig, shard: Shard) -> dict
         if writer is None:
             writer = out.writer(_WORK, "vectors", schema=_vectors_schema(vectors.shape[1], cfg)).__enter__()
         created = pc.fill_null(pc.cast(batch.column("created_at"), pa.int64()), _LATEST)  # undated rows lose
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=cfg.storage_dtype).ravel())
         writer.write(pa.table({"doc_id": batch.column("doc_id"), "created": created,
                                "length": pc.cast(pc.utf8_length(texts), pa.int64()), "domain": batch.column("domain"),
-                               "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])}))
+                               "embedding": vectors_column(vectors, cfg.storage_dtype)}))
     if writer is None:  # no rows: the file still records the model's width
         writer = out.writer(_WORK, "vectors", schema=_vectors_schema(embed_texts([""], cfg).shape[1], cfg))
         writer.__enter__()

@@ -25,7 +25,7 @@ import dctp_tasks
 from dctp_tasks.config import GeneratorConfig, PipelineConfig
 from dctp_tasks.dedup.report import table_cell, write_report
 from dctp_tasks.embeddings import STATE as EMBEDDINGS
-from dctp_tasks.embeddings import encoder_identity, encoder_mismatch, stored_encoder, vectors_matrix
+from dctp_tasks.embeddings import encoder_identity, encoder_mismatch, stored_encoder, vectors_column, vectors_matrix
 from dctp_tasks.ledger import RejectWriter
 from dctp_tasks.publish import NotPublished, resolve
 from dctp_tasks.quality.base import Scorer, ScoringContext
@@ -306,9 +306,7 @@ def _measure(storage: Storage, config: PipelineConfig, dt: str, cands: pa.Table)
                            semantic_copy_of=sem_of)
     signature = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * near.num_perm), len(sigs),
                                                      [None, pa.py_buffer(np.ascontiguousarray(sigs, "<u4"))])
-    dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
-    vector = pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float16).ravel(), pa.float16()), dim)
-    return cands.append_column("signature", signature).append_column("vector", vector)
+    return cands.append_column("signature", signature).append_column("vector", vectors_column(vectors, "float16"))
 
 
 def _today_vectors_max(storage: Storage, dt: str, vectors: np.ndarray,

@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from dctp_tasks.config import load_config
-from dctp_tasks.embeddings import encoder_identity
+from dctp_tasks.embeddings import encoder_identity, vectors_column
 from dctp_tasks.feedback.retrain import (
     EXPERT_CLASSIFIER,
     LABELS,
@@ -150,7 +150,7 @@ def test_trained_model_scores_held_out_documents_and_records_its_labels(tmp_path
     reused = rows["train"][::2]
     encoded = rows["train"][1::2]
     vectors = embeddings.encode([t for _, t, _ in reused], EmbeddingConfig.from_dedup(cfg.dedup_semantic))
-    _write_state(storage, stored_day, pa.array([d for d, _, _ in reused]), vectors, "float32",
+    _write_state(storage, stored_day, pa.array([d for d, _, _ in reused]), vectors_column(vectors), 384, "float32",
                  encoder_identity(cfg.dedup_semantic, 384))
     docs = join(labeled(reused, dt=stored_day), labeled(encoded))
     result = retrain_expert_classifier(storage, cfg, docs, DT)

@@ -289,7 +289,7 @@ def test_experts_per_item_and_the_seed_of_the_random_share(world):
 def test_diversity_spreads_the_batch_over_the_stored_vectors(world):
     from dctp_tasks.config import SemanticDedupConfig
     from dctp_tasks.dedup.semantic import _write_state
-    from dctp_tasks.embeddings import encoder_identity
+    from dctp_tasks.embeddings import encoder_identity, vectors_column
 
     storage, store, _ = world
     dt = "2026-05-13"
@@ -307,8 +307,8 @@ def test_diversity_spreads_the_batch_over_the_stored_vectors(world):
     ids = scores.column("doc_id").to_pylist()
     vectors[[i for i, d in enumerate(ids) if d in cluster]] = rng.normal(size=384) + 0.01 * rng.normal(size=(30, 384))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    _write_state(storage, dt, scores.column("doc_id").combine_chunks(), vectors, "float16",
-                 encoder_identity(SemanticDedupConfig(), 384))
+    _write_state(storage, dt, scores.column("doc_id").combine_chunks(), vectors_column(vectors, "float16"), 384,
+                 "float16", encoder_identity(SemanticDedupConfig(), 384))
 
     plain = load_config(overrides=settings(**base, **{"annotation.diversity": False}))
     select(storage, store, plain, dt, decision)

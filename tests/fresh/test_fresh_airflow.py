@@ -112,7 +112,7 @@ def test_a_fresh_airflow_runs_a_three_date_backfill_with_nothing_created_first(f
     for dt in DATES:
         tis = fresh.task_instances(DAG_ID, runs[dt]["dag_run_id"])
         assert {ti["pool"] for ti in tis.values()} == {"default_pool"}, {t: ti["pool"] for t, ti in tis.items()}
-        assert tis["dedup_semantic"]["queue"] == "gpu", "the queue stays named: LocalExecutor ignores it"
+        assert tis["dedup_semantic_encode"]["queue"] == "gpu", "the queue stays named: LocalExecutor ignores it"
         preflight = {c["name"]: c for c in fresh.xcom(DAG_ID, runs[dt]["dag_run_id"], "preflight")}
         assert [c for c in preflight.values() if c["status"] == "fail"] == []
         assert preflight["queues"]["detail"].startswith("LocalExecutor")
