@@ -63,9 +63,10 @@ bench: install
 	$(BIN)/python bench/bench_synthetic.py --rows 24
 	$(BIN)/python bench/bench_gpu.py
 	$(BIN)/python bench/bench_views.py --rows 1000000
+	$(BIN)/python bench/bench_shards.py --docs 1000000 --workers 1 2 4
 
 lint: install
 	$(BIN)/ruff check dctp_tasks dags plugins include tests bench
 
 clean:
-	rm -rf $(DEMO_HOME) .bench .bench-dedup .bench-quality .bench-selection .bench-merge .bench-synthetic .bench-gpu .bench-views .artifacts .pytest_cache .ruff_cache
+	rm -rf $(DEMO_HOME) .bench .bench-dedup .bench-quality .bench-selection .bench-merge .bench-synthetic .bench-gpu .bench-views .bench-shards .artifacts .pytest_cache .ruff_cache
