@@ -142,7 +142,7 @@ def run_day(root: Path, settings: dict, workers: int, *, first: bool) -> list[di
 
     out = []
     for spec in STAGES:
-        # The score stage reuses stored scores of an unchanged input: drop them (not timed) so every day scores.
+        # Drop the stage's earlier output (not timed): score would reuse the stored scores of an unchanged input.
         shutil.rmtree(root / staging_dir(DAG_ID, DT, spec[0]), ignore_errors=True)
         out.append(run_stage(root.as_uri(), settings, workers, *spec))
         if out[-1]["shards"] != settings["sharding.max_shards"]:
