@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from bench_spine import DAG_ID, DT, SOURCE, generate_landing  # noqa: E402
+from bench_spine import DAG_ID, DT, SOURCE, _fmt, _reset_peak, _vm_hwm_mb, generate_landing  # noqa: E402
 
 #: The sharded CPU stages, in pipeline order: (stage, ``module:NAME`` of its ``ShardedStage``, plan arguments,
 #: plan keyword arguments).
@@ -70,19 +70,6 @@ def _stage(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _reset_peak() -> None:
-    """Reset this process's peak RSS (Linux), so the next ``_peak_mb`` is of what follows."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak_mb() -> float:
-    """This process's peak RSS since it started or since ``_reset_peak`` (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def run_shard(root: str, settings: dict, ref: str, phase: str, shard: dict) -> dict:
     """One mapped task: run ``phase`` of ``shard`` in this (fresh) process; return its timings."""
     started = time.perf_counter()
@@ -93,7 +80,7 @@ def run_shard(root: str, settings: dict, ref: str, phase: str, shard: dict) -> d
     imported = time.perf_counter()
     stage.phases[phase](storage, config, Shard.from_dict(shard))
     done = time.perf_counter()
-    return {"startup_s": imported - started, "work_s": done - imported, "peak_rss_mb": _peak_mb()}
+    return {"startup_s": imported - started, "work_s": done - imported, "peak_rss_mb": _vm_hwm_mb()}
 
 
 def run_stage(root: str, settings: dict, workers: int, stage_name: str, ref: str, args: tuple, kwargs: dict) -> dict:
@@ -111,14 +98,14 @@ def run_stage(root: str, settings: dict, workers: int, stage_name: str, ref: str
         with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
             runs = list(pool.map(run_shard, *zip(*[(root, settings, ref, phase, s.as_dict()) for s in planned],
                                                  strict=True)))
+        peaks = [r["peak_rss_mb"] for r in runs if r["peak_rss_mb"] is not None]
         timing["phases"][phase] = {"seconds": time.perf_counter() - t1, "startup_s": sum(r["startup_s"] for r in runs),
-                                   "work_s": sum(r["work_s"] for r in runs),
-                                   "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
-    _reset_peak()
+                                   "work_s": sum(r["work_s"] for r in runs), "peak_rss_mb": max(peaks, default=None)}
+    resettable = _reset_peak()
     t2 = time.perf_counter()
     result = stage.finish(storage, config, planned)
     timing["reduce_s"] = time.perf_counter() - t2
-    timing["reduce_peak_rss_mb"] = _peak_mb()
+    timing["reduce_peak_rss_mb"] = _vm_hwm_mb() if resettable else None
     timing["seconds"] = time.perf_counter() - t0
     return {"stage": stage_name, "shards": len(planned), **timing, "input_rows": result.total, "kept": result.kept,
             "dropped": dict(sorted(result.dropped_by_reason.items()))}
@@ -178,9 +165,9 @@ def render(result: dict) -> str:
               "largest shard and of the reduce:"]
     for s in runs[0]["stages"]:
         phases = ", ".join(f"{name} {p['seconds']:,.1f} (work {p['work_s']:,.1f}, startup {p['startup_s']:,.1f}, "
-                           f"peak RSS {p['peak_rss_mb']:,.0f} MB)" for name, p in s["phases"].items())
+                           f"peak RSS {_fmt(p['peak_rss_mb'], ' MB')})" for name, p in s["phases"].items())
         lines.append(f"- {s['stage']}: plan {s['plan_s']:,.1f}, {phases}, reduce {s['reduce_s']:,.1f} "
-                     f"(peak RSS {s['reduce_peak_rss_mb']:,.0f} MB); {s['input_rows']:,} in, {s['kept']:,} kept")
+                     f"(peak RSS {_fmt(s['reduce_peak_rss_mb'], ' MB')}); {s['input_rows']:,} in, {s['kept']:,} kept")
     lines += ["", "Speed-up per stage: " + "; ".join(
         f"{r['workers']} workers " + ", ".join(f"{s['stage']} {base[s['stage']] / s['seconds']:.2f}×"
                                                 for s in r["stages"]) for r in runs[1:])]
